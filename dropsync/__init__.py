@@ -1,0 +1,59 @@
+"""DropSync: an offline hub for field IoT nodes."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+#: The checkout (or install) root holding ``static/`` and ``templates/``.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(config: Mapping[str, Any] | None = None):
+    """Build the hub: settings, stores (held exclusively), blueprints.
+
+    ``config`` overrides every other layer. Besides the settings in ``dropsync.config``, it
+    may hold ``CONFIG_FILE`` (a TOML file to read), ``SERVING`` (False when the app will not
+    answer HTTP, as in the CLI) and any Flask setting.
+    """
+    from flask import Flask
+
+    from . import api
+    from .config import load_config
+    from .hub import Hub
+
+    overrides = dict(config or {})
+    settings = load_config(overrides, config_file=overrides.pop("CONFIG_FILE", None))
+    configure_logging(settings["LOG_LEVEL"])
+    hub = Hub(settings, serving=settings.pop("SERVING", True))
+
+    app = Flask(__name__, static_folder=str(PROJECT_ROOT / "static"),
+                template_folder=str(PROJECT_ROOT / "templates"))
+    app.config.update(settings)
+    app.config.update(
+        SECRET_KEY=hub.secret_key,
+        MAX_CONTENT_LENGTH=settings["MAX_REQUEST_BYTES"],
+        PROPAGATE_EXCEPTIONS=False,  # even under TESTING, errors answer in the JSON shape
+    )
+    app.json.sort_keys = False
+    app.extensions["dropsync"] = hub
+    api.init_app(app)
+    atexit.register(hub.close)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logger = logging.getLogger("dropsync")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,3 @@
+from dropsync.cli import main
+
+main()

@@ -1,0 +1,311 @@
+"""The ``dropsync`` command: serve the hub, manage devices, admin tokens and operators.
+
+Management commands speak the admin API (see ``hubclient``): through the running hub when
+one holds the data directory, in-process otherwise. They never write store files behind a
+running hub's back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import load_config
+from .errors import StartupError
+from .hubclient import HubError, connect
+from .store import current_holder
+
+
+def admin_api(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
+    """Call the admin API for this invocation's data directory; errors end the command."""
+    try:
+        with connect(ctx.obj) as hub:
+            return hub.request(method, "/api/v1/admin" + path, body)
+    except HubError as exc:
+        detail = f"\n  details: {json.dumps(exc.details)}" if exc.details else ""
+        raise click.ClickException(f"{exc.message} ({exc.code}){detail}") from None
+    except StartupError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def echo_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """Rows as aligned columns; ``columns`` pairs a heading with a row key."""
+    cells = [[h for h, _ in columns]] + [
+        ["" if row.get(k) is None else
+         ",".join(row[k]) if isinstance(row[k], list) else str(row[k]) for _, k in columns]
+        for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              envvar="DROPSYNC_CONFIG", help="TOML settings file (also DROPSYNC_CONFIG).")
+@click.option("--data-dir", help="Data directory (overrides DROPSYNC_DATA_DIR).")
+@click.version_option(__version__, prog_name="dropsync")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, data_dir: str | None) -> None:
+    """DropSync: offline hub for field IoT nodes."""
+    overrides: dict[str, Any] = {}
+    if config_file:
+        overrides["CONFIG_FILE"] = config_file
+    if data_dir:
+        overrides["DATA_DIR"] = data_dir
+    ctx.obj = overrides
+
+
+# -- serve -----------------------------------------------------------------------------
+@main.command()
+@click.option("--host", help="Address to listen on (overrides DROPSYNC_HOST).")
+@click.option("--port", type=int, help="Port to listen on (overrides DROPSYNC_PORT).")
+@click.option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> None:
+    """Run the hub (gunicorn: one worker, threads)."""
+    overrides = dict(ctx.obj)
+    if host:
+        overrides["HOST"] = host
+    if port is not None:
+        overrides["PORT"] = port
+    try:
+        settings = load_config(overrides, config_file=overrides.get("CONFIG_FILE"))
+        data_dir = Path(settings["DATA_DIR"]).resolve()
+        holder = current_holder(data_dir)
+        if holder is not None:
+            pid = holder.get("pid")
+            raise StartupError(
+                f"data directory {data_dir} is in use by process {pid or '?'} (another "
+                "DropSync hub or command). Stop it, or point DROPSYNC_DATA_DIR elsewhere.")
+        if dev:
+            from . import create_app
+
+            create_app(overrides).run(host=settings["HOST"], port=settings["PORT"],
+                                      threaded=True, use_reloader=False)
+            return
+    except StartupError as exc:
+        raise click.ClickException(exc.message) from None
+    from .server import HubServer
+
+    HubServer(overrides, settings).run()
+
+
+# -- devices ---------------------------------------------------------------------------
+DEVICE_COLUMNS = [("ID", "id"), ("NAME", "name"), ("TYPE", "type"), ("GROUPS", "groups"),
+                  ("ENABLED", "enabled"), ("LAST SEEN", "last_seen")]
+
+
+@main.group()
+def device() -> None:
+    """Register and manage devices."""
+
+
+@device.command("add")
+@click.argument("device_id")
+@click.option("--name", help="Human-friendly name (default: the id).")
+@click.option("--type", "device_type", default="esp8266", show_default=True)
+@click.option("--group", "groups", multiple=True, help="Group to join; repeat for more.")
+@json_option
+@click.pass_context
+def device_add(ctx, device_id, name, device_type, groups, as_json) -> None:
+    """Register a device and print its token (shown this once)."""
+    body = {"id": device_id, "type": device_type, "groups": list(groups)}
+    if name:
+        body["name"] = name
+    created = admin_api(ctx, "POST", "/devices/register", body)
+    if as_json:
+        echo_json(created)
+        return
+    click.echo(f"Registered {created['id']}.")
+    click.echo(f"Token (shown once, store it in the device's config): {created['token']}")
+
+
+@device.command("list")
+@json_option
+@click.pass_context
+def device_list(ctx, as_json) -> None:
+    """List devices."""
+    found = admin_api(ctx, "GET", "/devices")["devices"]
+    if as_json:
+        echo_json(found)
+    elif not found:
+        click.echo("No devices. Add one with: dropsync device add <id>")
+    else:
+        echo_table(found, DEVICE_COLUMNS)
+
+
+@device.command("show")
+@click.argument("device_id")
+@json_option
+@click.pass_context
+def device_show(ctx, device_id, as_json) -> None:
+    """Show one device."""
+    found = admin_api(ctx, "GET", f"/devices/{device_id}")
+    if as_json:
+        echo_json(found)
+        return
+    for key, value in found.items():
+        shown = ",".join(value) if isinstance(value, list) else value
+        click.echo(f"{key + ':':18}{'' if shown is None else shown}")
+
+
+def set_enabled(ctx: click.Context, device_id: str, enabled: bool) -> None:
+    admin_api(ctx, "PATCH", f"/devices/{device_id}", {"enabled": enabled})
+    click.echo(f"{device_id} {'enabled' if enabled else 'disabled'}.")
+
+
+@device.command("disable")
+@click.argument("device_id")
+@click.pass_context
+def device_disable(ctx, device_id) -> None:
+    """Refuse a device's requests (403) until enabled again."""
+    set_enabled(ctx, device_id, False)
+
+
+@device.command("enable")
+@click.argument("device_id")
+@click.pass_context
+def device_enable(ctx, device_id) -> None:
+    """Accept a disabled device's requests again."""
+    set_enabled(ctx, device_id, True)
+
+
+@device.command("rotate-token")
+@click.argument("device_id")
+@click.pass_context
+def device_rotate_token(ctx, device_id) -> None:
+    """Give a device a new token; the old one stops working at once."""
+    rotated = admin_api(ctx, "POST", f"/devices/{device_id}/rotate-token")
+    click.echo(f"New token for {device_id} (shown once): {rotated['token']}")
+
+
+@device.command("delete")
+@click.argument("device_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def device_delete(ctx, device_id, yes) -> None:
+    """Remove a device and its token."""
+    if not yes:
+        click.confirm(f"Delete device {device_id}?", abort=True)
+    admin_api(ctx, "DELETE", f"/devices/{device_id}")
+    click.echo(f"Deleted {device_id}.")
+
+
+@device.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def device_import(ctx, path) -> None:
+    """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed."""
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(tokens, dict):
+        raise click.ClickException(f"{path} must hold an object of device id to token")
+    result = admin_api(ctx, "POST", "/devices/import", {"tokens": tokens})
+    click.echo(f"Imported {path}: {result['summary']}.")
+    click.echo(f"The hub stores only hashes; {path} still holds plaintext tokens.")
+
+
+# -- admin tokens ----------------------------------------------------------------------
+@main.group()
+def admin() -> None:
+    """Admin API credentials."""
+
+
+@admin.group("token")
+def admin_token() -> None:
+    """Create, list and revoke admin API tokens."""
+
+
+@admin_token.command("create")
+@click.option("--label", default="admin token", show_default=True, help="What it is for.")
+@json_option
+@click.pass_context
+def admin_token_create(ctx, label, as_json) -> None:
+    """Create an admin token and print it (shown this once)."""
+    created = admin_api(ctx, "POST", "/tokens", {"label": label})
+    if as_json:
+        echo_json(created)
+        return
+    click.echo(f"Admin token {created['id']} ({label}), shown once: {created['token']}")
+
+
+@admin_token.command("list")
+@json_option
+@click.pass_context
+def admin_token_list(ctx, as_json) -> None:
+    """List admin tokens (never their secrets)."""
+    tokens = admin_api(ctx, "GET", "/tokens")["tokens"]
+    if as_json:
+        echo_json(tokens)
+    else:
+        echo_table(tokens, [("ID", "id"), ("LABEL", "label"), ("CREATED", "created_at")])
+
+
+@admin_token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def admin_token_revoke(ctx, token_id) -> None:
+    """Revoke an admin token by id."""
+    admin_api(ctx, "DELETE", f"/tokens/{token_id}")
+    click.echo(f"Revoked admin token {token_id}.")
+
+
+# -- operators -------------------------------------------------------------------------
+@main.group()
+def operator() -> None:
+    """Dashboard operators."""
+
+
+password_option = click.option("--password", prompt=True, hide_input=True,
+                               confirmation_prompt=True, help="Prompted for when omitted.")
+
+
+@operator.command("add")
+@click.argument("username")
+@password_option
+@click.pass_context
+def operator_add(ctx, username, password) -> None:
+    """Add an operator who can log in to the dashboard."""
+    admin_api(ctx, "POST", "/operators", {"username": username, "password": password})
+    click.echo(f"Added operator {username}.")
+
+
+@operator.command("passwd")
+@click.argument("username")
+@password_option
+@click.pass_context
+def operator_passwd(ctx, username, password) -> None:
+    """Set an operator's password."""
+    admin_api(ctx, "PUT", f"/operators/{username}/password", {"password": password})
+    click.echo(f"Password changed for {username}.")
+
+
+@operator.command("list")
+@json_option
+@click.pass_context
+def operator_list(ctx, as_json) -> None:
+    """List operators."""
+    found = admin_api(ctx, "GET", "/operators")["operators"]
+    if as_json:
+        echo_json(found)
+    else:
+        echo_table(found, [("USERNAME", "username"), ("CREATED", "created_at"),
+                           ("PASSWORD CHANGED", "password_changed_at")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

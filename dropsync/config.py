@@ -1,0 +1,156 @@
+"""Settings, declared once, layered: defaults, a config file, the environment, overrides.
+
+Each setting is read from ``DROPSYNC_<NAME>``; the seed's bare ``HOST``, ``PORT``,
+``SECRET_KEY`` and ``LOG_LEVEL`` are honoured too, below their ``DROPSYNC_`` forms. The
+config file (TOML, named by ``DROPSYNC_CONFIG`` or ``dropsync --config``) uses the setting
+names as keys, in any case. The README's settings table is checked against ``SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DROPSYNC_"
+#: Names the seed read from the environment without a prefix.
+SEED_ENV_NAMES = ("HOST", "PORT", "SECRET_KEY", "LOG_LEVEL")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def parse_port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("HOST", "0.0.0.0", str,
+            "Address to listen on. `0.0.0.0` lets ESP nodes on the LAN reach the hub."),
+    Setting("PORT", 8000, parse_port, "TCP port to listen on."),
+    Setting("DATA_DIR", "./data", str,
+            "Folder for the stores; one hub process holds it exclusively."),
+    Setting("STAGING_DIR", "./staging", str,
+            "Folder operators drop files into for devices."),
+    Setting("SECRET_KEY", None, str,
+            "Signs dashboard sessions. When unset, one is generated once and kept in "
+            "`DATA_DIR/secret_key`."),
+    Setting("LOG_LEVEL", "INFO", parse_log_level,
+            "DEBUG, INFO, WARNING, ERROR or CRITICAL."),
+    Setting("THREADS", 8, parse_positive_int,
+            "Threads of the single gunicorn worker (gthread)."),
+    Setting("ADMIN_TOKEN", None, str,
+            "An admin API token accepted besides stored ones; when set, none is generated "
+            "at first start."),
+    Setting("ADMIN_PASSWORD", None, str,
+            "Password for the first operator `admin`, created at first start; generated "
+            "when unset."),
+    Setting("MAX_REQUEST_BYTES", 1_048_576, parse_positive_int,
+            "Largest request body accepted on API routes; larger ones get 413."),
+    Setting("HISTORY_RETENTION", 100_000, parse_positive_int,
+            "History records kept per stream (messages, commands, events); older whole "
+            "segments are deleted beyond it."),
+    Setting("HISTORY_SEGMENT_RECORDS", 10_000, parse_positive_int,
+            "Records per history segment file."),
+    Setting("LIVENESS_CHECKPOINT_S", 5.0, parse_positive_float,
+            "Seconds between checkpoints of in-memory liveness (last seen, signal, heap)."),
+    Setting("IMPORT_DEVICE_AUTH", True, parse_bool,
+            "At start, import a seed `device_auth.json` from `DATA_DIR` or `./app`."),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def load_config(overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None,
+                config_file: str | Path | None = None) -> dict[str, Any]:
+    """Resolve every setting; later layers win. Unknown override keys pass through."""
+    environ = os.environ if environ is None else environ
+    config = {s.name: s.default for s in SETTINGS}
+
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        config.update(_read_config_file(Path(path)))
+
+    for name in SEED_ENV_NAMES:
+        if name in environ:
+            config[name] = _parse(name, environ[name], f"environment variable {name}")
+    for setting in SETTINGS:
+        key = ENV_PREFIX + setting.name
+        if key in environ:
+            config[setting.name] = _parse(setting.name, environ[key],
+                                          f"environment variable {key}")
+
+    for key, value in (overrides or {}).items():
+        if key in SETTINGS_BY_NAME and isinstance(value, str):
+            value = _parse(key, value, f"setting {key}")
+        config[key] = value
+    return config
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values = {}
+    for key, value in raw.items():
+        name = key.upper()
+        if name not in SETTINGS_BY_NAME:
+            known = ", ".join(s.name.lower() for s in SETTINGS)
+            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {known})")
+        values[name] = _parse(name, str(value), f"{key} in {path}") \
+            if not isinstance(value, bool) else value
+    return values
+
+
+def _parse(name: str, text: str, where: str) -> Any:
+    try:
+        return SETTINGS_BY_NAME[name].parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}={text!r} is not valid for {name}: {exc}") from None

@@ -1,0 +1,107 @@
+"""Secrets: device and admin tokens, operator passwords.
+
+Tokens are random (192 bits), shown once, and stored only as a SHA-256 hash. A fast hash is
+right here because the tokens are high-entropy: nothing is gained by slowing a guess at a
+192-bit secret, and every device request must verify one. Operator passwords are chosen by
+people, so they get werkzeug's slow salted hash instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .clock import now_iso
+from .errors import NotFound, Unauthorized, ValidationFailed
+from .store import Document, Stores
+
+TOKEN_BYTES = 24
+MIN_PASSWORD_LENGTH = 8
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_match(token_hash: str, token: str) -> bool:
+    return hmac.compare_digest(token_hash, hash_token(token))
+
+
+# -- admin tokens ----------------------------------------------------------------------
+def create_admin_token(stores: Stores, label: str) -> tuple[Document, str]:
+    token = new_token()
+    record = stores.admin_tokens.insert({
+        "id": secrets.token_hex(4), "label": label, "token_hash": hash_token(token),
+        "created_at": now_iso(),
+    })
+    return record, token
+
+
+def revoke_admin_token(stores: Stores, token_id: str) -> Document:
+    return stores.admin_tokens.delete(token_id)
+
+
+class AdminAuthority:
+    """Decides whether a bearer token is an admin credential.
+
+    Accepted: tokens in the store, the one from ``DROPSYNC_ADMIN_TOKEN`` (checked in memory,
+    never stored), and this hub's local CLI token (published only in the 0600 lock file).
+    """
+
+    def __init__(self, stores: Stores, extra_tokens: dict[str, str]):
+        self.stores = stores
+        self._extra = {label: hash_token(token) for label, token in extra_tokens.items()}
+
+    def identify(self, token: str | None) -> str:
+        """The name of the admin credential ``token`` is, or raise Unauthorized."""
+        if not token:
+            raise Unauthorized("admin credentials required: send 'Authorization: Bearer "
+                               "<admin token>'", code="missing_credentials")
+        presented = hash_token(token)
+        for label, expected in self._extra.items():
+            if hmac.compare_digest(expected, presented):
+                return label
+        try:
+            record = self.stores.admin_tokens.get_by("token_hash", presented)
+        except NotFound:
+            raise Unauthorized("invalid admin token", code="invalid_token") from None
+        return f"token:{record['id']}"
+
+
+# -- operators -------------------------------------------------------------------------
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(f"password must be at least {MIN_PASSWORD_LENGTH} characters",
+                               {"password": ["too short"]})
+
+
+def add_operator(stores: Stores, username: str, password: str) -> Document:
+    check_password_policy(password)
+    return stores.operators.insert({
+        "username": username, "password_hash": generate_password_hash(password),
+        "created_at": now_iso(),
+    })
+
+
+def set_operator_password(stores: Stores, username: str, password: str) -> Document:
+    check_password_policy(password)
+    return stores.operators.update(username, {
+        "password_hash": generate_password_hash(password), "password_changed_at": now_iso(),
+    })
+
+
+def verify_operator(stores: Stores, username: str, password: str) -> Document:
+    try:
+        operator = stores.operators.get(username)
+    except NotFound:
+        operator = None
+    if operator is None or not check_password_hash(operator["password_hash"], password):
+        raise Unauthorized("wrong username or password", code="invalid_login")
+    return operator

@@ -1,0 +1,189 @@
+"""The device registry: who may talk to the hub, and with which token.
+
+Every change is recorded in the ``events`` history, so an operator can see who registered,
+rotated or removed which device and when.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import now_iso
+from .credentials import hash_token, new_token, tokens_match
+from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from .store import Document, Stores
+
+#: Device ids: MAC addresses (with colons) or configured names.
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
+GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_TYPE = "esp8266"
+#: Seed tokens shorter than this are accepted on import, with a warning to rotate them.
+WEAK_TOKEN_LENGTH = 16
+
+
+def validate_device_id(device_id: str) -> str:
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+        raise ValidationFailed(
+            "device id must be 1-64 letters, digits, '-', '_' or ':'", {"id": [device_id]})
+    return device_id
+
+
+def validate_groups(groups: Iterable[str]) -> list[str]:
+    result: list[str] = []
+    for group in groups:
+        if not isinstance(group, str) or not GROUP_RE.match(group):
+            raise ValidationFailed("group names must be 1-64 letters, digits, '-' or '_'",
+                                   {"groups": [group]})
+        if group not in result:
+            result.append(group)
+    return result
+
+
+def record_event(stores: Stores, kind: str, device_id: str, actor: str | None) -> None:
+    stores.history["events"].append(
+        {"at": now_iso(), "kind": kind, "device_id": device_id, "actor": actor})
+
+
+def get_device(stores: Stores, device_id: str) -> Document:
+    return stores.devices.get(device_id)
+
+
+def list_devices(stores: Stores) -> list[Document]:
+    return sorted(stores.devices.all(), key=lambda d: d["id"])
+
+
+def register_device(stores: Stores, device_id: str, *, name: str | None = None,
+                    type: str = DEFAULT_TYPE, groups: Iterable[str] = (),
+                    actor: str | None = None) -> tuple[Document, str]:
+    """Create a device and return it with its token, the only time the token is shown."""
+    validate_device_id(device_id)
+    token = new_token()
+    now = now_iso()
+    device = stores.devices.insert({
+        "id": device_id, "name": name or device_id, "type": type,
+        "groups": validate_groups(groups), "enabled": True,
+        "token_hash": hash_token(token), "created_at": now, "updated_at": now,
+    })
+    record_event(stores, "device.registered", device_id, actor)
+    return device, token
+
+
+def update_device(stores: Stores, device_id: str, changes: Mapping[str, Any], *,
+                  actor: str | None = None) -> Document:
+    allowed = {"name", "type", "groups", "enabled"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValidationFailed("these fields cannot be changed", sorted(unknown))
+    fields = dict(changes)
+    if "groups" in fields:
+        fields["groups"] = validate_groups(fields["groups"])
+    fields["updated_at"] = now_iso()
+    device = stores.devices.update(device_id, fields)
+    if "enabled" in changes:
+        kind = "device.enabled" if changes["enabled"] else "device.disabled"
+        record_event(stores, kind, device_id, actor)
+    return device
+
+
+def rotate_token(stores: Stores, device_id: str, *,
+                 actor: str | None = None) -> tuple[Document, str]:
+    token = new_token()
+    device = stores.devices.update(device_id, {
+        "token_hash": hash_token(token), "updated_at": now_iso(), "token_rotated_at": now_iso(),
+    })
+    record_event(stores, "device.token_rotated", device_id, actor)
+    return device, token
+
+
+def delete_device(stores: Stores, device_id: str, *, actor: str | None = None) -> Document:
+    device = stores.devices.delete(device_id)
+    stores.liveness.forget(device_id)
+    record_event(stores, "device.deleted", device_id, actor)
+    return device
+
+
+@dataclass
+class ImportResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    weak: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (f"{len(self.added)} added, {len(self.updated)} updated, "
+                f"{len(self.unchanged)} unchanged")
+        if self.weak:
+            text += (f"; {len(self.weak)} with tokens shorter than {WEAK_TOKEN_LENGTH} "
+                     "characters: rotate them")
+        return text
+
+
+def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
+                         actor: str | None = None) -> ImportResult:
+    """Merge a seed-style ``{device_id: token}`` map; tokens are hashed, never stored."""
+    for device_id, token in tokens.items():
+        validate_device_id(device_id)
+        if not isinstance(token, str) or not token:
+            raise ValidationFailed("every token must be a non-empty string", {device_id: token})
+    owners: dict[str, str] = {}
+    for device_id, token in tokens.items():
+        token_hash = hash_token(token)
+        if token_hash in owners:
+            raise ValidationFailed("two devices cannot share a token",
+                                   sorted([owners[token_hash], device_id]))
+        owners[token_hash] = device_id
+        try:
+            holder = stores.devices.get_by("token_hash", token_hash)["id"]
+        except NotFound:
+            continue
+        if holder != device_id:
+            raise Conflict(f"the token given for {device_id} is already {holder}'s",
+                           code="token_in_use")
+    result = ImportResult()
+    for device_id, token in tokens.items():
+        if len(token) < WEAK_TOKEN_LENGTH:
+            result.weak.append(device_id)
+        if device_id not in stores.devices:
+            now = now_iso()
+            stores.devices.insert({
+                "id": device_id, "name": device_id, "type": DEFAULT_TYPE, "groups": [],
+                "enabled": True, "token_hash": hash_token(token), "created_at": now,
+                "updated_at": now,
+            })
+            record_event(stores, "device.imported", device_id, actor)
+            result.added.append(device_id)
+        elif tokens_match(stores.devices.get(device_id)["token_hash"], token):
+            result.unchanged.append(device_id)
+        else:
+            stores.devices.update(device_id, {"token_hash": hash_token(token),
+                                              "updated_at": now_iso()})
+            record_event(stores, "device.token_imported", device_id, actor)
+            result.updated.append(device_id)
+    return result
+
+
+def authenticate_device(stores: Stores, device_id: str, token: str | None) -> Document:
+    """The device ``token`` belongs to, if it may act on ``device_id``.
+
+    401 when the token is missing or belongs to no device, 403 when it is another device's
+    token or the device is disabled.
+    """
+    if not token:
+        raise Unauthorized("device token required: send 'Authorization: Bearer <token>' "
+                           "or 'X-Device-Token: <token>'", code="missing_credentials")
+    try:
+        device = stores.devices.get(device_id)
+    except NotFound:
+        device = None
+    if device is not None and tokens_match(device["token_hash"], token):
+        if not device["enabled"]:
+            raise Forbidden(f"device {device_id} is disabled", code="device_disabled")
+        return device
+    try:
+        stores.devices.get_by("token_hash", hash_token(token))
+    except NotFound:
+        raise Unauthorized("invalid device token", code="invalid_token") from None
+    raise Forbidden("this token belongs to another device", code="wrong_device")

@@ -1,0 +1,83 @@
+"""The hub's state outside any web framework: open stores, who counts as admin, uptime.
+
+``create_app`` wraps a ``Hub`` in Flask; the CLI opens one directly when no hub is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .bootstrap import (
+    DEVICE_AUTH_FILE,
+    ensure_first_admin,
+    import_seed_device_auth,
+    load_or_create_secret_key,
+)
+from .credentials import AdminAuthority, new_token
+from .store import Stores
+
+log = logging.getLogger("dropsync")
+
+#: Where the seed kept its token map, relative to the working directory.
+SEED_APP_DIR = Path("app")
+
+
+def local_url(settings: dict[str, Any]) -> str:
+    """The URL a process on this machine uses to reach the hub."""
+    host = settings["HOST"]
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings['PORT']}"
+
+
+class Hub:
+    def __init__(self, settings: dict[str, Any], *, serving: bool = True):
+        """Open the data directory (exclusively) and get it ready.
+
+        ``serving`` says that this process answers HTTP at ``local_url(settings)``; the lock
+        file then tells local CLI commands to go through it instead of the files.
+        """
+        self.settings = settings
+        self.serving = serving
+        self.stores = Stores(
+            settings["DATA_DIR"],
+            history_segment_records=settings["HISTORY_SEGMENT_RECORDS"],
+            history_retention=settings["HISTORY_RETENTION"],
+            liveness_checkpoint_s=settings["LIVENESS_CHECKPOINT_S"],
+        )
+        try:
+            self.secret_key = settings["SECRET_KEY"] or \
+                load_or_create_secret_key(self.stores.data_dir)
+            ensure_first_admin(self.stores, settings)
+            if settings["IMPORT_DEVICE_AUTH"]:
+                import_seed_device_auth(self.stores, [self.stores.data_dir / DEVICE_AUTH_FILE,
+                                                      SEED_APP_DIR / DEVICE_AUTH_FILE])
+            self.cli_token = new_token()
+            extra = {"local-cli": self.cli_token}
+            if settings["ADMIN_TOKEN"]:
+                extra["env"] = settings["ADMIN_TOKEN"]
+            self.admin = AdminAuthority(self.stores, extra)
+            self.stores.lock.publish({"url": local_url(settings) if serving else None,
+                                      "cli_token": self.cli_token, "version": __version__})
+        except BaseException:
+            self.stores.close()
+            raise
+        self.started_at = time.time()
+        if serving:
+            self.stores.liveness.start()
+        log.info("DropSync %s: data in %s, staging folder %s", __version__,
+                 self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
+
+    def uptime_s(self) -> float:
+        return time.time() - self.started_at
+
+    def close(self) -> None:
+        self.stores.close()

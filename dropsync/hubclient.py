@@ -1,0 +1,123 @@
+"""How the CLI reaches the hub's admin API, whether or not a hub is running.
+
+A running hub keeps its stores in memory, so the CLI must never write its files behind its
+back. When a hub holds the data directory, the CLI calls that hub over loopback with the
+local CLI token the hub published in its 0600 lock file. When none does, the CLI opens the
+stores itself (taking the same exclusive lock) and calls the very same admin API in-process.
+Either way every change goes through one code path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .errors import DataDirBusy, StartupError
+from .store import current_holder
+
+#: How long to wait for a hub that holds the data directory but is still starting.
+CONNECT_PATIENCE_S = 10.0
+
+
+class HubError(Exception):
+    """The hub answered with an error (the API's JSON error shape)."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def _raise_for_error(status: int, body: Any) -> Any:
+    if status >= 400:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise HubError(status, error.get("code", "error"),
+                       error.get("message", f"HTTP {status}"), error.get("details"))
+    return body
+
+
+class HttpHub:
+    """The admin API of a hub process, over HTTP."""
+
+    via = "running hub"
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.token}",
+                     "Content-Type": "application/json", "Accept": "application/json"})
+        deadline = time.monotonic() + CONNECT_PATIENCE_S
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=30) as response:
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                try:
+                    payload = json.loads(exc.read() or b"null")
+                except ValueError:
+                    payload = None
+                return _raise_for_error(exc.code, payload)
+            except urllib.error.URLError as exc:
+                if time.monotonic() > deadline:
+                    raise StartupError(f"the hub holding the data directory does not answer "
+                                       f"at {self.url}: {exc.reason}") from None
+                time.sleep(0.2)
+
+
+class InProcessHub:
+    """The admin API of an app this process opened itself, called without a socket."""
+
+    via = "data directory"
+
+    def __init__(self, app):
+        self.client = app.test_client()
+        self.token = app.extensions["dropsync"].cli_token
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.client.open(path, method=method, json=body,
+                                    headers={"Authorization": f"Bearer {self.token}"})
+        return _raise_for_error(response.status_code, response.get_json(silent=True))
+
+
+@contextmanager
+def connect(overrides: Mapping[str, Any]) -> Iterator[HttpHub | InProcessHub]:
+    """The admin API for the data directory the settings name."""
+    from . import create_app
+
+    settings = load_config(overrides, config_file=overrides.get("CONFIG_FILE"))
+    data_dir = Path(settings["DATA_DIR"]).resolve()
+    for _ in range(3):
+        holder = current_holder(data_dir)
+        if holder is not None:
+            yield _hub_from_holder(data_dir, holder)
+            return
+        try:
+            # Quiet: a CLI command should print its answer, not the hub's start-up notes.
+            app = create_app({"LOG_LEVEL": "WARNING", **overrides, "SERVING": False})
+        except DataDirBusy:
+            continue  # a hub started between our look and our claim: go through it
+        try:
+            yield InProcessHub(app)
+        finally:
+            app.extensions["dropsync"].close()
+        return
+    raise StartupError(f"could not claim or reach the holder of {data_dir}; try again")
+
+
+def _hub_from_holder(data_dir: Path, holder: dict[str, Any]) -> HttpHub:
+    if not holder.get("url") or not holder.get("cli_token"):
+        pid = holder.get("pid", "?")
+        raise StartupError(f"data directory {data_dir} is in use by another DropSync command "
+                           f"(process {pid}); try again when it has finished")
+    return HttpHub(holder["url"], holder["cli_token"])

@@ -1,0 +1,85 @@
+"""Every read and write of the hub's data goes through here; nothing else imports tinydb.
+
+Layout of a data directory::
+
+    hub.lock            exclusive claim of the running hub (pid, URL, local CLI token)
+    devices.json        TinyDB: devices (hot, small state)
+    auth.json           TinyDB: admin tokens, operators
+    meta.json           TinyDB: hub-wide facts (e.g. which seed files were imported)
+    liveness.json       last seen, signal, heap: checkpointed, not fsynced per heartbeat
+    history/<stream>/   append-only segmented JSON lines (messages, commands, events)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .datadir import DataDirLock, current_holder
+from .files import remove_stale_temp_files, write_atomically
+from .history import HistoryLog
+from .liveness import LivenessTable
+from .tables import Document, KeyedTable, TableFile
+
+__all__ = ["Document", "HistoryLog", "KeyedTable", "Stores", "current_holder",
+           "write_atomically"]
+
+log = logging.getLogger(__name__)
+
+#: History streams the hub keeps; each is its own folder of segments.
+HISTORY_STREAMS = ("messages", "commands", "events")
+
+
+class Stores:
+    """The open stores of one data directory, held exclusively by this process."""
+
+    def __init__(self, data_dir: Path | str, *, history_segment_records: int = 10_000,
+                 history_retention: int = 100_000, liveness_checkpoint_s: float = 5.0):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock = DataDirLock(self.data_dir)
+        self.lock.acquire()
+        try:
+            for leftover in remove_stale_temp_files(self.data_dir):
+                log.info("removed unacknowledged temp file %s", leftover)
+            self._files: list[TableFile] = []
+            device_file = self._open("devices.json")
+            auth_file = self._open("auth.json")
+            meta_file = self._open("meta.json")
+            self.devices = KeyedTable(device_file, "devices", "id", unique=["token_hash"],
+                                      item="device")
+            self.admin_tokens = KeyedTable(auth_file, "admin_tokens", "id",
+                                           unique=["token_hash"], item="admin token")
+            self.operators = KeyedTable(auth_file, "operators", "username", item="operator")
+            self.meta = KeyedTable(meta_file, "meta", "name", item="hub fact")
+            self.history = {
+                stream: HistoryLog(self.data_dir / "history" / stream,
+                                   segment_records=history_segment_records,
+                                   max_records=history_retention)
+                for stream in HISTORY_STREAMS
+            }
+            self.liveness = LivenessTable(self.data_dir / "liveness.json",
+                                          liveness_checkpoint_s)
+        except BaseException:
+            self.lock.release()
+            raise
+        self._closed = False
+
+    def _open(self, name: str) -> TableFile:
+        table_file = TableFile(self.data_dir / name)
+        self._files.append(table_file)
+        return table_file
+
+    def close(self) -> None:
+        """Checkpoint liveness, close every file and give up the data directory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.liveness.stop()
+            for history in self.history.values():
+                history.close()
+            for table_file in self._files:
+                table_file.close()
+        finally:
+            self.lock.release()

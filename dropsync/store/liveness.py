@@ -1,0 +1,81 @@
+"""Liveness (last seen, signal, heap, ...) kept in memory and checkpointed.
+
+Every heartbeat changes these fields; fsyncing each one would wear out a Pi's SD card for
+data that is stale within seconds anyway. The table is written atomically every
+``interval_s`` seconds when something changed, and once more at shutdown, so a power cut
+costs at most one interval of liveness, never a corrupt file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from .files import write_atomically
+from .tables import AtomicJSONStorage
+
+log = logging.getLogger(__name__)
+
+
+class LivenessTable:
+    def __init__(self, path: Path, interval_s: float = 5.0):
+        self.path = path
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = AtomicJSONStorage(path).read() or {}
+        self._dirty = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def update(self, device_id: str, **fields: Any) -> None:
+        with self._lock:
+            self._entries.setdefault(device_id, {}).update(fields)
+            self._dirty = True
+
+    def get(self, device_id: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._entries.get(device_id, {}))
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            if self._entries.pop(device_id, None) is not None:
+                self._dirty = True
+
+    def checkpoint(self) -> bool:
+        """Write the table if it changed since the last checkpoint; True when it wrote."""
+        with self._lock:
+            if not self._dirty:
+                return False
+            payload = json.dumps(self._entries, separators=(",", ":")).encode()
+            self._dirty = False
+        try:
+            write_atomically(self.path, payload)
+        except Exception:
+            with self._lock:
+                self._dirty = True
+            raise
+        return True
+
+    def start(self) -> None:
+        """Checkpoint in the background until ``stop()``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="liveness-checkpoint",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.checkpoint()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.checkpoint()
+            except Exception:  # keep checkpointing; the next try may find space again
+                log.exception("liveness checkpoint failed")

@@ -1,0 +1,125 @@
+"""Fixtures: a real app on temp folders, its client, the CLI, and real hub processes."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from support import ADMIN_TOKEN, HubProcess
+
+from dropsync import create_app
+from dropsync.cli import main
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return {
+        "DATA_DIR": str(tmp_path / "data"),
+        "STAGING_DIR": str(tmp_path / "staging"),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOG_LEVEL": "WARNING",
+        "SERVING": False,
+        "TESTING": True,
+    }
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    app.extensions["dropsync"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def stores(app):
+    return app.extensions["dropsync"].stores
+
+
+class AdminClient:
+    """The admin API through the test client, with admin credentials."""
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def __init__(self, client):
+        self.client = client
+
+    def get(self, path, **kw):
+        return self.client.get("/api/v1/admin" + path, headers=self.headers, **kw)
+
+    def post(self, path, **kw):
+        return self.client.post("/api/v1/admin" + path, headers=self.headers, **kw)
+
+    def patch(self, path, **kw):
+        return self.client.patch("/api/v1/admin" + path, headers=self.headers, **kw)
+
+    def put(self, path, **kw):
+        return self.client.put("/api/v1/admin" + path, headers=self.headers, **kw)
+
+    def delete(self, path, **kw):
+        return self.client.delete("/api/v1/admin" + path, headers=self.headers, **kw)
+
+    def register_device(self, device_id: str, **fields) -> str:
+        response = self.post("/devices/register", json={"id": device_id, **fields})
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()["token"]
+
+
+@pytest.fixture
+def admin(client):
+    return AdminClient(client)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run ``dropsync`` in-process against the test data directory."""
+    runner = CliRunner()
+    data_dir = str(tmp_path / "data")
+
+    def run(*args: str, input: str | None = None, expect: int = 0):
+        result = runner.invoke(main, ["--data-dir", data_dir, *args], input=input,
+                               env={"DROPSYNC_LOG_LEVEL": "WARNING"})
+        assert result.exit_code == expect, result.output + repr(result.exception)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def hub_process(tmp_path):
+    """Start real hubs (``dropsync serve``) in tmp_path; all are stopped after the test."""
+    started: list[HubProcess] = []
+
+    def start(env: dict[str, str] | None = None, workdir=None) -> HubProcess:
+        hub = HubProcess(workdir or tmp_path, env).start()
+        started.append(hub)
+        return hub
+
+    yield start
+    for hub in started:
+        hub.stop()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real, small tmpfs, to fill the disk for real. Skipped where mounting is not allowed."""
+    mounts = []
+
+    def mount(size_kib: int):
+        point = tmp_path / f"tinyfs{len(mounts)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs",
+                                 str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
