@@ -1,5 +1,5 @@
 """WSGI entry point: ``gunicorn -c python:dropsync.gunicorn_conf wsgi:app``."""
 
-from dropsync import create_app
+from dropsync.server import create_app_or_exit
 
-app = create_app()
+app = create_app_or_exit()

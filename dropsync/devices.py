@@ -6,6 +6,7 @@ rotated or removed which device and when.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,8 +14,10 @@ from typing import Any
 
 from .clock import now_iso
 from .credentials import hash_token, new_token, tokens_match
-from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from .errors import Conflict, Forbidden, NotFound, StorageFull, Unauthorized, ValidationFailed
 from .store import Document, Stores
+
+log = logging.getLogger(__name__)
 
 #: Device ids: MAC addresses (with colons) or configured names.
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
@@ -43,8 +46,17 @@ def validate_groups(groups: Iterable[str]) -> list[str]:
 
 
 def record_event(stores: Stores, kind: str, device_id: str, actor: str | None) -> None:
-    stores.history["events"].append(
-        {"at": now_iso(), "kind": kind, "device_id": device_id, "actor": actor})
+    """Add to the audit trail, after the change itself is stored.
+
+    Best effort: when the change is on disk but its audit line cannot be (disk full), the
+    caller must still hear that the change happened, or a device would exist whose token
+    nobody was shown.
+    """
+    try:
+        stores.history["events"].append(
+            {"at": now_iso(), "kind": kind, "device_id": device_id, "actor": actor})
+    except (StorageFull, OSError):
+        log.error("could not record event %s for %s", kind, device_id, exc_info=True)
 
 
 def get_device(stores: Stores, device_id: str) -> Document:

@@ -74,10 +74,15 @@ class HubServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from . import create_app
+        return create_app_or_exit(self.overrides)
 
-        try:
-            return create_app(self.overrides)
-        except StartupError as exc:
-            logging.getLogger("dropsync").error("%s", exc.message)
-            sys.exit(WORKER_BOOT_ERROR)
+
+def create_app_or_exit(overrides: Mapping[str, Any] | None = None):
+    """The app, or a clear message and gunicorn's boot-error exit instead of a traceback."""
+    from . import create_app
+
+    try:
+        return create_app(overrides)
+    except StartupError as exc:
+        logging.getLogger("dropsync").error("%s", exc.message)
+        sys.exit(WORKER_BOOT_ERROR)

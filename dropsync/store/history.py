@@ -84,6 +84,7 @@ class HistoryLog:
                 self._next_seq += 1
                 stored.append(entry)
             self._sync()
+            self._drop_old_segments()
             return stored
 
     def close(self) -> None:
@@ -132,9 +133,9 @@ class HistoryLog:
         self._file = open(self._path(self._next_seq), "ab")  # noqa: SIM115 (kept open)
         self._segments.append(self._next_seq)
         fsync_dir(self.folder)
-        self._drop_old_segments()
 
     def _drop_old_segments(self) -> None:
+        """Delete the oldest segments while the rest still hold ``max_records``."""
         while len(self._segments) > 1:
             oldest, following = self._segments[0], self._segments[1]
             if self._next_seq - following < self.max_records:

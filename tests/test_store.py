@@ -1,0 +1,239 @@
+"""The store: atomic files, exclusive data dir, no lost updates, history, liveness."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from dropsync.errors import Conflict, DataDirBusy, NotFound, StorageFull, StoreCorrupt
+from dropsync.store import Stores
+from dropsync.store.history import HistoryLog
+from dropsync.store.liveness import LivenessTable
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def opened(data_dir):
+    stores = Stores(data_dir)
+    yield stores
+    stores.close()
+
+
+def device(device_id: str, **fields) -> dict:
+    return {"id": device_id, "token_hash": f"hash-{device_id}", "groups": [], **fields}
+
+
+# -- tables ----------------------------------------------------------------------------
+def test_writes_survive_reopening(data_dir):
+    stores = Stores(data_dir)
+    stores.devices.insert(device("esp001", name="pump"))
+    stores.devices.update("esp001", {"name": "pump 2"})
+    stores.devices.insert(device("esp002"))
+    stores.devices.delete("esp002")
+    stores.close()
+    reopened = Stores(data_dir)
+    assert reopened.devices.get("esp001")["name"] == "pump 2"
+    assert "esp002" not in reopened.devices
+    reopened.close()
+
+
+def test_store_files_are_whole_json_after_each_write(opened, data_dir):
+    for i in range(5):
+        opened.devices.insert(device(f"d{i}"))
+        on_disk = json.loads((data_dir / "devices.json").read_text())
+        assert len(on_disk["devices"]) == i + 1
+
+
+def test_misses_raise_not_found_and_duplicates_conflict(opened):
+    with pytest.raises(NotFound, match="device 'ghost' not found"):
+        opened.devices.get("ghost")
+    with pytest.raises(NotFound):
+        opened.devices.update("ghost", {"name": "x"})
+    with pytest.raises(NotFound):
+        opened.devices.delete("ghost")
+    opened.devices.insert(device("esp001"))
+    with pytest.raises(Conflict):
+        opened.devices.insert(device("esp001"))
+
+
+def test_unique_fields_are_indexed_and_enforced(opened):
+    opened.devices.insert(device("a", token_hash="h1"))
+    opened.devices.insert(device("b", token_hash="h2"))
+    assert opened.devices.get_by("token_hash", "h2")["id"] == "b"
+    with pytest.raises(Conflict):
+        opened.devices.update("a", {"token_hash": "h2"})
+    opened.devices.update("a", {"token_hash": "h3"})
+    with pytest.raises(NotFound):
+        opened.devices.get_by("token_hash", "h1")
+    assert opened.devices.get_by("token_hash", "h3")["id"] == "a"
+
+
+def test_callers_get_copies_not_stored_data(opened):
+    opened.devices.insert(device("esp001", groups=["a"]))
+    fetched = opened.devices.get("esp001")
+    fetched["groups"].append("mutated")
+    opened.devices.all()[0]["groups"].append("mutated")
+    assert opened.devices.get("esp001")["groups"] == ["a"]
+
+
+def test_concurrent_read_modify_writes_lose_no_update(opened):
+    opened.devices.insert(device("counter", count=0))
+    threads_n, increments = 8, 40
+
+    def bump():
+        for _ in range(increments):
+            opened.devices.update("counter", lambda d: {"count": d["count"] + 1})
+
+    threads = [threading.Thread(target=bump) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert opened.devices.get("counter")["count"] == threads_n * increments
+
+
+def test_unparseable_store_stops_startup_and_is_left_alone(data_dir):
+    Stores(data_dir).close()
+    broken = data_dir / "devices.json"
+    broken.write_text('{"devices": {"1": {"id": "esp0')
+    with pytest.raises(StoreCorrupt) as caught:
+        Stores(data_dir)
+    assert str(broken) in caught.value.message
+    assert broken.read_text() == '{"devices": {"1": {"id": "esp0'
+    # the failed start released the directory
+    broken.unlink()
+    Stores(data_dir).close()
+
+
+def test_leftover_temp_files_are_removed_at_start(data_dir):
+    Stores(data_dir).close()
+    leftover = data_dir / ".devices.json.1a2b3c4d.tmp"
+    leftover.write_text('{"half": ')
+    nested = data_dir / "history" / "events" / ".x.tmp"
+    nested.write_text("junk")
+    stores = Stores(data_dir)
+    assert not leftover.exists() and not nested.exists()
+    stores.close()
+
+
+def test_second_holder_of_a_data_dir_is_refused_with_the_pid(opened, data_dir):
+    with pytest.raises(DataDirBusy) as caught:
+        Stores(data_dir)
+    assert str(data_dir.resolve()) in caught.value.message
+    assert caught.value.pid == os.getpid()
+    assert f"process {os.getpid()}" in caught.value.message
+    opened.close()
+    Stores(data_dir).close()  # free again once closed
+
+
+def test_full_disk_answers_storage_full_and_loses_nothing(tiny_fs):
+    folder = tiny_fs(64)
+    stores = Stores(folder)
+    acknowledged = []
+    with pytest.raises(StorageFull):
+        for i in range(10_000):
+            stores.devices.insert(device(f"device-{i:05d}", note="x" * 200))
+            acknowledged.append(f"device-{i:05d}")
+    assert len(acknowledged) > 5
+    # memory still matches the disk: the failed insert left no phantom device behind
+    assert len(stores.devices) == len(acknowledged)
+    stores.close()
+    reopened = Stores(folder)
+    assert sorted(d["id"] for d in reopened.devices.all()) == acknowledged
+    reopened.close()
+
+
+# -- history ---------------------------------------------------------------------------
+def test_history_appends_number_records_across_restarts(tmp_path):
+    folder = tmp_path / "events"
+    log = HistoryLog(folder)
+    assert [log.append({"n": i})["seq"] for i in range(3)] == [1, 2, 3]
+    log.close()
+    log = HistoryLog(folder)
+    assert log.append({"n": 3})["seq"] == 4
+    assert [r["n"] for r in log.records()] == [0, 1, 2, 3]
+    assert [r["n"] for r in log.records(newest_first=True, where=lambda r: r["n"] % 2)] \
+        == [3, 1]
+    log.close()
+
+
+def test_history_rolls_segments_and_drops_old_ones_by_retention(tmp_path):
+    folder = tmp_path / "messages"
+    log = HistoryLog(folder, segment_records=10, max_records=25)
+    for i in range(100):
+        log.append({"n": i})
+    kept = [r["n"] for r in log.records()]
+    assert 25 <= len(kept) <= 35
+    assert kept == list(range(100 - len(kept), 100))  # the newest, in order, no gaps
+    assert len(log) == len(kept)
+    assert len(list(folder.glob("*.jsonl"))) <= 4
+    log.close()
+    reopened = HistoryLog(folder, segment_records=10, max_records=25)
+    assert reopened.append({"n": 100})["seq"] == 101
+    reopened.close()
+
+
+def test_history_cuts_a_torn_tail_and_appends_cleanly(tmp_path):
+    folder = tmp_path / "commands"
+    log = HistoryLog(folder)
+    for i in range(3):
+        log.append({"n": i})
+    log.close()
+    segment = next(folder.glob("*.jsonl"))
+    with open(segment, "ab") as f:
+        f.write(b'{"seq":4,"n":3,"text":"cut off by a power fa')
+    log = HistoryLog(folder)
+    assert log.append({"n": "after"})["seq"] == 4
+    lines = segment.read_bytes().splitlines()
+    assert [json.loads(line)["n"] for line in lines] == [0, 1, 2, "after"]
+    log.close()
+
+
+def test_history_full_disk_leaves_no_partial_record(tiny_fs):
+    folder = tiny_fs(32)
+    log = HistoryLog(folder / "events", segment_records=1_000_000)
+    acknowledged = 0
+    with pytest.raises(StorageFull):
+        for i in range(100_000):
+            log.append({"n": i, "pad": "y" * 100})
+            acknowledged += 1
+    log.close()
+    reopened = HistoryLog(folder / "events", segment_records=1_000_000)
+    assert [r["n"] for r in reopened.records()] == list(range(acknowledged))
+    reopened.close()
+
+
+# -- liveness --------------------------------------------------------------------------
+def test_liveness_is_written_at_checkpoints_not_per_update(tmp_path):
+    path = tmp_path / "liveness.json"
+    table = LivenessTable(path, interval_s=3600)
+    table.update("esp001", last_seen=1.0, rssi=-60)
+    table.update("esp001", last_seen=2.0)
+    assert not path.exists()
+    assert table.checkpoint() is True
+    assert table.checkpoint() is False  # nothing changed since
+    assert json.loads(path.read_text()) == {"esp001": {"last_seen": 2.0, "rssi": -60}}
+    table.update("esp002", last_seen=3.0)
+    table.stop()  # shutdown writes what changed
+    assert LivenessTable(path).get("esp002") == {"last_seen": 3.0}
+
+
+def test_liveness_checkpoints_in_the_background(tmp_path):
+    path = tmp_path / "liveness.json"
+    table = LivenessTable(path, interval_s=0.05)
+    table.start()
+    table.update("esp001", last_seen=5.0)
+    deadline = threading.Event()
+    for _ in range(100):
+        if path.exists():
+            break
+        deadline.wait(0.02)
+    assert json.loads(path.read_text())["esp001"]["last_seen"] == 5.0
+    table.stop()
