@@ -191,3 +191,12 @@ def test_every_admin_route_refuses_missing_and_device_credentials(app, admin, cl
             for headers in ({}, bearer(device_token), {"X-Device-Token": device_token}):
                 response = client.open(path, method=method, headers=headers, json={})
                 assert_error(response, 401)
+
+
+def test_health_needs_no_credentials_and_reports_the_stores(admin, client):
+    admin.register_device("esp001")
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["store"]["state"] == "ok"
+    assert health["store"]["devices"] == 1
+    assert health["store"]["history"]["events"] == 1  # the registration
+    assert health["version"] and health["uptime_s"] >= 0

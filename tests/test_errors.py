@@ -89,3 +89,11 @@ def test_disk_full_answers_507_and_keeps_every_acknowledged_device(tiny_fs, sett
     reopened = create_app({**settings, "DATA_DIR": str(folder)})
     assert len(reopened.extensions["dropsync"].stores.devices) == len(registered)
     reopened.extensions["dropsync"].close()
+
+
+def test_health_warns_before_the_disk_is_full(tiny_fs, settings):
+    app = create_app({**settings, "DATA_DIR": str(tiny_fs(512))})
+    health = app.test_client().get("/health").get_json()
+    assert health["status"] == "degraded" and health["store"]["state"] == "low_disk"
+    assert health["store"]["disk_free_bytes"] < 512 * 1024
+    app.extensions["dropsync"].close()

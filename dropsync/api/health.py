@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from flask import Blueprint, jsonify
 
 from .. import __version__
@@ -15,17 +13,10 @@ bp = Blueprint("health", __name__)
 @bp.get("/health")
 def show():
     hub = current_hub()
-    stores = hub.stores
-    disk = shutil.disk_usage(stores.data_dir)
+    store = hub.stores.state()
     return jsonify({
-        "status": "ok",
+        "status": "ok" if store["state"] == "ok" else "degraded",
         "version": __version__,
         "uptime_s": round(hub.uptime_s(), 1),
-        "store": {
-            "state": "ok",
-            "data_dir": str(stores.data_dir),
-            "devices": len(stores.devices),
-            "history": {name: len(log) for name, log in stores.history.items()},
-            "disk_free_bytes": disk.free,
-        },
+        "store": store,
     })

@@ -13,6 +13,7 @@ Layout of a data directory::
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from .datadir import DataDirLock, current_holder
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: History streams the hub keeps; each is its own folder of segments.
 HISTORY_STREAMS = ("messages", "commands", "events")
+#: Below this much free space the store reports "low_disk": writes will soon answer 507.
+LOW_DISK_BYTES = 50 * 1024 * 1024
 
 
 class Stores:
@@ -69,6 +72,17 @@ class Stores:
         table_file = TableFile(self.data_dir / name)
         self._files.append(table_file)
         return table_file
+
+    def state(self) -> dict:
+        """What /health reports about the stores: "ok", or "low_disk" before writes fail."""
+        free = shutil.disk_usage(self.data_dir).free
+        return {
+            "state": "ok" if free >= LOW_DISK_BYTES else "low_disk",
+            "data_dir": str(self.data_dir),
+            "disk_free_bytes": free,
+            "devices": len(self.devices),
+            "history": {name: len(log) for name, log in self.history.items()},
+        }
 
     def close(self) -> None:
         """Checkpoint liveness, close every file and give up the data directory."""
