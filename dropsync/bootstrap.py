@@ -81,9 +81,10 @@ def import_seed_device_auth(stores: Stores, candidates: list[Path]) -> None:
     for path in candidates:
         if not path.is_file():
             continue
+        path = path.resolve()  # logs and the import marker name it unambiguously
         raw = path.read_bytes()
         fingerprint = hashlib.sha256(raw).hexdigest()
-        marker = f"seed-import:{path.resolve()}"
+        marker = f"seed-import:{path}"
         try:
             if stores.meta.get(marker)["sha256"] == fingerprint:
                 continue
@@ -103,7 +104,7 @@ def import_seed_device_auth(stores: Stores, candidates: list[Path]) -> None:
         else:
             stores.meta.insert(record)
         log.info("Imported device tokens from %s: %s", path, result.summary())
-        if path.resolve().parent == stores.data_dir:
+        if path.parent == stores.data_dir:
             path.unlink()
             log.info("Deleted %s: its tokens are now stored only as hashes.", path)
         else:

@@ -8,6 +8,7 @@ running hub's back.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import click
 
 from . import __version__
 from .config import load_config
-from .errors import StartupError
+from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
 from .store import current_holder
 
@@ -85,21 +86,28 @@ def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> 
         data_dir = Path(settings["DATA_DIR"]).resolve()
         holder = current_holder(data_dir)
         if holder is not None:
-            pid = holder.get("pid")
-            raise StartupError(
-                f"data directory {data_dir} is in use by process {pid or '?'} (another "
-                "DropSync hub or command). Stop it, or point DROPSYNC_DATA_DIR elsewhere.")
+            raise DataDirBusy(data_dir, holder.get("pid"))
         if dev:
-            from . import create_app
-
-            create_app(overrides).run(host=settings["HOST"], port=settings["PORT"],
-                                      threaded=True, use_reloader=False)
+            run_dev_server(overrides, settings)
             return
     except StartupError as exc:
         raise click.ClickException(exc.message) from None
     from .server import HubServer
 
     HubServer(overrides, settings).run()
+
+
+def run_dev_server(overrides: dict[str, Any], settings: dict[str, Any]) -> None:
+    from . import create_app
+
+    app = create_app(overrides)
+    # SIGTERM would otherwise end the process without a final liveness checkpoint.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        app.run(host=settings["HOST"], port=settings["PORT"], threaded=True,
+                use_reloader=False)
+    finally:
+        app.extensions["dropsync"].close()
 
 
 # -- devices ---------------------------------------------------------------------------

@@ -95,8 +95,8 @@ def hub_process(tmp_path):
     """Start real hubs (``dropsync serve``) in tmp_path; all are stopped after the test."""
     started: list[HubProcess] = []
 
-    def start(env: dict[str, str] | None = None, workdir=None) -> HubProcess:
-        hub = HubProcess(workdir or tmp_path, env).start()
+    def start(env: dict[str, str] | None = None, workdir=None, serve_args=()) -> HubProcess:
+        hub = HubProcess(workdir or tmp_path, env, serve_args).start()
         started.append(hub)
         return hub
 

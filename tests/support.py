@@ -52,8 +52,10 @@ def readme_command(index: int) -> str:
 class HubProcess:
     """A real hub, started as ``dropsync serve`` (gunicorn) on a free loopback port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 serve_args: tuple[str, ...] = ()):
         self.workdir = workdir
+        self.serve_args = serve_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = workdir / "data"
@@ -67,7 +69,8 @@ class HubProcess:
         workdir = self.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen([str(BIN / "dropsync"), "serve"], cwd=workdir,
+        self.process = subprocess.Popen([str(BIN / "dropsync"), "serve", *self.serve_args],
+                                        cwd=workdir,
                                         env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -106,3 +106,17 @@ def test_unreadable_store_stops_the_hub_with_the_file_named(tmp_path):
     output = result.stdout + result.stderr
     assert str(data_dir / "auth.json") in output and "Traceback" not in output
     assert (data_dir / "auth.json").read_text() == "not json at all"
+
+
+def test_dev_server_serves_the_same_app_and_stops_cleanly(hub_process):
+    hub = hub_process({"DROPSYNC_LIVENESS_CHECKPOINT_S": "3600"}, serve_args=("--dev",))
+    assert "gunicorn" not in hub.log
+    assert requests.get(hub.url + "/health", timeout=5).json()["status"] == "ok"
+    assert_error(requests.get(hub.url + "/api/v1/admin/devices", timeout=5), 401)
+    token = hub.cli("device", "add", "esp001").stdout.strip().rsplit(" ", 1)[-1]
+    requests.get(hub.url + "/api/v1/device/ping/esp001",
+                 headers={"X-Device-Token": token}, timeout=5).raise_for_status()
+    assert hub.stop() == 0
+    # SIGTERM still checkpoints liveness and gives up the data directory cleanly
+    assert "last_seen" in json.loads((hub.data_dir / "liveness.json").read_text())["esp001"]
+    assert (hub.data_dir / "hub.lock").read_text() == ""
