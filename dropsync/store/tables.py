@@ -26,6 +26,11 @@ from .files import write_atomically
 Document = dict[str, Any]
 
 
+def detached(doc: Mapping[str, Any]) -> Document:
+    """A plain-dict deep copy: callers never alias stored data or see TinyDB's types."""
+    return copy.deepcopy(dict(doc))
+
+
 class AtomicJSONStorage(Storage):
     """A TinyDB storage that reads from memory and writes whole files atomically."""
 
@@ -100,7 +105,7 @@ class KeyedTable:
 
     def get(self, key: str) -> Document:
         with self.lock:
-            return copy.deepcopy(self._raw(key))
+            return detached(self._raw(key))
 
     def get_by(self, field: str, value: Any) -> Document:
         """Look a document up by one of its unique fields."""
@@ -108,11 +113,11 @@ class KeyedTable:
             key = self._unique[field].get(value)
             if key is None:
                 raise NotFound(f"no {self.item} with that {field}")
-            return copy.deepcopy(self._raw(key))
+            return detached(self._raw(key))
 
     def all(self) -> list[Document]:
         with self.lock:
-            return [copy.deepcopy(dict(doc)) for doc in self._table.all()]
+            return [detached(doc) for doc in self._table.all()]
 
     # -- writes ------------------------------------------------------------------------
     def insert(self, doc: Mapping[str, Any]) -> Document:
@@ -121,10 +126,10 @@ class KeyedTable:
             if key in self._doc_ids:
                 raise Conflict(f"{self.item} {key!r} already exists", code="already_exists")
             self._check_unique(key, doc)
-            stored = copy.deepcopy(dict(doc))
+            stored = detached(doc)
             doc_id = self._table.insert(stored)
             self._index(key, doc_id, stored)
-            return copy.deepcopy(stored)
+            return detached(stored)
 
     def update(
         self, key: str, changes: Mapping[str, Any] | Callable[[Document], Mapping[str, Any]]
@@ -132,20 +137,20 @@ class KeyedTable:
         """Apply ``changes`` (or ``changes(current)``) to one document, atomically."""
         with self.lock:
             current = self._raw(key)
-            fields = dict(changes(copy.deepcopy(current)) if callable(changes) else changes)
+            fields = dict(changes(detached(current)) if callable(changes) else changes)
             if fields.get(self.key_field, key) != key:
                 raise Conflict(f"the {self.key_field} of a {self.item} cannot change")
             self._check_unique(key, {**current, **fields})
-            old = copy.deepcopy(current)
-            self._table.update(copy.deepcopy(fields), doc_ids=[self._doc_ids[key]])
+            old = detached(current)
+            self._table.update(detached(fields), doc_ids=[self._doc_ids[key]])
             self._unindex(key, old)
             updated = self._raw(key)
             self._index(key, self._doc_ids[key], updated)
-            return copy.deepcopy(updated)
+            return detached(updated)
 
     def delete(self, key: str) -> Document:
         with self.lock:
-            old = copy.deepcopy(self._raw(key))
+            old = detached(self._raw(key))
             self._table.remove(doc_ids=[self._doc_ids[key]])
             self._unindex(key, old)
             del self._doc_ids[key]
