@@ -2,7 +2,8 @@
 
 After each write is acknowledged (the store call returned) it prints one line to stdout,
 so the parent knows exactly which writes the store promised to keep:
-``dev <n>`` (device counter set to n), ``add <id>`` (device inserted), ``hist <n>``.
+``dev <n>`` (device counter set to n), ``add <id>`` (device inserted), ``hist <n>``,
+``live <n>`` (liveness checkpointed with last_seen n).
 """
 
 import sys
@@ -25,6 +26,9 @@ def main(data_dir: str, start: int) -> None:
             stores.devices.insert({"id": f"d{n}", "token_hash": f"h{n}", "groups": []})
             print(f"add d{n}", flush=True)
         stores.liveness.update("counter", last_seen=n)
+        if n % 5 == 0:
+            stores.liveness.checkpoint()
+            print(f"live {n}", flush=True)
         n += 1
 
 

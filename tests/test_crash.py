@@ -24,6 +24,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
     acknowledged_history: set[int] = set()
     acknowledged_devices: set[str] = set()
     last_counter = -1
+    last_checkpoint = -1
     next_n = 0
     killed_mid_write = 0
     for kill in range(KILLS):
@@ -42,6 +43,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
                 acknowledged_history.add(int(value))
             elif kind == "add":
                 acknowledged_devices.add(value)
+            elif kind == "live":
+                last_checkpoint = int(value)
         killed_mid_write += "ready" in output
 
         stores = Stores(data_dir, history_segment_records=200, history_retention=1_000_000)
@@ -54,6 +57,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
             stored = {r["n"] for r in stores.history["events"].records()}
             assert acknowledged_history <= stored, f"kill {kill}: lost history"
             assert not list(data_dir.rglob("*.tmp")), "temp files left after restart"
+            # liveness.json parsed (or Stores would have refused); its checkpoint is kept
+            assert stores.liveness.get("counter").get("last_seen", -1) >= last_checkpoint
             next_n = max(counter, last_counter) + 1
         finally:
             stores.close()

@@ -180,6 +180,27 @@ def test_history_rolls_segments_and_drops_old_ones_by_retention(tmp_path):
     reopened.close()
 
 
+def test_concurrent_history_appends_get_unique_seqs_and_all_land(tmp_path):
+    log = HistoryLog(tmp_path / "events", segment_records=50)
+    seqs: list[int] = []
+
+    def write(thread: int):
+        for i in range(60):
+            seqs.append(log.append({"thread": thread, "i": i})["seq"])
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 361))
+    stored = list(log.records())
+    assert [r["seq"] for r in stored] == list(range(1, 361))
+    for thread in range(6):  # each thread's records in the order it wrote them
+        assert [r["i"] for r in stored if r["thread"] == thread] == list(range(60))
+    log.close()
+
+
 def test_history_cuts_a_torn_tail_and_appends_cleanly(tmp_path):
     folder = tmp_path / "commands"
     log = HistoryLog(folder)
