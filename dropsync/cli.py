@@ -49,6 +49,17 @@ def echo_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def echo_rows(rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
+              empty: str | None = None) -> None:
+    """What list commands print: JSON, a hint when there is nothing, or a table."""
+    if as_json:
+        echo_json(rows)
+    elif not rows and empty:
+        click.echo(empty)
+    else:
+        echo_table(rows, columns)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -145,13 +156,8 @@ def device_add(ctx, device_id, name, device_type, groups, as_json) -> None:
 @click.pass_context
 def device_list(ctx, as_json) -> None:
     """List devices."""
-    found = admin_api(ctx, "GET", "/devices")["devices"]
-    if as_json:
-        echo_json(found)
-    elif not found:
-        click.echo("No devices. Add one with: dropsync device add <id>")
-    else:
-        echo_table(found, DEVICE_COLUMNS)
+    echo_rows(admin_api(ctx, "GET", "/devices")["devices"], DEVICE_COLUMNS, as_json,
+              empty="No devices. Add one with: dropsync device add <id>")
 
 
 @device.command("show")
@@ -256,11 +262,8 @@ def admin_token_create(ctx, label, as_json) -> None:
 @click.pass_context
 def admin_token_list(ctx, as_json) -> None:
     """List admin tokens (never their secrets)."""
-    tokens = admin_api(ctx, "GET", "/tokens")["tokens"]
-    if as_json:
-        echo_json(tokens)
-    else:
-        echo_table(tokens, [("ID", "id"), ("LABEL", "label"), ("CREATED", "created_at")])
+    echo_rows(admin_api(ctx, "GET", "/tokens")["tokens"],
+              [("ID", "id"), ("LABEL", "label"), ("CREATED", "created_at")], as_json)
 
 
 @admin_token.command("revoke")
@@ -307,12 +310,9 @@ def operator_passwd(ctx, username, password) -> None:
 @click.pass_context
 def operator_list(ctx, as_json) -> None:
     """List operators."""
-    found = admin_api(ctx, "GET", "/operators")["operators"]
-    if as_json:
-        echo_json(found)
-    else:
-        echo_table(found, [("USERNAME", "username"), ("CREATED", "created_at"),
-                           ("PASSWORD CHANGED", "password_changed_at")])
+    echo_rows(admin_api(ctx, "GET", "/operators")["operators"],
+              [("USERNAME", "username"), ("CREATED", "created_at"),
+               ("PASSWORD CHANGED", "password_changed_at")], as_json)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .files import fsync_dir, raise_if_disk_full
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 Record = dict[str, Any]
 
 
@@ -46,7 +47,7 @@ class HistoryLog:
         self._segments = sorted(int(p.stem) for p in folder.glob(f"*{SEGMENT_SUFFIX}")
                                 if p.stem.isdigit())
         self._next_seq = self._recover_tail() + 1
-        self._file = None
+        self._fd: int | None = None
 
     # -- reads -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -69,68 +70,54 @@ class HistoryLog:
 
     # -- writes ------------------------------------------------------------------------
     def append(self, record: Record) -> Record:
-        """Store one record durably and return it with its sequence number ``seq``."""
-        return self.append_many([record])[0]
+        """Store one record durably and return it with its sequence number ``seq``.
 
-    def append_many(self, records: list[Record]) -> list[Record]:
-        """Store several records with one fsync; all are acknowledged together."""
+        On any failure the segment is cut back to its size before the append, so a record
+        the caller was told failed is never found later.
+        """
         with self._lock:
-            stored = []
-            for record in records:
-                self._open_segment_with_room()
-                entry = {"seq": self._next_seq, **record}
-                line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-                self._write(line.encode())
-                self._next_seq += 1
-                stored.append(entry)
-            self._sync()
+            entry = {"seq": self._next_seq, **record}
+            line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            self._open_segment_with_room()
+            size_before = os.fstat(self._fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._undo_append(size_before)
+                raise_if_disk_full(exc, self.folder)
+                raise
+            self._next_seq += 1
             self._drop_old_segments()
-            return stored
+            return entry
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._close_segment()
 
     # -- internals ---------------------------------------------------------------------
     def _path(self, first: int) -> Path:
         return self.folder / f"{first:020d}{SEGMENT_SUFFIX}"
 
-    def _write(self, data: bytes) -> None:
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            self._reopen_after_failure()
-            raise_if_disk_full(exc, self.folder)
-            raise
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
-    def _sync(self) -> None:
-        try:
-            self._file.flush()
-            os.fdatasync(self._file.fileno())
-        except OSError as exc:
-            self._reopen_after_failure()
-            raise_if_disk_full(exc, self.folder)
-            raise
-
-    def _reopen_after_failure(self) -> None:
-        """Drop a half-written tail so a failed append leaves nothing behind."""
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        self._file = None
-        self._next_seq = self._recover_tail() + 1
+    def _undo_append(self, size_before: int) -> None:
+        path = self._path(self._segments[-1])
+        self._close_segment()
+        os.truncate(path, size_before)
 
     def _open_segment_with_room(self) -> None:
         if self._segments and self._next_seq - self._segments[-1] < self.segment_records:
-            if self._file is None:
-                self._file = open(self._path(self._segments[-1]), "ab")  # noqa: SIM115
+            if self._fd is None:
+                self._fd = os.open(self._path(self._segments[-1]), APPEND_FLAGS, 0o600)
             return
-        if self._file is not None:
-            self._file.close()
-        self._file = open(self._path(self._next_seq), "ab")  # noqa: SIM115 (kept open)
+        self._close_segment()
+        self._fd = os.open(self._path(self._next_seq), APPEND_FLAGS, 0o600)
         self._segments.append(self._next_seq)
         fsync_dir(self.folder)
 
