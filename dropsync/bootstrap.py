@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import now_iso
-from .credentials import add_operator, create_admin_token
+from .credentials import add_operator, check_password_policy, create_admin_token
 from .devices import import_device_tokens
 from .errors import ConfigError, DropSyncError, NotFound, ValidationFailed
 from .store import Stores, write_atomically
@@ -49,19 +49,22 @@ def ensure_first_admin(stores: Stores, settings: dict[str, Any]) -> None:
             log.info("The first admin credentials are in %s; delete it once stored safely.",
                      path)
         return
+    chosen_password = settings.get("ADMIN_PASSWORD")
+    if chosen_password:  # refuse before creating anything, or a retry would hide the token
+        try:
+            check_password_policy(chosen_password)
+        except ValidationFailed as exc:
+            raise ConfigError(f"DROPSYNC_ADMIN_PASSWORD: {exc.message}") from None
     lines = []
     if not len(stores.admin_tokens) and not settings.get("ADMIN_TOKEN"):
         _, token = create_admin_token(stores, "first admin token")
         lines.append(f"admin API token:  {token}")
     if not len(stores.operators):
-        password = settings.get("ADMIN_PASSWORD")
+        password = chosen_password
         if not password:
             password = secrets.token_urlsafe(12)
             lines.append(f"dashboard login:  {FIRST_OPERATOR} / {password}")
-        try:
-            add_operator(stores, FIRST_OPERATOR, password)
-        except ValidationFailed as exc:
-            raise ConfigError(f"DROPSYNC_ADMIN_PASSWORD: {exc.message}") from None
+        add_operator(stores, FIRST_OPERATOR, password)
     if lines:
         body = "DropSync first admin credentials (shown once; store them, then delete this " \
                "file)\n" + "\n".join(lines) + "\n"

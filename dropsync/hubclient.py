@@ -45,8 +45,6 @@ def _raise_for_error(status: int, body: Any) -> Any:
 class HttpHub:
     """The admin API of a hub process, over HTTP."""
 
-    via = "running hub"
-
     def __init__(self, url: str, token: str):
         self.url = url.rstrip("/")
         self.token = token
@@ -69,7 +67,10 @@ class HttpHub:
                     payload = None
                 return _raise_for_error(exc.code, payload)
             except urllib.error.URLError as exc:
-                if time.monotonic() > deadline:
+                # Only a refused connection is safe to retry: the request never arrived
+                # (the hub is still starting). Anything else might have been applied.
+                if not isinstance(exc.reason, ConnectionRefusedError) or \
+                        time.monotonic() > deadline:
                     raise StartupError(f"the hub holding the data directory does not answer "
                                        f"at {self.url}: {exc.reason}") from None
                 time.sleep(0.2)
@@ -77,8 +78,6 @@ class HttpHub:
 
 class InProcessHub:
     """The admin API of an app this process opened itself, called without a socket."""
-
-    via = "data directory"
 
     def __init__(self, app):
         self.client = app.test_client()

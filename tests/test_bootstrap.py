@@ -65,9 +65,14 @@ def test_credentials_from_the_environment_are_used_and_not_written(start, tmp_pa
     assert b"env-admin-token-0123456789" not in stored and b"chosen-password" not in stored
 
 
-def test_a_too_short_first_password_stops_startup(start):
+def test_a_too_short_first_password_stops_startup_before_creating_anything(start, tmp_path):
     with pytest.raises(ConfigError, match="DROPSYNC_ADMIN_PASSWORD"):
         start(ADMIN_PASSWORD="short")
+    # fixed and started again: the admin token is created now, and told
+    hub = start(ADMIN_PASSWORD="long enough now")
+    token = (tmp_path / "data" / "first-admin.txt").read_text() \
+        .split("admin API token:")[1].split()[0]
+    assert hub.admin.identify(token).startswith("token:")
 
 
 def test_seed_file_in_app_is_imported_once_and_again_only_when_changed(start, tmp_path):

@@ -13,7 +13,9 @@ def current_hub() -> Hub:
 
 def bearer_token() -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
 
 
 def device_token() -> str | None:
