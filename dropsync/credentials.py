@@ -48,6 +48,10 @@ def revoke_admin_token(stores: Stores, token_id: str) -> Document:
     return stores.admin_tokens.delete(token_id)
 
 
+def list_admin_tokens(stores: Stores) -> list[Document]:
+    return sorted(stores.admin_tokens.all(), key=lambda t: t["created_at"])
+
+
 class AdminAuthority:
     """Decides whether a bearer token is an admin credential.
 
@@ -88,6 +92,10 @@ def add_operator(stores: Stores, username: str, password: str) -> Document:
         "username": username, "password_hash": generate_password_hash(password),
         "created_at": now_iso(),
     })
+
+
+def list_operators(stores: Stores) -> list[Document]:
+    return sorted(stores.operators.all(), key=lambda o: o["username"])
 
 
 def set_operator_password(stores: Stores, username: str, password: str) -> Document:

@@ -86,7 +86,7 @@ def import_devices():
 # -- admin tokens ----------------------------------------------------------------------
 @bp.get("/tokens")
 def list_tokens():
-    tokens = sorted(stores().admin_tokens.all(), key=lambda t: t["created_at"])
+    tokens = credentials.list_admin_tokens(stores())
     return jsonify({"tokens": AdminTokenSchema(many=True).dump(tokens), "count": len(tokens)})
 
 
@@ -106,7 +106,7 @@ def revoke_token(token_id: str):
 # -- operators -------------------------------------------------------------------------
 @bp.get("/operators")
 def list_operators():
-    found = sorted(stores().operators.all(), key=lambda o: o["username"])
+    found = credentials.list_operators(stores())
     return jsonify({"operators": OperatorSchema(many=True).dump(found), "count": len(found)})
 
 
