@@ -107,14 +107,18 @@ def hub_process(tmp_path):
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    """A real, small tmpfs, to fill the disk for real. Skipped where mounting is not allowed."""
+    """A real, small tmpfs (bytes, optionally inodes), to fill the disk for real.
+
+    Skipped where mounting is not allowed.
+    """
     mounts = []
 
-    def mount(size_kib: int):
+    def mount(size_kib: int, inodes: int | None = None):
         point = tmp_path / f"tinyfs{len(mounts)}"
         point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs",
-                                 str(point)], capture_output=True, text=True)
+        options = f"size={size_kib}k" + (f",nr_inodes={inodes}" if inodes else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                                capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
         mounts.append(point)

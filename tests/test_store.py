@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -231,6 +232,22 @@ def test_history_full_disk_leaves_no_partial_record(tiny_fs):
     reopened.close()
 
 
+def test_history_full_disk_when_a_new_segment_is_needed(tiny_fs):
+    """No room for another file (inodes exhausted): still StorageFull, nothing lost."""
+    folder = tiny_fs(1024, inodes=4)
+    log = HistoryLog(folder / "events", segment_records=2)
+    acknowledged = 0
+    with pytest.raises(StorageFull):
+        for i in range(100):
+            log.append({"n": i})
+            acknowledged += 1
+    assert acknowledged >= 2
+    log.close()
+    reopened = HistoryLog(folder / "events", segment_records=2)
+    assert [r["n"] for r in reopened.records()] == list(range(acknowledged))
+    reopened.close()
+
+
 # -- liveness --------------------------------------------------------------------------
 def test_liveness_is_written_at_checkpoints_not_per_update(tmp_path):
     path = tmp_path / "liveness.json"
@@ -251,10 +268,9 @@ def test_liveness_checkpoints_in_the_background(tmp_path):
     table = LivenessTable(path, interval_s=0.05)
     table.start()
     table.update("esp001", last_seen=5.0)
-    deadline = threading.Event()
     for _ in range(100):
         if path.exists():
             break
-        deadline.wait(0.02)
+        time.sleep(0.02)
     assert json.loads(path.read_text())["esp001"]["last_seen"] == 5.0
     table.stop()

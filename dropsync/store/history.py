@@ -78,15 +78,17 @@ class HistoryLog:
         with self._lock:
             entry = {"seq": self._next_seq, **record}
             line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            self._open_segment_with_room()
-            size_before = os.fstat(self._fd).st_size
+            size_before = None
             try:
+                self._open_segment_with_room()  # may create a file: can hit a full disk too
+                size_before = os.fstat(self._fd).st_size
                 view = memoryview(line)
                 while view:
                     view = view[os.write(self._fd, view):]
                 os.fdatasync(self._fd)
             except OSError as exc:
-                self._undo_append(size_before)
+                if size_before is not None:
+                    self._undo_append(size_before)
                 raise_if_disk_full(exc, self.folder)
                 raise
             self._next_seq += 1
