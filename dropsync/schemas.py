@@ -121,3 +121,51 @@ class OperatorSchema(Schema):
     username = fields.String()
     created_at = fields.String()
     password_changed_at = fields.String()
+
+
+class DeviceListSchema(Schema):
+    devices = fields.List(fields.Nested(DeviceSchema))
+    count = fields.Integer()
+
+
+class DeviceImportResultSchema(Schema):
+    added = fields.List(fields.String())
+    updated = fields.List(fields.String())
+    unchanged = fields.List(fields.String())
+    weak = fields.List(fields.String())
+    summary = fields.String()
+
+
+class AdminTokenListSchema(Schema):
+    tokens = fields.List(fields.Nested(AdminTokenSchema))
+    count = fields.Integer()
+
+
+class AdminTokenWithSecretSchema(AdminTokenSchema):
+    token = fields.String()
+
+
+class OperatorListSchema(Schema):
+    operators = fields.List(fields.Nested(OperatorSchema))
+    count = fields.Integer()
+
+
+class DeletedSchema(Schema):
+    deleted = fields.String()
+
+
+class RevokedSchema(Schema):
+    revoked = fields.String()
+
+
+class PingSchema(Schema):
+    status = fields.String()
+    device_id = fields.String()
+    server_time = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    version = fields.String()
+    uptime_s = fields.Float()
+    store = fields.Dict()

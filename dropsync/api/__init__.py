@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, device, errors, health
+from . import admin, device, errors, health, openapi
 
 
 def init_app(app: Flask) -> None:
@@ -12,3 +12,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)

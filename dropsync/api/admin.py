@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, g
 
 from .. import credentials, devices
 from ..schemas import (
     AdminTokenCreateSchema,
-    AdminTokenSchema,
+    AdminTokenListSchema,
+    AdminTokenWithSecretSchema,
+    DeletedSchema,
+    DeviceImportResultSchema,
     DeviceImportSchema,
+    DeviceListSchema,
     DeviceRegisterSchema,
     DeviceSchema,
     DeviceUpdateSchema,
     DeviceWithTokenSchema,
     OperatorCreateSchema,
+    OperatorListSchema,
     OperatorSchema,
     PasswordSchema,
+    RevokedSchema,
 )
 from .context import bearer_token, current_hub
-from .parsing import parse_body
+from .contract import contract
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 
@@ -38,87 +44,105 @@ def with_liveness(device: dict) -> dict:
 
 # -- devices ---------------------------------------------------------------------------
 @bp.get("/devices")
+@contract(response=DeviceListSchema)
 def list_devices():
+    """List every registered device with its liveness."""
     found = [with_liveness(d) for d in devices.list_devices(stores())]
-    return jsonify({"devices": DeviceSchema(many=True).dump(found), "count": len(found)})
+    return {"devices": found, "count": len(found)}
 
 
 @bp.post("/devices/register")
-def register_device():
-    body = parse_body(DeviceRegisterSchema())
+@contract(body=DeviceRegisterSchema, response=DeviceWithTokenSchema, status=201,
+          errors=(409,))
+def register_device(body):
+    """Register a device; the answer holds its token, shown only this once."""
     device, token = devices.register_device(stores(), body.pop("id"), actor=g.admin, **body)
-    return jsonify(DeviceWithTokenSchema().dump({**with_liveness(device), "token": token})), 201
+    return {**with_liveness(device), "token": token}
 
 
 @bp.get("/devices/<device_id>")
+@contract(response=DeviceSchema)
 def show_device(device_id: str):
-    return jsonify(DeviceSchema().dump(with_liveness(devices.get_device(stores(), device_id))))
+    """Show one device."""
+    return with_liveness(devices.get_device(stores(), device_id))
 
 
 @bp.patch("/devices/<device_id>")
-def update_device(device_id: str):
-    changes = parse_body(DeviceUpdateSchema())
-    device = devices.update_device(stores(), device_id, changes, actor=g.admin)
-    return jsonify(DeviceSchema().dump(with_liveness(device)))
+@contract(body=DeviceUpdateSchema, response=DeviceSchema)
+def update_device(device_id: str, body):
+    """Change a device's name, type, groups or enabled flag."""
+    device = devices.update_device(stores(), device_id, body, actor=g.admin)
+    return with_liveness(device)
 
 
 @bp.delete("/devices/<device_id>")
+@contract(response=DeletedSchema)
 def delete_device(device_id: str):
+    """Delete a device; its token stops working at once."""
     devices.delete_device(stores(), device_id, actor=g.admin)
-    return jsonify({"deleted": device_id})
+    return {"deleted": device_id}
 
 
 @bp.post("/devices/<device_id>/rotate-token")
+@contract(response=DeviceWithTokenSchema)
 def rotate_token(device_id: str):
+    """Give a device a new token; the old one stops working."""
     device, token = devices.rotate_token(stores(), device_id, actor=g.admin)
-    return jsonify(DeviceWithTokenSchema().dump({**with_liveness(device), "token": token}))
+    return {**with_liveness(device), "token": token}
 
 
 @bp.post("/devices/import")
-def import_devices():
-    body = parse_body(DeviceImportSchema())
+@contract(body=DeviceImportSchema, response=DeviceImportResultSchema)
+def import_devices(body):
+    """Import a seed-style map of device id to token."""
     result = devices.import_device_tokens(stores(), body["tokens"], actor=g.admin)
-    return jsonify({"added": result.added, "updated": result.updated,
-                    "unchanged": result.unchanged, "weak": result.weak,
-                    "summary": result.summary()})
+    return {"added": result.added, "updated": result.updated,
+            "unchanged": result.unchanged, "weak": result.weak, "summary": result.summary()}
 
 
 # -- admin tokens ----------------------------------------------------------------------
 @bp.get("/tokens")
+@contract(response=AdminTokenListSchema)
 def list_tokens():
+    """List admin tokens (never their secrets)."""
     tokens = credentials.list_admin_tokens(stores())
-    return jsonify({"tokens": AdminTokenSchema(many=True).dump(tokens), "count": len(tokens)})
+    return {"tokens": tokens, "count": len(tokens)}
 
 
 @bp.post("/tokens")
-def create_token():
-    body = parse_body(AdminTokenCreateSchema())
+@contract(body=AdminTokenCreateSchema, response=AdminTokenWithSecretSchema, status=201)
+def create_token(body):
+    """Create an admin token; the answer holds it, shown only this once."""
     record, token = credentials.create_admin_token(stores(), body["label"])
-    return jsonify({**AdminTokenSchema().dump(record), "token": token}), 201
+    return {**record, "token": token}
 
 
 @bp.delete("/tokens/<token_id>")
+@contract(response=RevokedSchema)
 def revoke_token(token_id: str):
+    """Revoke an admin token."""
     credentials.revoke_admin_token(stores(), token_id)
-    return jsonify({"revoked": token_id})
+    return {"revoked": token_id}
 
 
 # -- operators -------------------------------------------------------------------------
 @bp.get("/operators")
+@contract(response=OperatorListSchema)
 def list_operators():
+    """List dashboard operators."""
     found = credentials.list_operators(stores())
-    return jsonify({"operators": OperatorSchema(many=True).dump(found), "count": len(found)})
+    return {"operators": found, "count": len(found)}
 
 
 @bp.post("/operators")
-def add_operator():
-    body = parse_body(OperatorCreateSchema())
-    operator = credentials.add_operator(stores(), body["username"], body["password"])
-    return jsonify(OperatorSchema().dump(operator)), 201
+@contract(body=OperatorCreateSchema, response=OperatorSchema, status=201, errors=(409,))
+def add_operator(body):
+    """Add a dashboard operator."""
+    return credentials.add_operator(stores(), body["username"], body["password"])
 
 
 @bp.put("/operators/<username>/password")
-def set_operator_password(username: str):
-    body = parse_body(PasswordSchema())
-    operator = credentials.set_operator_password(stores(), username, body["password"])
-    return jsonify(OperatorSchema().dump(operator))
+@contract(body=PasswordSchema, response=OperatorSchema)
+def set_operator_password(username: str, body):
+    """Set an operator's password."""
+    return credentials.set_operator_password(stores(), username, body["password"])

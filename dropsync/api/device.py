@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, request
 
 from ..clock import now_iso
 from ..devices import authenticate_device
+from ..schemas import PingSchema
 from .context import current_hub, device_token
+from .contract import contract
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/device")
 
@@ -23,5 +25,7 @@ def require_device_token():
 
 
 @bp.get("/ping/<device_id>")
+@contract(response=PingSchema)
 def ping(device_id: str):
-    return jsonify({"status": "ok", "device_id": device_id, "server_time": now_iso()})
+    """Check the hub is reachable and the token works."""
+    return {"status": "ok", "device_id": device_id, "server_time": now_iso()}

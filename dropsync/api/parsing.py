@@ -1,4 +1,4 @@
-"""Turning a request body into validated data: JSON or form posts, through a schema."""
+"""Turning a request body or query string into validated data, through a schema."""
 
 from __future__ import annotations
 
@@ -37,3 +37,13 @@ def parse_body(schema: Schema) -> dict[str, Any]:
         return schema.load(data)
     except ValidationError as exc:
         raise ValidationFailed("request body is invalid", exc.messages) from None
+
+
+def parse_query(schema: Schema) -> dict[str, Any]:
+    """The query string loaded through ``schema`` (repeated keys become lists): 400 if not."""
+    data = {key: values[0] if len(values) == 1 else values
+            for key, values in request.args.lists()}
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ValidationFailed("query string is invalid", exc.messages) from None
