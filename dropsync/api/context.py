@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+import time
 
+from flask import current_app, g, request
+
+from ..devices import authenticate_device
 from ..hub import Hub
 
 
@@ -21,3 +24,13 @@ def bearer_token() -> str | None:
 def device_token() -> str | None:
     """Devices may send their token as a bearer token or in ``X-Device-Token``."""
     return bearer_token() or request.headers.get("X-Device-Token", "").strip() or None
+
+
+def require_device_token() -> None:
+    """``before_request`` of every device-facing blueprint: each route names a device id,
+    and the token must be that device's own (401 none or bad, 403 another device's).
+    A device that got through is seen now, from this address."""
+    device_id = (request.view_args or {}).get("device_id", "")
+    stores = current_hub().stores
+    g.device = authenticate_device(stores, device_id, device_token())
+    stores.liveness.update(device_id, last_seen=time.time(), ip=request.remote_addr)
