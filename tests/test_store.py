@@ -181,6 +181,48 @@ def test_history_rolls_segments_and_drops_old_ones_by_retention(tmp_path):
     reopened.close()
 
 
+def by_device(record):
+    return [f"device:{record['device']}", f"device:{record['device']}/level:{record['level']}"]
+
+
+def test_history_index_pages_one_key_newest_first_across_restarts(tmp_path):
+    folder = tmp_path / "messages"
+    log = HistoryLog(folder, segment_records=7, index_keys=by_device)
+    for i in range(40):
+        log.append({"device": f"d{i % 3}", "level": "error" if i % 5 == 0 else "info",
+                    "n": i, "at": 1000 + i})
+    expected = [i for i in range(39, -1, -1) if i % 3 == 1]
+    page = log.find("device:d1", limit=4)
+    assert [r["n"] for r in page] == expected[:4]
+    rest = log.find("device:d1", before_seq=page[-1]["seq"])
+    assert [r["n"] for r in rest] == expected[4:]
+    assert [r["n"] for r in log.find("device:d1/level:error")] == [25, 10]
+    assert [r["n"] for r in log.find("device:d2", newest_first=False, after_seq=30)] \
+        == [i for i in range(30, 40) if i % 3 == 2]
+    assert log.find("device:nobody") == []
+    assert log.read(5)["n"] == 4 and log.read(999) is None
+    assert log.first_seq_at_or_after("device:d0", "at", 1020) == log.find(
+        "device:d0", newest_first=False, where=lambda r: r["at"] >= 1020, limit=1)[0]["seq"]
+    log.close()
+    reopened = HistoryLog(folder, segment_records=7, index_keys=by_device)
+    assert [r["n"] for r in reopened.find("device:d1")] == expected
+    reopened.append({"device": "d1", "level": "info", "n": 40, "at": 1040})
+    assert reopened.find("device:d1", limit=1)[0]["n"] == 40
+    reopened.close()
+
+
+def test_history_index_forgets_what_retention_dropped(tmp_path):
+    log = HistoryLog(tmp_path / "messages", segment_records=10, max_records=20,
+                     index_keys=by_device)
+    for i in range(60):
+        log.append({"device": "early" if i < 10 else "late", "level": "info", "n": i})
+    assert log.find("device:early") == []
+    assert "device:early" not in log._keyed  # the index shrinks with the log
+    kept = [r["n"] for r in log.find("device:late", newest_first=False)]
+    assert kept == list(range(60 - len(kept), 60)) and len(kept) >= 20
+    log.close()
+
+
 def test_concurrent_history_appends_get_unique_seqs_and_all_land(tmp_path):
     log = HistoryLog(tmp_path / "events", segment_records=50)
     seqs: list[int] = []

@@ -8,15 +8,23 @@ than ``max_records``.
 
 A crash can only tear the line being written, which was never acknowledged; opening the log
 cuts such a tail off so the next append starts on a clean line.
+
+Queries ("this device's messages, newest first, 50 at a time") must not scan 100,000 records
+from disk, so the log keeps a small index in memory: where each record starts in its
+segment, and for each key ``index_keys`` gives a record (``device:esp001``...), the sorted
+sequence numbers of its records. A page is then a slice of one array and one ``pread`` per
+record. The index is rebuilt by reading the segments once at open.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".jsonl"
 APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 Record = dict[str, Any]
+IndexKeys = Callable[[Record], Iterable[str]]
 
 
 class HistoryLog:
@@ -36,18 +45,24 @@ class HistoryLog:
     max_records = 100_000
 
     def __init__(self, folder: Path, *, segment_records: int | None = None,
-                 max_records: int | None = None):
+                 max_records: int | None = None, index_keys: IndexKeys | None = None):
         self.folder = folder
         if segment_records:
             self.segment_records = segment_records
         if max_records:
             self.max_records = max_records
+        self._index_keys = index_keys
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         self._segments = sorted(int(p.stem) for p in folder.glob(f"*{SEGMENT_SUFFIX}")
                                 if p.stem.isdigit())
         self._next_seq = self._recover_tail() + 1
         self._fd: int | None = None
+        #: Per segment: the byte offset where each record starts, then the segment's end.
+        self._offsets: dict[int, array] = {}
+        #: Per index key: sequence numbers of its records, ascending.
+        self._keyed: dict[str, array] = {}
+        self._build_index()
 
     # -- reads -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -67,6 +82,57 @@ class HistoryLog:
             for record in reversed(lines) if newest_first else lines:
                 if where is None or where(record):
                     yield record
+
+    def read(self, seq: int) -> Record | None:
+        """One record by sequence number; None once retention has dropped it."""
+        with self._lock:
+            where = self._locate(seq)
+        return self._read_at(*where) if where else None
+
+    def find(self, key: str | None = None, *, before_seq: int | None = None,
+             after_seq: int | None = None, newest_first: bool = True, limit: int | None = None,
+             where: Callable[[Record], bool] | None = None) -> list[Record]:
+        """Records under one index key (or all records), in seq order or newest first.
+
+        ``before_seq``/``after_seq`` bound the sequence numbers (exclusive) and serve as the
+        paging cursor; ``where`` filters what the key alone cannot; at most ``limit`` come.
+        """
+        with self._lock:
+            first_kept = self._segments[0] if self._segments else self._next_seq
+            low = max(first_kept, (after_seq + 1) if after_seq is not None else 0)
+            high = min(self._next_seq, before_seq if before_seq is not None else self._next_seq)
+            if key is None:
+                seqs: Iterable[int] = range(low, high)
+            else:
+                column = self._keyed.get(key, array("q"))
+                seqs = column[bisect.bisect_left(column, low):bisect.bisect_left(column, high)]
+        found: list[Record] = []
+        for seq in reversed(seqs) if newest_first else seqs:
+            record = self.read(seq)
+            if record is None or (where is not None and not where(record)):
+                continue
+            found.append(record)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    def first_seq_at_or_after(self, key: str | None, field: str, value: Any) -> int:
+        """The first seq (under ``key``) whose ``field`` is >= ``value``, for fields that
+        rise with seq, such as the hub's receive time: a binary search, not a scan."""
+        with self._lock:
+            first_kept = self._segments[0] if self._segments else self._next_seq
+            if key is None:
+                seqs: Any = range(first_kept, self._next_seq)
+            else:
+                column = self._keyed.get(key, array("q"))
+                seqs = column[bisect.bisect_left(column, first_kept):]
+
+        def field_of(seq: int):
+            record = self.read(seq)
+            return record.get(field, value) if record is not None else value
+
+        position = bisect.bisect_left(seqs, value, key=field_of)
+        return seqs[position] if position < len(seqs) else self._next_seq
 
     # -- writes ------------------------------------------------------------------------
     def append(self, record: Record) -> Record:
@@ -91,6 +157,7 @@ class HistoryLog:
                     self._undo_append(size_before)
                 raise_if_disk_full(exc, self.folder)
                 raise
+            self._remember(entry, size_before, size_before + len(line))
             self._next_seq += 1
             self._drop_old_segments()
             return entry
@@ -131,7 +198,73 @@ class HistoryLog:
                 break
             self._path(oldest).unlink(missing_ok=True)
             self._segments.pop(0)
+            self._offsets.pop(oldest, None)
+            self._forget_before(following)
             log.debug("history %s: dropped segment %d by retention", self.folder.name, oldest)
+
+    # -- the index ---------------------------------------------------------------------
+    def _build_index(self) -> None:
+        for first in self._segments:
+            offset = 0
+            data = self._path(first).read_bytes()
+            for line in data.splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None  # unreadable but complete lines keep their seq slot
+                self._remember(record, offset, offset + len(line), first=first)
+                offset += len(line)
+
+    def _remember(self, record: Record | None, start: int, end: int,
+                  first: int | None = None) -> None:
+        first = self._segments[-1] if first is None else first
+        offsets = self._offsets.get(first)
+        if offsets is None:
+            offsets = self._offsets[first] = array("q", [start])
+        offsets[-1] = start  # the segment's end so far is where this record starts
+        offsets.append(end)
+        if record is None or self._index_keys is None:
+            return
+        seq = first + len(offsets) - 2
+        for key in self._index_keys(record):
+            column = self._keyed.get(key)
+            if column is None:
+                column = self._keyed[key] = array("q")
+            column.append(seq)
+
+    def _forget_before(self, first_kept: int) -> None:
+        for key in list(self._keyed):
+            column = self._keyed[key]
+            cut = bisect.bisect_left(column, first_kept)
+            if cut == len(column):
+                del self._keyed[key]
+            elif cut:
+                del column[:cut]
+
+    def _locate(self, seq: int) -> tuple[int, int, int] | None:
+        """(segment, start, end) of a record, if still kept."""
+        if not self._segments or not self._segments[0] <= seq < self._next_seq:
+            return None
+        first = self._segments[bisect.bisect_right(self._segments, seq) - 1]
+        offsets = self._offsets.get(first)
+        index = seq - first
+        if offsets is None or index + 1 >= len(offsets):
+            return None
+        return first, offsets[index], offsets[index + 1]
+
+    def _read_at(self, first: int, start: int, end: int) -> Record | None:
+        try:
+            fd = os.open(self._path(first), os.O_RDONLY)
+        except FileNotFoundError:  # dropped by retention meanwhile
+            return None
+        try:
+            line = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
 
     def _read_segment(self, first: int) -> list[Record]:
         try:
