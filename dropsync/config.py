@@ -52,6 +52,25 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+def parse_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError("must be at least 0 and below 1")
+    return value
+
+
+def parse_rate_limit(text: str) -> str:
+    """A flask-limiter rate string such as ``120/minute`` or ``10 per second``."""
+    from limits import parse_many
+
+    text = text.strip()
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError("expected a rate such as '120/minute' or '5/second'") from None
+    return text
+
+
 def parse_port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -99,6 +118,34 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between checkpoints of in-memory liveness (last seen, signal, heap)."),
     Setting("IMPORT_DEVICE_AUTH", True, parse_bool,
             "At start, import a seed `device_auth.json` from `DATA_DIR` or `./app`."),
+    # -- commands and pacing (device API) ------------------------------------------------
+    Setting("COMMAND_LEASE_S", 60.0, parse_positive_float,
+            "Seconds a device has to complete a command it polled before it is handed "
+            "out again."),
+    Setting("COMMAND_MAX_ATTEMPTS", 3, parse_positive_int,
+            "Hand-outs of one command to one device; when the last lease lapses it "
+            "fails with reason `timeout`."),
+    Setting("COMMAND_JSON_MAX_BYTES", 4096, parse_positive_int,
+            "Largest command `args` and completion `result`, as JSON."),
+    Setting("COMMAND_SWEEP_S", 2.0, parse_positive_float,
+            "Seconds between sweeps that expire, time out and tidy away finished commands."),
+    Setting("POLL_INTERVAL_S", 30, parse_positive_int,
+            "Seconds between polls the hub asks of a device (`next_poll_s`), unless the "
+            "device or one of its groups has its own."),
+    Setting("POLL_JITTER", 0.1, parse_fraction,
+            "Spread of `next_poll_s` (0.1 = plus or minus 10%) so a fleet does not poll "
+            "in step."),
+    Setting("OVERDUE_AFTER_INTERVALS", 2.0, parse_positive_float,
+            "A device not seen for this many of its poll intervals is `overdue`."),
+    Setting("OFFLINE_AFTER_INTERVALS", 5.0, parse_positive_float,
+            "A device not seen for this many of its poll intervals is `offline`."),
+    # -- rate limits ---------------------------------------------------------------------
+    Setting("RATE_LIMITS_ENABLED", True, parse_bool,
+            "Answer 429 with `Retry-After` beyond the limits below."),
+    Setting("RATE_LIMIT_DEVICE", "600/minute", parse_rate_limit,
+            "Requests per device on the device API."),
+    Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
+            "Refused (401/403) requests per client address before it is refused outright."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

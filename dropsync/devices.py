@@ -27,10 +27,17 @@ DEFAULT_TYPE = "esp8266"
 WEAK_TOKEN_LENGTH = 16
 
 
+#: Ids that name targets, not devices (commands and staging folders use them).
+RESERVED_ID_RE = re.compile(r"^(all|group[-:].*)$", re.IGNORECASE)
+
+
 def validate_device_id(device_id: str) -> str:
     if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
         raise ValidationFailed(
             "device id must be 1-64 letters, digits, '-', '_' or ':'", {"id": [device_id]})
+    if RESERVED_ID_RE.match(device_id):
+        raise ValidationFailed("'all' and ids starting with 'group-' or 'group:' name "
+                               "targets, not devices", {"id": [device_id]})
     return device_id
 
 
@@ -85,7 +92,7 @@ def register_device(stores: Stores, device_id: str, *, name: str | None = None,
 
 def update_device(stores: Stores, device_id: str, changes: Mapping[str, Any], *,
                   actor: str | None = None) -> Document:
-    allowed = {"name", "type", "groups", "enabled"}
+    allowed = {"name", "type", "groups", "enabled", "poll_interval_s"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationFailed("these fields cannot be changed", sorted(unknown))

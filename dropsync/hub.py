@@ -17,7 +17,10 @@ from .bootstrap import (
     import_seed_device_auth,
     load_or_create_secret_key,
 )
+from .commands import CommandQueue
+from .commands import Settings as CommandSettings
 from .credentials import AdminAuthority, new_token
+from .pacing import Pacing
 from .store import Stores
 
 log = logging.getLogger("dropsync")
@@ -65,6 +68,8 @@ class Hub:
             if settings["ADMIN_TOKEN"]:
                 extra["env"] = settings["ADMIN_TOKEN"]
             self.admin = AdminAuthority(self.stores, extra)
+            self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
+            self.pacing = Pacing(self.stores, settings)
             self.stores.lock.publish({"url": local_url(settings) if serving else None,
                                       "cli_token": self.cli_token, "version": __version__})
         except BaseException:
@@ -73,6 +78,7 @@ class Hub:
         self.started_at = time.time()
         if serving:
             self.stores.liveness.start()
+            self.commands.start()
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
 
@@ -80,4 +86,11 @@ class Hub:
         return time.time() - self.started_at
 
     def close(self) -> None:
+        if self.stores.closed:
+            return
+        self.commands.stop()
+        try:
+            self.commands.tidy()
+        except Exception:  # the history already holds every ending; tidying can wait
+            log.exception("could not tidy finished commands at shutdown")
         self.stores.close()

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+)
 
-from .clock import iso_from_epoch
+from .commands import STATES
 from .devices import DEVICE_ID_RE, GROUP_RE
+from .messages import LEVELS
 
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
 
@@ -55,11 +67,17 @@ class DeviceRegisterSchema(Schema):
         return _rename(data, DEVICE_ALIASES)
 
 
+POLL_INTERVAL = validate.Range(1, 86_400)
+
+
 class DeviceUpdateSchema(Schema):
     name = fields.String(validate=validate.Length(1, 100))
     type = fields.String(validate=validate.Length(1, 32))
     groups = GroupList()
     enabled = fields.Boolean()
+    poll_interval_s = fields.Integer(allow_none=True, validate=POLL_INTERVAL,
+                                     metadata={"description": "null: use the group's or "
+                                               "the hub's interval"})
 
     @pre_load
     def accept_seed_names(self, data, **kwargs):
@@ -75,18 +93,16 @@ class DeviceSchema(Schema):
     created_at = fields.String()
     updated_at = fields.String()
     token_rotated_at = fields.String()
-    last_seen = fields.Method("dump_last_seen")
-    address = fields.Method("dump_address")
+    poll_interval_s = fields.Integer(allow_none=True)
+    effective_poll_interval_s = fields.Integer()
+    last_seen = fields.String(allow_none=True)
+    address = fields.String(allow_none=True)
+    connection = fields.String(metadata={"enum": ["online", "overdue", "offline"]})
+    heartbeat_at = fields.String(allow_none=True)
+    inventory = fields.Dict()
 
     class Meta:
         unknown = EXCLUDE
-
-    def dump_last_seen(self, device: dict) -> str | None:
-        seen = device.get("liveness", {}).get("last_seen")
-        return iso_from_epoch(seen) if seen else None
-
-    def dump_address(self, device: dict) -> str | None:
-        return device.get("liveness", {}).get("ip")
 
 
 class DeviceWithTokenSchema(DeviceSchema):
@@ -169,3 +185,342 @@ class HealthSchema(Schema):
     version = fields.String()
     uptime_s = fields.Float()
     store = fields.Dict()
+
+
+class StatsSchema(Schema):
+    version = fields.String()
+    uptime_s = fields.Float()
+    devices = fields.Dict()
+    commands = fields.Dict()
+    history = fields.Dict()
+    store = fields.Dict()
+
+
+# -- fields shared by the command and message schemas -----------------------------------
+class JSONObject(fields.Field):
+    """A JSON object; form posts send it as a JSON string."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValidationError("must be a JSON object (form posts: a JSON string)") \
+                    from None
+        if not isinstance(value, dict):
+            raise ValidationError("must be a JSON object")
+        return value
+
+    def _serialize(self, value: Any, attr, obj, **kwargs) -> Any:
+        return value
+
+
+class Timestamp(fields.Field):
+    """A moment as ISO 8601 or Unix seconds; loads as Unix seconds."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> float:
+        if isinstance(value, bool):
+            raise ValidationError("must be ISO 8601 or Unix seconds")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValidationError("must be ISO 8601 or Unix seconds") from None
+            if moment.tzinfo is None:
+                raise ValidationError("give a time zone (e.g. 'Z') or Unix seconds")
+            return moment.timestamp()
+        raise ValidationError("must be ISO 8601 or Unix seconds")
+
+
+class NameList(fields.Field):
+    """A list of strings; query strings and forms may send them comma-separated."""
+
+    def __init__(self, choices: tuple[str, ...] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.choices = choices
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValidationError("must be a list of names")
+        if self.choices:
+            wrong = [v for v in value if v not in self.choices]
+            if wrong:
+                raise ValidationError(f"unknown: {', '.join(wrong)}; "
+                                      f"use {', '.join(self.choices)}")
+        return value
+
+
+# -- commands ----------------------------------------------------------------------------
+COMMAND_NAME = validate.Regexp(r"^[A-Za-z0-9_.:-]{1,64}$",
+                               error="use 1-64 letters, digits, '.', '_', ':' or '-'")
+COMMAND_ALIASES = {"command": "name", "params": "args", "parameters": "args"}
+
+
+class DeviceCommandCreateSchema(Schema):
+    name = fields.String(required=True, validate=COMMAND_NAME,
+                         metadata={"description": "reboot, sync, upload-log or your own"})
+    args = JSONObject(load_default=dict)
+    priority = fields.Integer(load_default=50, validate=validate.Range(0, 100),
+                              metadata={"description": "0-100; higher is handed out first"})
+    expires_in_s = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
+
+    @pre_load
+    def accept_seed_names(self, data, **kwargs):
+        return _rename(data, COMMAND_ALIASES)
+
+    @post_load
+    def one_expiry(self, data, **kwargs):
+        if "expires_in_s" in data and "expires_at" in data:
+            raise ValidationError("give expires_in_s or expires_at, not both")
+        return data
+
+
+class CommandCreateSchema(DeviceCommandCreateSchema):
+    target = fields.String(required=True, validate=validate.Length(1, 80), metadata={
+        "description": "a device id, 'group:<name>' (or 'group-<name>'), or 'all'"})
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    args = fields.Dict()
+    priority = fields.Integer()
+    target = fields.String()
+    device_id = fields.String()
+    state = fields.String(metadata={"enum": list(STATES)})
+    attempts = fields.Integer()
+    created_at = fields.String()
+    created_by = fields.String(allow_none=True)
+    expires_at = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True)
+    lease_expires_at = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    ended_at = fields.String(allow_none=True)
+    ended_by = fields.String(allow_none=True)
+    seq = fields.Integer(allow_none=True, metadata={"description": "history position"})
+
+
+class CommandSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    args = fields.Dict()
+    priority = fields.Integer()
+    target = fields.String()
+    created_at = fields.String()
+    created_by = fields.String(allow_none=True)
+    expires_at = fields.String(allow_none=True)
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    deliveries = fields.List(fields.Nested(DeliverySchema))
+
+
+class CommandListSchema(Schema):
+    commands = fields.List(fields.Nested(CommandSchema))
+    count = fields.Integer()
+
+
+class CancelSchema(Schema):
+    device_id = fields.String(validate=validate.Length(1, 64),
+                              metadata={"description": "cancel only this device's copy"})
+
+
+class PageQuerySchema(Schema):
+    before = fields.Integer(validate=validate.Range(min=1),
+                            metadata={"description": "the next_before of the previous page"})
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+
+
+class DeviceCommandsQuerySchema(PageQuerySchema):
+    state = NameList(choices=STATES, load_default=list,
+                     metadata={"description": "comma-separated states"})
+
+
+class DeviceCommandsSchema(Schema):
+    device_id = fields.String()
+    commands = fields.List(fields.Nested(DeliverySchema))
+    next_before = fields.Integer(allow_none=True)
+
+
+class PollQuerySchema(Schema):
+    limit = fields.Integer(load_default=5, validate=validate.Range(1, 20))
+
+
+class HandoutSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    args = fields.Dict()
+    priority = fields.Integer()
+    attempt = fields.Integer()
+    lease_s = fields.Float()
+    expires_at = fields.String(allow_none=True)
+
+
+class PollSchema(Schema):
+    commands = fields.List(fields.Nested(HandoutSchema))
+    next_poll_s = fields.Integer()
+    server_time = fields.Integer(metadata={"description": "Unix seconds: a clock for "
+                                           "nodes with no NTP"})
+
+
+class CompleteSchema(Schema):
+    command_id = fields.Integer(required=True, validate=validate.Range(min=0))
+    success = fields.Boolean(load_default=True)
+    result = fields.Raw(load_default=None, allow_none=True)
+    error = fields.String(validate=validate.Length(max=500))
+
+    @pre_load
+    def accept_other_names(self, data, **kwargs):
+        data = _rename(data, {"id": "command_id", "message": "error"})
+        if isinstance(data, dict) and "status" in data and "success" not in data:
+            status = str(data.pop("status")).lower()
+            if status not in ("completed", "success", "ok", "failed", "error"):
+                raise ValidationError({"status": ["use completed or failed"]})
+            data["success"] = status in ("completed", "success", "ok")
+        return data
+
+
+class CompletionSchema(Schema):
+    command_id = fields.Integer()
+    state = fields.String()
+    duplicate = fields.Boolean(metadata={"description": "already recorded; nothing changed"})
+    ended_at = fields.String()
+
+
+# -- messages ----------------------------------------------------------------------------
+class MessageCreateSchema(Schema):
+    level = fields.String(load_default="info", validate=validate.OneOf(LEVELS))
+    text = fields.String(required=True, validate=validate.Length(1, 2000))
+    data = fields.Raw(load_default=None, allow_none=True)
+    device_time = fields.Raw(load_default=None, allow_none=True, metadata={
+        "description": "the device's own timestamp, kept as sent"})
+
+    @pre_load
+    def accept_other_names(self, data, **kwargs):
+        data = _rename(data, {"message": "text", "timestamp": "device_time"})
+        if isinstance(data, dict) and isinstance(data.get("level"), str):
+            level = data["level"].lower()
+            data["level"] = {"warn": "warning", "err": "error"}.get(level, level)
+        return data
+
+    @post_load
+    def bounded_device_time(self, data, **kwargs):
+        value = data.get("device_time")
+        if value is not None and (not isinstance(value, str | int | float)
+                                  or isinstance(value, bool) or len(str(value)) > 64):
+            raise ValidationError({"device_time": ["a number or a string of 64 or fewer"]})
+        return data
+
+
+class MessageStoredSchema(Schema):
+    seq = fields.Integer()
+    received_at = fields.String()
+
+
+class MessageSchema(Schema):
+    seq = fields.Integer()
+    device_id = fields.String()
+    level = fields.String()
+    text = fields.String()
+    data = fields.Raw(allow_none=True)
+    device_time = fields.Raw(allow_none=True)
+    received_at = fields.String()
+
+
+class MessagesQuerySchema(PageQuerySchema):
+    level = fields.String(validate=validate.OneOf(LEVELS))
+    since = Timestamp(metadata={"description": "ISO 8601 or Unix seconds (hub time)"})
+    until = Timestamp(metadata={"description": "ISO 8601 or Unix seconds (hub time)"})
+
+
+class MessagePageSchema(Schema):
+    messages = fields.List(fields.Nested(MessageSchema))
+    count = fields.Integer()
+    next_before = fields.Integer(allow_none=True)
+
+
+# -- heartbeat and status ----------------------------------------------------------------
+ATTRIBUTE_LIMIT = 32
+
+
+class HeartbeatSchema(Schema):
+    """Known fields are checked; any other field is an attribute for the inventory."""
+
+    firmware_version = fields.String(validate=validate.Length(max=64))
+    uptime_s = fields.Integer(validate=validate.Range(min=0))
+    free_heap = fields.Integer(validate=validate.Range(min=0))
+    rssi = fields.Integer(validate=validate.Range(-150, 0))
+    ip = fields.String(validate=validate.Length(max=45))
+    attributes = fields.Dict(keys=fields.String(validate=validate.Length(1, 64)),
+                             load_default=dict)
+
+    class Meta:
+        unknown = INCLUDE
+
+    @pre_load
+    def accept_seed_names(self, data, **kwargs):
+        return _rename(data, {"version": "firmware_version", "uptime": "uptime_s",
+                              "heap": "free_heap"})
+
+    @post_load
+    def gather_attributes(self, data, **kwargs):
+        attributes = dict(data.pop("attributes", {}))
+        for key in [k for k in data if k not in self.fields]:
+            attributes[key] = data.pop(key)
+        if len(attributes) > ATTRIBUTE_LIMIT:
+            raise ValidationError({"attributes": [f"at most {ATTRIBUTE_LIMIT}"]})
+        for key, value in attributes.items():
+            if len(key) > 64 or not (value is None or isinstance(value, bool | int | float)
+                                     or (isinstance(value, str) and len(value) <= 256)):
+                raise ValidationError({key: ["attributes are numbers, booleans or "
+                                             "strings of 256 or fewer characters"]})
+        data["attributes"] = attributes
+        return data
+
+
+class HeartbeatAckSchema(Schema):
+    status = fields.String()
+    next_poll_s = fields.Integer()
+    server_time = fields.Integer()
+
+
+class DeviceStatusSchema(Schema):
+    device_id = fields.String()
+    name = fields.String()
+    groups = GroupList()
+    connection = fields.String()
+    last_seen = fields.String(allow_none=True)
+    pending_commands = fields.Integer()
+    next_poll_s = fields.Integer()
+    server_time = fields.Integer()
+
+
+# -- groups ------------------------------------------------------------------------------
+class GroupSchema(Schema):
+    name = fields.String()
+    description = fields.String(allow_none=True)
+    poll_interval_s = fields.Integer(allow_none=True)
+    devices = fields.List(fields.String())
+    count = fields.Integer()
+
+
+class GroupListSchema(Schema):
+    groups = fields.List(fields.Nested(GroupSchema))
+    count = fields.Integer()
+
+
+class GroupSettingsSchema(Schema):
+    description = fields.String(allow_none=True, validate=validate.Length(max=200))
+    poll_interval_s = fields.Integer(allow_none=True, validate=POLL_INTERVAL)
+
+
+class GroupMembersSchema(Schema):
+    devices = NameList(required=True, validate=validate.Length(min=1, max=1000))

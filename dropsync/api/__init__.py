@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, device, errors, health, openapi
+from . import admin, admin_fleet, device, errors, health, openapi  # noqa: F401 (routes)
 
 
 def init_app(app: Flask) -> None:

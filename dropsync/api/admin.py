@@ -39,7 +39,8 @@ def stores():
 
 
 def with_liveness(device: dict) -> dict:
-    return {**device, "liveness": stores().liveness.get(device["id"])}
+    """A device as operators see it: with last seen, connection, inventory and pace."""
+    return current_hub().pacing.fleet_view(device)
 
 
 # -- devices ---------------------------------------------------------------------------

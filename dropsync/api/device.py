@@ -1,12 +1,31 @@
-"""Device API under ``/api/v1/device``: every route names a device id and needs its token."""
+"""Device API under ``/api/v1/device``: every route names a device id and needs its token.
+
+These routes carry the fleet's polling, so they are kept lean: a poll that hands nothing
+out touches no disk, and every answer tells the device when to come back (``next_poll_s``).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import time
+
+from flask import Blueprint, g
 
 from ..clock import now_iso
-from ..schemas import PingSchema
-from .context import require_device_token
+from ..messages import record_message
+from ..pacing import record_heartbeat
+from ..schemas import (
+    CompleteSchema,
+    CompletionSchema,
+    DeviceStatusSchema,
+    HeartbeatAckSchema,
+    HeartbeatSchema,
+    MessageCreateSchema,
+    MessageStoredSchema,
+    PingSchema,
+    PollQuerySchema,
+    PollSchema,
+)
+from .context import current_hub, require_device_token
 from .contract import contract
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/device")
@@ -18,3 +37,60 @@ bp.before_request(require_device_token)
 def ping(device_id: str):
     """Check the hub is reachable and the token works."""
     return {"status": "ok", "device_id": device_id, "server_time": now_iso()}
+
+
+@bp.get("/commands/<device_id>")
+@contract(query=PollQuerySchema, response=PollSchema)
+def poll_commands(device_id: str, query):
+    """Poll: hand out (and lease) pending commands, highest priority then oldest first.
+
+    Complete each within its lease (``lease_s``) or it is handed out again, up to the
+    hub's attempt limit. The same command id may arrive twice; run it once.
+    """
+    hub = current_hub()
+    handed = hub.commands.lease_pending_commands(device_id, query["limit"])
+    return {"commands": handed, "next_poll_s": hub.pacing.next_poll_s(g.device),
+            "server_time": int(time.time())}
+
+
+@bp.post("/commands/<device_id>/complete")
+@contract(body=CompleteSchema, response=CompletionSchema, errors=(409,))
+def complete_command(device_id: str, body):
+    """Report a command's outcome. Reporting again changes nothing (``duplicate``)."""
+    record, duplicate = current_hub().commands.complete(
+        device_id, body["command_id"], success=body["success"], result=body["result"],
+        error=body.get("error"))
+    return {"command_id": record["command_id"], "state": record["state"],
+            "duplicate": duplicate, "ended_at": record["ended_at"]}
+
+
+@bp.post("/messages/<device_id>")
+@contract(body=MessageCreateSchema, response=MessageStoredSchema, status=201)
+def post_message(device_id: str, body):
+    """Send a log line (level, text, optional data and the device's own timestamp)."""
+    return record_message(current_hub().stores, device_id, level=body["level"],
+                          text=body["text"], data=body["data"],
+                          device_time=body["device_time"])
+
+
+@bp.post("/heartbeat/<device_id>")
+@contract(body=HeartbeatSchema, response=HeartbeatAckSchema)
+def heartbeat(device_id: str, body):
+    """Report firmware version, uptime, free heap, RSSI, IP and any other attributes."""
+    hub = current_hub()
+    record_heartbeat(hub.stores, device_id, body)
+    return {"status": "ok", "next_poll_s": hub.pacing.next_poll_s(g.device),
+            "server_time": int(time.time())}
+
+
+@bp.get("/status/<device_id>")
+@contract(response=DeviceStatusSchema)
+def status(device_id: str):
+    """What the hub knows of this device: connection, pending commands, next poll."""
+    hub = current_hub()
+    view = hub.pacing.fleet_view(g.device)
+    return {"device_id": device_id, "name": view["name"], "groups": view["groups"],
+            "connection": view["connection"], "last_seen": view["last_seen"],
+            "pending_commands": hub.commands.pending_count(device_id),
+            "next_poll_s": hub.pacing.next_poll_s(g.device),
+            "server_time": int(time.time())}

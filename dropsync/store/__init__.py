@@ -3,7 +3,8 @@
 Layout of a data directory::
 
     hub.lock            exclusive claim of the running hub (pid, URL, local CLI token)
-    devices.json        TinyDB: devices (hot, small state)
+    devices.json        TinyDB: devices and group settings (hot, small state)
+    commands.json       TinyDB: commands with deliveries still open; finished ones leave
     auth.json           TinyDB: admin tokens, operators
     meta.json           TinyDB: hub-wide facts (e.g. which seed files were imported)
     liveness.json       last seen, signal, heap: checkpointed, not fsynced per heartbeat
@@ -27,8 +28,19 @@ __all__ = ["Document", "HistoryLog", "KeyedTable", "Stores", "current_holder",
 
 log = logging.getLogger(__name__)
 
-#: History streams the hub keeps; each is its own folder of segments.
-HISTORY_STREAMS = ("messages", "commands", "events")
+
+
+def message_keys(record: dict) -> list[str]:
+    device, level = record.get("device_id"), record.get("level")
+    return [f"device:{device}", f"device:{device}/level:{level}", f"level:{level}"]
+
+
+def command_keys(record: dict) -> list[str]:
+    return [f"device:{record.get('device_id')}", f"command:{record.get('command_id')}"]
+
+
+#: History streams the hub keeps, each its own folder of segments, with what to index.
+HISTORY_STREAMS = {"messages": message_keys, "commands": command_keys, "events": None}
 #: Below this much free space the store reports "low_disk": writes will soon answer 507.
 LOW_DISK_BYTES = 50 * 1024 * 1024
 
@@ -55,11 +67,14 @@ class Stores:
                                            unique=["token_hash"], item="admin token")
             self.operators = KeyedTable(auth_file, "operators", "username", item="operator")
             self.meta = KeyedTable(meta_file, "meta", "name", item="hub fact")
+            self.groups = KeyedTable(device_file, "groups", "name", item="group")
+            self.commands = KeyedTable(self._open("commands.json"), "commands", "id",
+                                       item="command")
             self.history = {
                 stream: HistoryLog(self.data_dir / "history" / stream,
                                    segment_records=history_segment_records,
-                                   max_records=history_retention)
-                for stream in HISTORY_STREAMS
+                                   max_records=history_retention, index_keys=keys)
+                for stream, keys in HISTORY_STREAMS.items()
             }
             self.liveness = LivenessTable(self.data_dir / "liveness.json",
                                           liveness_checkpoint_s)
@@ -83,6 +98,10 @@ class Stores:
             "devices": len(self.devices),
             "history": {name: len(log) for name, log in self.history.items()},
         }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Checkpoint liveness, close every file and give up the data directory."""

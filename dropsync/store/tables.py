@@ -156,6 +156,19 @@ class KeyedTable:
             del self._doc_ids[key]
             return old
 
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove several documents in one write; keys already gone are skipped."""
+        with self.lock:
+            present = [key for key in keys if key in self._doc_ids]
+            if not present:
+                return 0
+            old = {key: detached(self._raw(key)) for key in present}
+            self._table.remove(doc_ids=[self._doc_ids[key] for key in present])
+            for key in present:
+                self._unindex(key, old[key])
+                del self._doc_ids[key]
+            return len(present)
+
     # -- internals ---------------------------------------------------------------------
     def _raw(self, key: str) -> Document:
         doc_id = self._doc_ids.get(key)
