@@ -21,6 +21,9 @@ def settings(tmp_path):
         "LOG_LEVEL": "WARNING",
         "SERVING": False,
         "TESTING": True,
+        # Tests send many refused requests from one address on purpose; the limits have
+        # tests of their own (test_rate_limits.py) that switch them on.
+        "RATE_LIMITS_ENABLED": False,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, admin_fleet, device, errors, health, openapi  # noqa: F401 (routes)
+from . import admin, admin_fleet, device, errors, health, limits, openapi  # noqa: F401
 
 
 def init_app(app: Flask) -> None:
@@ -13,3 +13,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(device.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
+    limits.init_app(app, device_blueprints=[device.bp],
+                    guarded_blueprints=[device.bp, admin.bp])

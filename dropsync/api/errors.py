@@ -30,6 +30,8 @@ def handle_dropsync_error(exc: DropSyncError) -> Response:
 def handle_http_exception(exc: HTTPException):
     if exc.code is None or exc.code < 400:  # routing redirects are not errors
         return exc
+    if exc.response is not None:  # already answered in our shape (the rate limiter's 429)
+        return exc.response
     code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
     response = error_response(exc.code, code, exc.description or exc.name)
     for name, value in exc.get_headers():
