@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
@@ -234,6 +236,118 @@ def device_import(ctx, path) -> None:
 
 
 # -- admin tokens ----------------------------------------------------------------------
+# -- commands and messages ---------------------------------------------------------------
+COMMAND_COLUMNS = [("ID", "id"), ("NAME", "name"), ("STATE", "state"),
+                   ("ATTEMPTS", "attempts"), ("PRIORITY", "priority"), ("TARGET", "target"),
+                   ("CREATED", "created_at"), ("ENDED", "ended_at"), ("REASON", "reason")]
+
+
+@main.command()
+@click.argument("target")
+@click.argument("command")
+@click.option("--args", "args_json", default="{}", show_default=True,
+              help="Arguments as a JSON object.")
+@click.option("--priority", type=click.IntRange(0, 100), default=50, show_default=True,
+              help="Higher is handed out first.")
+@click.option("--expires", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after which an undelivered command expires.")
+@json_option
+@click.pass_context
+def send(ctx, target, command, args_json, priority, expires, as_json) -> None:
+    """Queue COMMAND for TARGET: a device id, group:<name>, or all."""
+    try:
+        args = json.loads(args_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+    body = {"target": target, "name": command, "args": args, "priority": priority}
+    if expires is not None:
+        body["expires_in_s"] = expires
+    queued = admin_api(ctx, "POST", "/commands", body)
+    if as_json:
+        echo_json(queued)
+        return
+    devices = [d["device_id"] for d in queued["deliveries"]]
+    click.echo(f"Queued command {queued['id']} {command!r} for {queued['target']}: "
+               f"{len(devices)} device{'s' if len(devices) != 1 else ''} "
+               f"({', '.join(devices[:10])}{', ...' if len(devices) > 10 else ''}).")
+
+
+@main.command()
+@click.argument("command_id", type=int)
+@click.option("--device", "device_id", help="Cancel only this device's copy.")
+@click.pass_context
+def cancel(ctx, command_id, device_id) -> None:
+    """Cancel a queued command's open deliveries."""
+    body = {"device_id": device_id} if device_id else {}
+    result = admin_api(ctx, "POST", f"/commands/{command_id}/cancel", body)
+    click.echo(f"Command {command_id}: {result['counts']['cancelled']} cancelled.")
+
+
+@main.command()
+@click.argument("device_id")
+@click.option("--state", help="Only these states (comma-separated).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@json_option
+@click.pass_context
+def commands(ctx, device_id, state, limit, as_json) -> None:
+    """A device's commands: open ones first, then ended ones, newest first."""
+    query = urlencode({"limit": limit, **({"state": state} if state else {})})
+    found = admin_api(ctx, "GET", f"/devices/{device_id}/commands?{query}")["commands"]
+    echo_rows(found, COMMAND_COLUMNS, as_json, empty=f"No commands for {device_id}.")
+
+
+def format_message(message: dict) -> str:
+    data = f"  {json.dumps(message['data'])}" if message.get("data") is not None else ""
+    return f"{message['received_at']}  {message['level'].upper():8} {message['text']}{data}"
+
+
+@main.command()
+@click.argument("device_id")
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error", "critical"]))
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new messages (Ctrl-C ends).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between checks with --follow.")
+@json_option
+@click.pass_context
+def messages(ctx, device_id, level, limit, follow, interval, as_json) -> None:
+    """A device's messages, oldest of the newest LIMIT first; --follow for new ones."""
+    base = {"limit": limit, **({"level": level} if level else {})}
+    path = f"/devices/{device_id}/messages"
+
+    def show(found: list[dict]) -> None:
+        for message in found:
+            click.echo(json.dumps(message) if as_json else format_message(message))
+
+    try:
+        with connect(ctx.obj) as hub:
+            def page(**query) -> dict:
+                return hub.request("GET", f"/api/v1/admin{path}?{urlencode(query)}")
+
+            newest = page(**base)["messages"]
+            show(list(reversed(newest)))
+            last = newest[0]["seq"] if newest else 0
+            while follow:
+                time.sleep(interval)
+                fresh, before = [], None
+                while True:  # page back to what was shown, however much arrived
+                    got = page(**{**base, "limit": 500, "after": last,
+                                  **({"before": before} if before else {})})
+                    fresh += got["messages"]
+                    before = got["next_before"]
+                    if before is None:
+                        break
+                if fresh:
+                    show(list(reversed(fresh)))
+                    last = fresh[0]["seq"]
+    except HubError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from None
+    except StartupError as exc:
+        raise click.ClickException(exc.message) from None
+    except KeyboardInterrupt:
+        pass
+
+
 @main.group()
 def admin() -> None:
     """Admin API credentials."""

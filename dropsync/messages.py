@@ -27,7 +27,7 @@ def record_message(stores: Stores, device_id: str, *, level: str, text: str,
 def query_messages(stores: Stores, *, device_id: str | None = None,
                    level: str | None = None, since: float | None = None,
                    until: float | None = None, before_seq: int | None = None,
-                   limit: int = 50) -> dict:
+                   after_seq: int | None = None, limit: int = 50) -> dict:
     """A page of messages, newest first; ``next_before`` continues the page.
 
     The index narrows by device and level; the hub's receive time rises with the sequence
@@ -41,9 +41,9 @@ def query_messages(stores: Stores, *, device_id: str | None = None,
         key = f"level:{level}"
     else:
         key = None
-    after_seq = None
     if since is not None:
-        after_seq = log.first_seq_at_or_after(key, "received", since) - 1
+        first = log.first_seq_at_or_after(key, "received", since) - 1
+        after_seq = first if after_seq is None else max(after_seq, first)
     if until is not None:
         first_after_until = log.first_seq_at_or_after(key, "received", until + 1e-6)
         before_seq = first_after_until if before_seq is None \

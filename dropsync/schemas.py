@@ -436,6 +436,8 @@ class MessageSchema(Schema):
 
 
 class MessagesQuerySchema(PageQuerySchema):
+    after = fields.Integer(validate=validate.Range(min=0),
+                           metadata={"description": "only messages after this seq (follow)"})
     level = fields.String(validate=validate.OneOf(LEVELS))
     since = Timestamp(metadata={"description": "ISO 8601 or Unix seconds (hub time)"})
     until = Timestamp(metadata={"description": "ISO 8601 or Unix seconds (hub time)"})

@@ -87,3 +87,25 @@ def test_bad_setting_is_reported(cli, tmp_path):
     config = tmp_path / "hub.toml"
     config.write_text("threads = 0\n")
     assert "THREADS" in cli("--config", str(config), "device", "list", expect=1).output
+
+
+def test_send_commands_and_messages_from_the_cli(cli, tmp_path):
+    cli("device", "add", "esp001", "--group", "lab")
+    cli("device", "add", "esp002", "--group", "lab")
+    sent = cli("send", "group:lab", "reboot", "--args", '{"delay": 5}', "--priority", "80",
+               "--expires", "600")
+    assert "Queued command" in sent.output and "2 devices (esp001, esp002)" in sent.output
+    queued = json.loads(cli("send", "esp001", "sync", "--json").output)
+    listed = json.loads(cli("commands", "esp001", "--json").output)
+    assert [(c["name"], c["state"], c["priority"]) for c in listed] == \
+        [("reboot", "pending", 80), ("sync", "pending", 50)]
+    assert listed[0]["args"] == {"delay": 5} and listed[0]["expires_at"]
+    table = cli("commands", "esp001", "--state", "pending").output
+    assert table.splitlines()[0].split()[:3] == ["ID", "NAME", "STATE"]
+    assert "Command" in cli("cancel", str(queued["id"])).output
+    assert [c["state"] for c in json.loads(cli("commands", "esp001", "--json").output)] == \
+        ["pending", "cancelled"]
+    bad = cli("send", "esp001", "sync", "--args", "{oops", expect=2)
+    assert "not JSON" in bad.output
+    missing = cli("send", "ghost", "sync", expect=1)
+    assert "not found" in missing.output

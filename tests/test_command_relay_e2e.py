@@ -130,3 +130,34 @@ def test_the_sweeper_ends_what_no_poll_would(hub):
         time.sleep(0.2)
     assert state == "expired"
     assert admin_get(hub, "/system/stats")["commands"]["open_commands"] == 0
+
+
+def test_cli_prints_and_follows_a_devices_messages(hub, tmp_path):
+    import subprocess
+
+    from support import BIN
+
+    token = admin_post(hub, "/devices/register", json={"id": "esp-log"})["token"]
+    node = Node(hub.url, "esp-log", token)
+    for i in range(3):
+        node.session.post(f"{hub.url}/api/v1/device/messages/esp-log",
+                          json={"level": "warning" if i == 1 else "info", "text": f"line {i}"})
+    printed = hub.cli("messages", "esp-log").stdout.splitlines()
+    assert [line.split(maxsplit=2)[1:] for line in printed] == \
+        [["INFO", "line 0"], ["WARNING", "line 1"], ["INFO", "line 2"]]
+    assert hub.cli("messages", "esp-log", "--level", "warning").stdout.count("line") == 1
+
+    follower = subprocess.Popen([str(BIN / "dropsync"), "messages", "esp-log", "--follow",
+                                 "--interval", "0.2", "--limit", "1"], cwd=hub.workdir,
+                                env=hub.env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        for i in range(3, 6):
+            node.session.post(f"{hub.url}/api/v1/device/messages/esp-log",
+                              json={"text": f"line {i}"})
+        time.sleep(1.0)
+    finally:
+        follower.terminate()
+        output, _ = follower.communicate(timeout=10)
+    texts = [line.split(maxsplit=2)[2] for line in output.splitlines()]
+    assert texts == ["line 2", "line 3", "line 4", "line 5"]

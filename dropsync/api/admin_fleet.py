@@ -98,7 +98,8 @@ def list_device_messages(device_id: str, query):
     stores().devices.get(device_id)
     return query_messages(stores(), device_id=device_id, level=query.get("level"),
                           since=query.get("since"), until=query.get("until"),
-                          before_seq=query.get("before"), limit=query["limit"])
+                          before_seq=query.get("before"), after_seq=query.get("after"),
+                          limit=query["limit"])
 
 
 @bp.get("/messages")
@@ -107,7 +108,7 @@ def list_messages(query):
     """Messages from every device, newest first, by level and hub time, paged."""
     return query_messages(stores(), level=query.get("level"), since=query.get("since"),
                           until=query.get("until"), before_seq=query.get("before"),
-                          limit=query["limit"])
+                          after_seq=query.get("after"), limit=query["limit"])
 
 
 # -- groups ------------------------------------------------------------------------------
