@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSessionInterface
 
 from . import admin, admin_fleet, device, errors, health, limits, openapi  # noqa: F401
 
 
+class SessionOnlyWithCookie(SecureCookieSessionInterface):
+    """Flask builds a signing serializer for every request, even one that carries no
+    session cookie; API requests never do, and the poll route should not pay for it."""
+
+    def open_session(self, app: Flask, request: Request):
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = SessionOnlyWithCookie()
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)

@@ -9,11 +9,12 @@ own errors, so every failure keeps the one JSON error shape.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from marshmallow import Schema
 
 from .parsing import parse_body, parse_query
@@ -53,13 +54,17 @@ def contract(*, body: type[Schema] | None = None, query: type[Schema] | None = N
         status=status, errors=errors, other_responses=dict(other_responses or {}),
         raw_body=raw_body, produces=produces)
 
+    # Most polls send no query string: load the defaults once, not per request.
+    query_defaults = declared.query.load({}) if declared.query is not None else None
+
     def wrap(view: Callable) -> Callable:
         @functools.wraps(view)
         def run(**kwargs):
             if declared.body is not None:
                 kwargs["body"] = parse_body(declared.body)
             if declared.query is not None:
-                kwargs["query"] = parse_query(declared.query)
+                kwargs["query"] = parse_query(declared.query) if request.query_string \
+                    else copy.deepcopy(query_defaults)
             result = view(**kwargs)
             if isinstance(result, Response):
                 return result

@@ -10,7 +10,6 @@ that raises ``NotFound`` instead of returning None.
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -27,8 +26,20 @@ Document = dict[str, Any]
 
 
 def detached(doc: Mapping[str, Any]) -> Document:
-    """A plain-dict deep copy: callers never alias stored data or see TinyDB's types."""
-    return copy.deepcopy(dict(doc))
+    """A plain-dict deep copy: callers never alias stored data or see TinyDB's types.
+
+    Documents are JSON trees, so a walk of dicts and lists copies them; it is several
+    times faster than ``copy.deepcopy``, and every authenticated request pays for one.
+    """
+    return {key: _copy_json(value) for key, value in doc.items()}
+
+
+def _copy_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
 
 
 class AtomicJSONStorage(Storage):
