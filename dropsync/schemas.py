@@ -215,10 +215,27 @@ class JSONObject(fields.Field):
         return value
 
 
+#: Unix seconds of 9999-12-31T23:59:59Z: the last moment the API can write back as ISO.
+LAST_MOMENT = 253_402_300_799
+
+
 class Timestamp(fields.Field):
-    """A moment as ISO 8601 or Unix seconds; loads as Unix seconds."""
+    """A moment as ISO 8601 or Unix seconds (from 1970 to 9999); loads as Unix seconds."""
+
+    def __init__(self, **kwargs):
+        metadata = {"oneOf": [{"type": "string", "format": "date-time"},
+                              {"type": "number", "minimum": 0, "maximum": LAST_MOMENT}],
+                    **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> float:
+        moment = self._moment(value)
+        if not 0 <= moment <= LAST_MOMENT:  # also refuses NaN
+            raise ValidationError("must be between 1970 and 9999")
+        return moment
+
+    @staticmethod
+    def _moment(value: Any) -> float:
         if isinstance(value, bool):
             raise ValidationError("must be ISO 8601 or Unix seconds")
         if isinstance(value, int | float):
@@ -261,6 +278,7 @@ class NameList(fields.Field):
 # -- commands ----------------------------------------------------------------------------
 COMMAND_NAME = validate.Regexp(r"^[A-Za-z0-9_.:-]{1,64}$",
                                error="use 1-64 letters, digits, '.', '_', ':' or '-'")
+MAX_EXPIRY_S = 10 * 365 * 86_400
 COMMAND_ALIASES = {"command": "name", "params": "args", "parameters": "args"}
 
 
@@ -270,7 +288,9 @@ class DeviceCommandCreateSchema(Schema):
     args = JSONObject(load_default=dict)
     priority = fields.Integer(load_default=50, validate=validate.Range(0, 100),
                               metadata={"description": "0-100; higher is handed out first"})
-    expires_in_s = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    expires_in_s = fields.Float(validate=validate.Range(min=0, max=MAX_EXPIRY_S,
+                                                        min_inclusive=False),
+                                metadata={"description": "seconds; at most ten years"})
     expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
 
     @pre_load
@@ -401,7 +421,9 @@ class MessageCreateSchema(Schema):
     text = fields.String(required=True, validate=validate.Length(1, 2000))
     data = fields.Raw(load_default=None, allow_none=True)
     device_time = fields.Raw(load_default=None, allow_none=True, metadata={
-        "description": "the device's own timestamp, kept as sent"})
+        "description": "the device's own timestamp, kept as sent",
+        "oneOf": [{"type": "string", "maxLength": 64}, {"type": "number"}],
+        "nullable": True})
 
     @pre_load
     def accept_other_names(self, data, **kwargs):

@@ -50,7 +50,7 @@ def send_device_command(device_id: str, body):
 
 
 @bp.post("/commands")
-@contract(body=CommandCreateSchema, response=CommandSchema, status=201)
+@contract(body=CommandCreateSchema, response=CommandSchema, status=201, errors=(404,))
 def send_command(body):
     """Queue a command for a device, a group ('group:<name>') or every device ('all').
 

@@ -85,7 +85,9 @@ def _operation(rule, view, declared) -> dict:
     if declared.query is not None:
         operation["parameters"].append({"in": "query", "schema": declared.query})
     if declared.body is not None:
-        operation["requestBody"] = {"required": True, "content": {
+        # An empty body is read as {}: it is required only when some field is.
+        required = any(f.required for f in declared.body.fields.values())
+        operation["requestBody"] = {"required": required, "content": {
             kind: {"schema": declared.body}
             for kind in ("application/json", "application/x-www-form-urlencoded")}}
     elif declared.raw_body:

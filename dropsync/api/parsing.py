@@ -19,7 +19,7 @@ def parse_body(schema: Schema) -> dict[str, Any]:
     if mimetype == "application/json" or mimetype.endswith("+json"):
         raw = request.get_data()
         try:
-            data = json.loads(raw) if raw.strip() else {}
+            data = json.loads(raw) if raw else {}  # no body at all: no fields
         except ValueError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}",
                              code="invalid_json") from None
