@@ -127,3 +127,20 @@ def tiny_fs(tmp_path):
     yield mount
     for point in mounts:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+# -- file sync -------------------------------------------------------------------------
+@pytest.fixture
+def hub(app):
+    """The app's Hub (stores, packages, staging), for calling the rules directly."""
+    return app.extensions["dropsync"]
+
+
+@pytest.fixture
+def watching(settings):
+    """An app whose staging watcher runs (settle 0.3 s, no periodic rescan), started
+    explicitly as a serving hub would."""
+    app = create_app({**settings, "STAGING_SETTLE_S": 0.3, "STAGING_RESCAN_S": 3600})
+    app.extensions["dropsync"].watcher.start()
+    yield app
+    app.extensions["dropsync"].close()
