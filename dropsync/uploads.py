@@ -76,8 +76,13 @@ class DeviceUploads:
                                        code="file_type_not_allowed")
 
     # -- receiving ---------------------------------------------------------------------
-    def receive(self, device_id: str, name: str, pieces: Iterable[bytes]) -> Document:
-        """Store an upload arriving as ``pieces`` under ``name``; answer its record."""
+    def receive(self, device_id: str, name: str, pieces: Iterable[bytes],
+                expected_size: int | None = None) -> Document:
+        """Store an upload arriving as ``pieces`` under ``name``; answer its record.
+
+        With ``expected_size`` (the request's Content-Length), fewer bytes mean the
+        connection dropped: nothing is stored.
+        """
         path = self.path_of(device_id, name)
         self.check_type(name)
         digest = hashlib.sha256()
@@ -88,6 +93,10 @@ class DeviceUploads:
                                           "(UPLOAD_MAX_BYTES)")
                 digest.update(piece)
                 incoming.write(piece)
+            if expected_size is not None and incoming.size != expected_size:
+                raise BadRequest(f"the upload ended after {incoming.size} of "
+                                 f"{expected_size} bytes; nothing was stored",
+                                 code="incomplete_upload")
             incoming.commit(path)
         record = {"id": upload_key(device_id, name), "device_id": device_id, "name": name,
                   "size": incoming.size, "sha256": digest.hexdigest(),
@@ -189,6 +198,10 @@ def multipart_file_parts(read: Callable[[int], bytes], boundary: bytes) \
             if isinstance(event, Epilogue):
                 return
             if isinstance(event, File):
+                if "\\" in event.headers.get("Content-Disposition", ""):
+                    # quoted-string unescaping would turn "a\b" into "ab": refuse instead
+                    raise BadRequest("file names may not contain backslashes",
+                                     code="unsafe_filename")
                 yield event.filename or "", file_bytes()
     except ValueError as exc:  # the decoder's word for a malformed body
         raise BadRequest(f"the multipart body is malformed: {exc}",

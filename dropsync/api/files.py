@@ -147,7 +147,8 @@ def upload(device_id: str, query):
         raise BadRequest("name the file: ?filename=<name> (or send a multipart form)",
                          code="no_filename")
     stream = request.stream  # receive() checks the name and type before reading it
-    return uploads.receive(device_id, name, iter(lambda: stream.read(READ_BUFFER), b""))
+    return uploads.receive(device_id, name, iter(lambda: stream.read(READ_BUFFER), b""),
+                           expected_size=request.content_length)
 
 
 @bp.get("/list/<device_id>")
