@@ -144,3 +144,10 @@ def watching(settings):
     app.extensions["dropsync"].watcher.start()
     yield app
     app.extensions["dropsync"].close()
+
+
+@pytest.fixture
+def staging_cli(cli, tmp_path, monkeypatch):
+    """``cli`` with the staging folder in tmp_path as well (the CLI default is ./staging)."""
+    monkeypatch.setenv("DROPSYNC_STAGING_DIR", str(tmp_path / "staging"))
+    return cli
