@@ -195,6 +195,7 @@ class PackageCatalog:
             package = self.stores.packages.delete(package_id)
             self._refresh()
             self.drop_blob_if_unused(package["sha256"])
+            self.stores.sync_state.forget_package(package_id)
         log.info("package %s: %s withdrawn", package_id, package["slot"])
         return package
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import string
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,8 @@ class Staging:
         self.catalog = catalog
         self._problems: dict[tuple[str, str], Problem] = {}
         self._warned: set[tuple[str, str]] = set()
+        #: Guards the two above: the settle thread and requests both note problems.
+        self._problems_lock = threading.Lock()
 
     @property
     def root(self) -> Path:
@@ -330,7 +333,8 @@ class Staging:
         """Make the packages match the folder: withdraw packages whose file is gone, and
         return the files that are new or changed since they were taken in (to settle)."""
         scan = self.folder.scan()
-        self._problems = {(p.kind, p.path): p for p in scan.problems}
+        with self._problems_lock:
+            self._problems = {(p.kind, p.path): p for p in scan.problems}
         for problem in scan.problems:
             self._warn_once(problem)
         for package in list(self.catalog.catalog.by_id.values()):
@@ -374,18 +378,22 @@ class Staging:
 
     # -- problems ----------------------------------------------------------------------
     def _note(self, problem: Problem) -> None:
-        self._problems[(problem.kind, problem.path)] = problem
+        with self._problems_lock:
+            self._problems[(problem.kind, problem.path)] = problem
         self._warn_once(problem)
 
     def _clear_problems(self, path: str) -> None:
-        for key in [k for k in self._problems if k[1] == path]:
-            self._problems.pop(key, None)
+        with self._problems_lock:
+            for key in [k for k in self._problems if k[1] == path]:
+                del self._problems[key]
 
     def _warn_once(self, problem: Problem) -> None:
         key = (problem.kind, problem.path)
-        if key not in self._warned:
+        with self._problems_lock:
+            if key in self._warned:
+                return
             self._warned.add(key)
-            log.warning("staging: %s: %s (%s)", problem.path, problem.message, problem.kind)
+        log.warning("staging: %s: %s (%s)", problem.path, problem.message, problem.kind)
 
     def unknown_targets(self, devices: Iterable[Mapping[str, Any]]) -> list[Problem]:
         """Target folders that name no registered device and no group any device is in."""
@@ -409,7 +417,9 @@ class Staging:
 
     def report(self, devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """What health and the admin API say about the staging folder."""
-        problems = list(self._problems.values()) + self.unknown_targets(devices)
+        with self._problems_lock:
+            problems = list(self._problems.values())
+        problems += self.unknown_targets(devices)
         for problem in problems:
             self._warn_once(problem)
         return {

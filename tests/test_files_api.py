@@ -221,11 +221,15 @@ def test_sync_packages_lists_the_manifests_files(client, admin, fleet):
 def test_withdraw_removes_the_package_its_file_and_its_blob(client, admin, fleet, hub,
                                                             settings):
     package = stage(admin, "esp001/a.bin", b"gone soon")
+    client.post(f"{FILES}/sync-status/esp001", headers=bearer(fleet["esp001"]), json={
+        "package": package["id"], "version": package["version"], "state": "applied"})
+    assert package["id"] in hub.stores.sync_state.by_package()
     staged = Path(settings["STAGING_DIR"]) / "esp001" / "a.bin"
     assert staged.read_bytes() == b"gone soon"
     assert admin.delete(f"/packages/{package['id']}").get_json() == {
         "withdrawn": package["id"], "target": "esp001", "path": "a.bin"}
     assert not staged.exists() and package["sha256"] not in hub.blobs
+    assert package["id"] not in hub.stores.sync_state.by_package()
     assert_error(admin.get(f"/packages/{package['id']}"), 404, "no_such_package")
     assert_error(admin.delete(f"/packages/{package['id']}"), 404)
     assert client.get(f"{FILES}/manifest/esp001",

@@ -49,6 +49,9 @@ def test_raw_upload_is_stored_whole_and_answers_its_sha256(client, token, settin
     assert admin.get("/uploads").get_json()["count"] == 1
     download = admin.get("/uploads/esp001/boot.log", buffered=True)
     assert download.data == data and download.headers["X-Content-SHA256"] == body["sha256"]
+    tail = client.get("/api/v1/admin/uploads/esp001/boot.log", buffered=True,
+                      headers={**bearer(ADMIN_TOKEN), "Range": "bytes=-10"})
+    assert (tail.status_code, tail.data) == (206, data[-10:])
 
 
 def test_multipart_upload_streams_the_file_part(client, token, settings):

@@ -6,7 +6,7 @@ file sync and device administration can change independently.
 
 from __future__ import annotations
 
-from flask import current_app, request, send_file
+from flask import current_app, request
 
 from ..file_schemas import (
     PackageListQuerySchema,
@@ -23,6 +23,7 @@ from ..packages import PackageCatalog
 from .admin import bp
 from .context import current_hub
 from .contract import contract
+from .files import OCTET_STREAM, send_stored_file
 
 PROGRESS_FIELDS = ("targets", "have", "downloading", "failed")
 
@@ -93,12 +94,11 @@ def list_uploads(query):
 
 
 @bp.get("/uploads/<device_id>/<filename>")
-@contract(produces="application/octet-stream")
+@contract(produces=OCTET_STREAM)
 def download_upload(device_id: str, filename: str):
     """Download a file a device uploaded."""
     record, path = current_hub().uploads.get(device_id, filename)
-    response = send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                         download_name=record["name"], conditional=True,
-                         etag=record["sha256"])
+    response = send_stored_file(path, etag=record["sha256"], download_name=record["name"],
+                                as_attachment=True)
     response.headers["X-Content-SHA256"] = record["sha256"]
     return response

@@ -55,6 +55,13 @@ class SyncStateTable(LivenessTable):
             self._entries[pair_key(entry["device_id"], entry["package_id"])] = dict(entry)
             self._dirty = True
 
+    def forget_package(self, package_id: str) -> None:
+        """Drop a withdrawn package's pairs from the current state (its history stays)."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e["package_id"] == package_id]:
+                del self._entries[key]
+                self._dirty = True
+
     def by_package(self) -> dict[str, dict[str, Report]]:
         """Latest report of every device, grouped by package id."""
         grouped: dict[str, dict[str, Report]] = defaultdict(dict)
