@@ -353,28 +353,27 @@ class Staging:
 
     def withdraw_missing(self, slot: str) -> Document | None:
         """Withdraw the package at ``slot`` if its staged file is really gone."""
-        package = self.catalog.catalog.by_slot.get(slot)
-        if package is None:
-            return None
-        path = self.root.joinpath(package["target"], *package["path"].split("/"))
-        try:
-            if self.folder.classify(path) is not None and path.is_file():
+        with self.catalog.changing():  # a request may be withdrawing it right now
+            package = self.catalog.catalog.by_slot.get(slot)
+            if package is None:
                 return None
-        except Refused:
-            pass  # still there, but now leads outside: withdraw it
-        return self.catalog.withdraw(package["id"])
+            path = self.root.joinpath(package["target"], *package["path"].split("/"))
+            try:
+                if self.folder.classify(path) is not None and path.is_file():
+                    return None
+            except Refused:
+                pass  # still there, but now leads outside: withdraw it
+            return self.catalog.withdraw(package["id"])
 
     def withdraw(self, package_id: str) -> Document:
         """Withdraw a package on request: its staged file is removed too, or the folder
         (the desired state) would bring it straight back."""
-        package = self.catalog.get(package_id)
-        path = self.root.joinpath(package["target"], *package["path"].split("/"))
-        if self.folder.is_inside(path.parent):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        return self.catalog.withdraw(package_id)
+        with self.catalog.changing():
+            package = self.catalog.get(package_id)
+            path = self.root.joinpath(package["target"], *package["path"].split("/"))
+            if self.folder.is_inside(path.parent):
+                path.unlink(missing_ok=True)
+            return self.catalog.withdraw(package_id)
 
     # -- problems ----------------------------------------------------------------------
     def _note(self, problem: Problem) -> None:

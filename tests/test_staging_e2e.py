@@ -10,7 +10,6 @@ import os
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,6 +25,12 @@ PIECE = 64 * 1024
 def start_hub(hub_process, settle_s: float = 0.5):
     return hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
                         "DROPSYNC_STAGING_SETTLE_S": str(settle_s)})
+
+
+def stop_cleanly(hub) -> None:
+    """Stop the hub and check nothing in it failed unexpectedly, shutdown included."""
+    hub.stop()
+    assert "Traceback" not in hub.log and "[ERROR]" not in hub.log, hub.log
 
 
 def register(hub, device_id: str, **fields) -> str:
@@ -129,6 +134,7 @@ def test_slow_writer_becomes_a_verified_package_then_is_replaced_and_withdrawn(
                message="withdrawn")
     assert_error(session.get(f"{hub.url}{newer['url']}/0", headers=auth, timeout=5), 404)
     assert len(ingest_lines(hub, "esp001/firmware.bin")) == 2  # one per complete content
+    stop_cleanly(hub)
 
 
 def test_temp_then_rename_and_files_dropped_while_stopped_are_ingested_once(
@@ -146,7 +152,7 @@ def test_temp_then_rename_and_files_dropped_while_stopped_are_ingested_once(
                ["watcher"]["pending"] == 0, message="nothing pending")
     assert ingest_lines(hub, "esp001/config.json") == [str(first["version"])]
     assert [f["path"] for f in manifest(hub, "esp001", token)["files"]] == ["config.json"]
-    hub.stop()
+    stop_cleanly(hub)
 
     # dropped while the hub is down
     (staging / "all").mkdir()
@@ -165,6 +171,7 @@ def test_temp_then_rename_and_files_dropped_while_stopped_are_ingested_once(
     assert len(ingest_lines(restarted, "all/common.txt")) == 1
     assert len(ingest_lines(restarted, "esp001/late.bin")) == 1
     assert ingest_lines(restarted, "esp001/config.json") == []
+    stop_cleanly(restarted)
 
 
 def test_devices_are_kept_apart_and_links_out_of_staging_are_refused(hub_process, tmp_path):
@@ -196,6 +203,7 @@ def test_devices_are_kept_apart_and_links_out_of_staging_are_refused(hub_process
     blobs = tree(hub.data_dir / "blobs")
     assert not any(b"hub-side secret" in content for content in blobs.values())
     assert not any(b"root:" in content for content in blobs.values())
+    stop_cleanly(hub)
 
 
 def raw_request(hub, method: str, path: str, headers: dict[str, str],
@@ -248,6 +256,7 @@ def test_upload_traversal_and_cut_connections_touch_nothing_outside(hub_process,
     outside_after = {k: v for k, v in tree(tmp_path).items()
                      if not k.startswith(("data/", "staging/")) and not k.endswith(".log")}
     assert outside_after == outside_before
+    stop_cleanly(hub)
 
 
 def test_cli_stages_through_the_running_hub(hub_process, tmp_path):
@@ -265,4 +274,4 @@ def test_cli_stages_through_the_running_hub(hub_process, tmp_path):
     assert manifest(hub, "esp001", token)["files"] == []
     assert not (tmp_path / "staging" / "group-field" / "settings.json").exists()
     assert ingest_lines(hub, "group-field/settings.json") == [str(entry["version"])]
-    assert Path(hub.log_path).exists()
+    stop_cleanly(hub)
