@@ -160,6 +160,14 @@ class StagingFolder:
                                   "a symlink that leads outside the staging folder; refused"))
         return StagedFile(path, target, rel)
 
+    def is_candidate(self, path: Path | str) -> bool:
+        """Whether ``path``'s name alone could make it a package (cheap: for every event)."""
+        try:
+            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
+        except ValueError:
+            return False
+        return len(parts) >= 2 and not any(is_ignored_name(p) for p in parts)
+
     def slot_of(self, path: Path | str) -> str | None:
         """The slot a path would stand for, from its name alone (for files now gone)."""
         try:

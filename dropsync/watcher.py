@@ -4,8 +4,10 @@ A file becomes a package only once it is complete. watchdog's inotify observer r
 close after writing (``FileClosedEvent``); a rename into place arrives as a move (inside
 the folder) or a bare create (from elsewhere on the same filesystem, with no open or close
 at all). So the watcher counts opens and closes per path, and a path is *ready* when no
-writer holds it open and its size, mtime and inode have held still for ``settle_s``.
-``created`` fires before a copy ends and the kernel silently drops events when its queue
+writer holds it open and its size, mtime and inode have held still for ``settle_s``. An
+open the events missed (a file written in a folder created a moment earlier, before it
+was watched) is caught by asking the kernel for a read lease, granted only when no one
+is writing. ``created`` fires before a copy ends and the kernel silently drops events when its queue
 overflows (watchdog issues 586, 654), hence the settle time and the periodic rescan: the
 rescan also picks up files dropped while the hub was down, and an inotify watch limit or
 a network filesystem can be met with the polling observer (``STAGING_OBSERVER=polling``),
@@ -19,8 +21,10 @@ withdrawing and rescanning happens on this module's one ``staging-settle`` threa
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +45,35 @@ OBSERVERS = ("inotify", "polling")
 TICK_S = 0.05
 #: After a failed ingest (e.g. disk full), wait at least this long before trying again.
 RETRY_AFTER_S = 5.0
+
+
+def is_open_for_writing(path: str) -> bool | None:
+    """Whether some process holds ``path`` open for writing; None when it cannot be told.
+
+    Events can miss an open: a file written in a folder created a moment earlier (before
+    watchdog watches the folder), or found by a rescan. Linux grants a read lease only
+    when no process has the file open for writing, so asking for one (and giving it back
+    at once) answers exactly that. A writer opening the file in that instant would make
+    the kernel signal us: SIGURG, whose default is to be ignored. Not possible without
+    owning the file or CAP_LEASE, nor on network filesystems: None, and the settle time
+    alone decides.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def file_stamp(path: str) -> tuple[int, int, int] | None:
@@ -153,7 +186,11 @@ class StagingWatcher:
             return
         if kind == "moved":
             self._file_gone(src)
-            self._file_changed(os.fsdecode(event.dest_path), opens=0)  # renamed into place
+            dest = os.fsdecode(event.dest_path)
+            if self.staging.folder.is_candidate(dest):
+                self._file_changed(dest, opens=0)  # renamed into place: complete
+        elif not self.staging.folder.is_candidate(src):
+            return  # temp and hidden names, files at the top: never packages
         elif kind == "deleted":
             self._file_gone(src)
         elif kind == "created":
@@ -240,6 +277,9 @@ class StagingWatcher:
         for path in self._settled_paths():
             if self._stop.is_set():
                 return
+            if is_open_for_writing(path):  # a writer whose open we never saw
+                self._file_changed(path)   # settle again once it lets go
+                continue
             try:
                 package, changed = self.staging.ingest_staged_file(path)
             except StagedFileChanged:

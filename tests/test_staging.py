@@ -309,3 +309,43 @@ def test_files_present_at_start_are_taken_in_by_the_first_rescan(settings):
     finally:
         hub.close()
 
+
+
+def test_open_for_writing_is_told_by_a_read_lease(tmp_path):
+    from dropsync.watcher import is_open_for_writing
+
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as writer:
+        writer.write(b"x")
+        assert is_open_for_writing(str(path)) is True
+        with open(path, "rb"):
+            assert is_open_for_writing(str(path)) is True
+    with open(path, "rb"):
+        assert is_open_for_writing(str(path)) is False
+    assert is_open_for_writing(str(tmp_path / "missing")) is None
+
+
+def test_a_writer_the_events_never_saw_open_holds_the_file_back(settings):
+    """Opened before the watcher started: no open event, found by the first rescan."""
+    import time
+
+    from dropsync import create_app
+
+    path = Path(settings["STAGING_DIR"]) / "esp001" / "slow.bin"
+    path.parent.mkdir(parents=True)
+    app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 3600})
+    hub = app.extensions["dropsync"]
+    try:
+        with open(path, "wb") as writer:
+            writer.write(b"a" * 1000)
+            writer.flush()
+            hub.watcher.start()
+            wait_until(lambda: hub.watcher.last_rescan, message="first rescan")
+            time.sleep(1.0)  # ten settle times with the writer pausing
+            assert hub.packages.list_packages() == []
+            writer.write(b"b" * 1000)
+        package = wait_until(lambda: hub.packages.catalog.by_slot.get("esp001/slow.bin"),
+                             message="taken in once closed")
+        assert package["size"] == 2000
+    finally:
+        hub.close()
