@@ -340,6 +340,12 @@ class Staging:
     def reconcile(self) -> list[StagedFile]:
         """Make the packages match the folder: withdraw packages whose file is gone, and
         return the files that are new or changed since they were taken in (to settle)."""
+        if not self.root.is_dir():
+            # an unmounted share or a deleted folder is not "operator wants nothing"
+            self._note(Problem("staging_missing", str(self.root),
+                               "the staging folder is missing (unmounted?); packages are "
+                               "kept until it is back"))
+            return []
         scan = self.folder.scan()
         with self._problems_lock:
             self._problems = {(p.kind, p.path): p for p in scan.problems}

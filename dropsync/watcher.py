@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -74,6 +75,14 @@ def is_open_for_writing(path: str) -> bool | None:
         return False
     finally:
         os.close(fd)
+
+
+def folder_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def file_stamp(path: str) -> tuple[int, int, int] | None:
@@ -123,6 +132,7 @@ class StagingWatcher:
         self._stop = threading.Event()
         self._rescan_at = 0.0  # rescan at once when started
         self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self.last_rescan: str | None = None
         self.ingested = 0
@@ -147,7 +157,7 @@ class StagingWatcher:
     def _start_observer(self) -> BaseObserver:
         observer: BaseObserver = PollingObserver() if self.observer_kind == "polling" \
             else Observer()
-        observer.schedule(_EventHandler(self), str(self.staging.root), recursive=True)
+        self._schedule(observer)
         try:
             observer.start()
         except OSError as exc:
@@ -254,6 +264,7 @@ class StagingWatcher:
     def rescan(self) -> None:
         """Compare the whole folder with the packages: withdraw what is gone, and let
         what is new or changed settle (events may have been lost, or the hub was down)."""
+        self._keep_watching()
         waiting = self.staging.reconcile()
         now = time.monotonic()
         with self._lock:
@@ -264,6 +275,22 @@ class StagingWatcher:
                 if now - pending.last_event > self.rescan_s:
                     pending.opens = 0  # a close event was lost: trust the settle time
         self.last_rescan = now_iso()
+
+    def _keep_watching(self) -> None:
+        """Watch the folder again when the one watched is no longer the one at its path
+        (deleted or moved away, and made again): the rescan that follows catches up on
+        what happened meanwhile."""
+        observer, watched = self._observer, self._watched
+        current = folder_identity(self.staging.root)
+        if observer is None or current is None or current == watched:
+            return
+        log.warning("staging folder %s was replaced; watching the new one", self.staging.root)
+        observer.unschedule_all()
+        self._schedule(observer)
+
+    def _schedule(self, observer: BaseObserver) -> None:
+        self._watched = folder_identity(self.staging.root)
+        observer.schedule(_EventHandler(self), str(self.staging.root), recursive=True)
 
     def _withdraw_gone(self) -> None:
         with self._lock:

@@ -349,3 +349,28 @@ def test_a_writer_the_events_never_saw_open_holds_the_file_back(settings):
         assert package["size"] == 2000
     finally:
         hub.close()
+
+
+def test_a_missing_staging_folder_withdraws_nothing_and_is_watched_again(settings):
+    from dropsync import create_app
+
+    staging = Path(settings["STAGING_DIR"])
+    drop(staging, "esp001/kept.bin", b"k")
+    app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 0.3})
+    hub = app.extensions["dropsync"]
+    hub.watcher.start()
+    try:
+        wait_until(lambda: hub.packages.list_packages(), message="package")
+        staging.rename(staging.with_name("away"))  # not deleted file by file: just gone
+        report = wait_until(lambda: (r := hub.staging_report())["state"] != "ok" and r,
+                            message="reported")
+        assert [p["kind"] for p in report["problems"]] == ["staging_missing"]
+        assert [p["path"] for p in hub.packages.list_packages()] == ["kept.bin"]
+        drop(staging, "esp001/kept.bin", b"k")
+        drop(staging, "esp001/new.bin", b"n")
+        wait_until(lambda: len(hub.packages.list_packages()) == 2, message="back")
+        drop(staging, "esp001/after.bin", b"a")  # seen by the renewed watch or a rescan
+        wait_until(lambda: len(hub.packages.list_packages()) == 3, message="watched again")
+        assert [p["kind"] for p in hub.staging_report()["problems"]] == ["unknown_target"]
+    finally:
+        hub.close()
