@@ -170,14 +170,15 @@ class StagingWatcher:
         return observer
 
     def stop(self) -> None:
+        """Stop the settle thread (letting an ingest under way finish), then watchdog."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=10)
             self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
 
     def state(self) -> dict[str, Any]:
         with self._lock:
@@ -278,13 +279,14 @@ class StagingWatcher:
 
     def _keep_watching(self) -> None:
         """Watch the folder again when the one watched is no longer the one at its path
-        (deleted or moved away, and made again): the rescan that follows catches up on
-        what happened meanwhile."""
+        (deleted or moved away, and made again) or the watch has ended: the rescan that
+        follows catches up on what happened meanwhile."""
         observer, watched = self._observer, self._watched
         current = folder_identity(self.staging.root)
-        if observer is None or current is None or current == watched:
+        if observer is None or current is None or (
+                current == watched and any(e.is_alive() for e in observer.emitters)):
             return
-        log.warning("staging folder %s was replaced; watching the new one", self.staging.root)
+        log.warning("staging folder %s: watching it again", self.staging.root)
         observer.unschedule_all()
         self._schedule(observer)
 

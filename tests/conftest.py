@@ -137,13 +137,22 @@ def hub(app):
 
 
 @pytest.fixture
-def watching(settings):
-    """An app whose staging watcher runs (settle 0.3 s, no periodic rescan), started
-    explicitly as a serving hub would."""
-    app = create_app({**settings, "STAGING_SETTLE_S": 0.3, "STAGING_RESCAN_S": 3600})
-    app.extensions["dropsync"].watcher.start()
-    yield app
-    app.extensions["dropsync"].close()
+def watched_hub(settings):
+    """Start hubs on the test folders with their staging watcher running, as a serving hub
+    would (settle 0.1 s, no periodic rescan unless overridden); all closed afterwards."""
+    hubs = []
+
+    def start(start_watcher: bool = True, **overrides):
+        app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 3600,
+                          **overrides})
+        hubs.append(app.extensions["dropsync"])
+        if start_watcher:
+            hubs[-1].watcher.start()
+        return hubs[-1]
+
+    yield start
+    for hub in hubs:
+        hub.close()
 
 
 @pytest.fixture

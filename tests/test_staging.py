@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -235,8 +236,8 @@ def test_unknown_and_invalid_targets_are_reported(hub, admin, client, settings, 
 
 
 # -- the watcher -----------------------------------------------------------------------
-def test_watcher_takes_in_a_dropped_file_once(watching, settings):
-    hub = watching.extensions["dropsync"]
+def test_watcher_takes_in_a_dropped_file_once(watched_hub, settings):
+    hub = watched_hub()
     staging = Path(settings["STAGING_DIR"])
     path = staging / "esp001" / "app.bin"
     path.parent.mkdir(parents=True)
@@ -252,8 +253,8 @@ def test_watcher_takes_in_a_dropped_file_once(watching, settings):
     assert hub.watcher.ingested == 1
 
 
-def test_watcher_temp_then_rename_makes_exactly_one_package(watching, settings):
-    hub = watching.extensions["dropsync"]
+def test_watcher_temp_then_rename_makes_exactly_one_package(watched_hub, settings):
+    hub = watched_hub()
     staging = Path(settings["STAGING_DIR"])
     (staging / "esp001").mkdir(parents=True)
     temp = staging / "esp001" / "app.bin.part"
@@ -265,8 +266,8 @@ def test_watcher_temp_then_rename_makes_exactly_one_package(watching, settings):
     assert hub.watcher.ingested == 1
 
 
-def test_watcher_withdraws_a_deleted_file_and_a_removed_folder(watching, settings):
-    hub = watching.extensions["dropsync"]
+def test_watcher_withdraws_a_deleted_file_and_a_removed_folder(watched_hub, settings):
+    hub = watched_hub()
     staging = Path(settings["STAGING_DIR"])
     drop(staging, "esp001/a.bin", b"a")
     drop(staging, "group-x/sub/b.bin", b"b")
@@ -277,38 +278,21 @@ def test_watcher_withdraws_a_deleted_file_and_a_removed_folder(watching, setting
     wait_until(lambda: not hub.packages.list_packages(), message="both withdrawn")
 
 
-def test_polling_observer_works_without_close_events(settings):
-    from dropsync import create_app
-
-    app = create_app({**settings, "STAGING_SETTLE_S": 0.3, "STAGING_RESCAN_S": 3600,
-                      "STAGING_OBSERVER": "polling"})
-    hub = app.extensions["dropsync"]
-    hub.watcher.start()
-    try:
-        drop(Path(settings["STAGING_DIR"]), "all/polled.txt", b"p")
-        wait_until(lambda: hub.packages.catalog.by_slot.get("all/polled.txt"),
-                   message="package")
-        assert hub.watcher.state()["observer"] == "polling"
-    finally:
-        hub.close()
+def test_polling_observer_works_without_close_events(watched_hub, settings):
+    hub = watched_hub(STAGING_OBSERVER="polling")
+    drop(Path(settings["STAGING_DIR"]), "all/polled.txt", b"p")
+    wait_until(lambda: hub.packages.catalog.by_slot.get("all/polled.txt"), message="package")
+    assert hub.watcher.state()["observer"] == "polling"
 
 
-def test_files_present_at_start_are_taken_in_by_the_first_rescan(settings):
-    from dropsync import create_app
-
+def test_files_present_at_start_are_taken_in_by_the_first_rescan(watched_hub, settings):
     staging = Path(settings["STAGING_DIR"])
     drop(staging, "esp001/early.bin", b"e")
     drop(staging, "esp001/.hidden", b"h")
-    app = create_app({**settings, "STAGING_SETTLE_S": 0.2, "STAGING_RESCAN_S": 3600})
-    hub = app.extensions["dropsync"]
-    hub.watcher.start()
-    try:
-        wait_until(lambda: hub.packages.list_packages(), message="package")
-        wait_until(lambda: hub.watcher.state()["pending"] == 0, message="nothing pending")
-        assert [p["slot"] for p in hub.packages.list_packages()] == ["esp001/early.bin"]
-    finally:
-        hub.close()
-
+    hub = watched_hub()
+    wait_until(lambda: hub.packages.list_packages(), message="package")
+    wait_until(lambda: hub.watcher.state()["pending"] == 0, message="nothing pending")
+    assert [p["slot"] for p in hub.packages.list_packages()] == ["esp001/early.bin"]
 
 
 def test_open_for_writing_is_told_by_a_read_lease(tmp_path):
@@ -325,52 +309,38 @@ def test_open_for_writing_is_told_by_a_read_lease(tmp_path):
     assert is_open_for_writing(str(tmp_path / "missing")) is None
 
 
-def test_a_writer_the_events_never_saw_open_holds_the_file_back(settings):
+def test_a_writer_the_events_never_saw_open_holds_the_file_back(watched_hub, settings):
     """Opened before the watcher started: no open event, found by the first rescan."""
-    import time
-
-    from dropsync import create_app
-
     path = Path(settings["STAGING_DIR"]) / "esp001" / "slow.bin"
     path.parent.mkdir(parents=True)
-    app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 3600})
-    hub = app.extensions["dropsync"]
-    try:
-        with open(path, "wb") as writer:
-            writer.write(b"a" * 1000)
-            writer.flush()
-            hub.watcher.start()
-            wait_until(lambda: hub.watcher.last_rescan, message="first rescan")
-            time.sleep(1.0)  # ten settle times with the writer pausing
-            assert hub.packages.list_packages() == []
-            writer.write(b"b" * 1000)
-        package = wait_until(lambda: hub.packages.catalog.by_slot.get("esp001/slow.bin"),
-                             message="taken in once closed")
-        assert package["size"] == 2000
-    finally:
-        hub.close()
+    hub = watched_hub(start_watcher=False)
+    with open(path, "wb") as writer:
+        writer.write(b"a" * 1000)
+        writer.flush()
+        hub.watcher.start()
+        wait_until(lambda: hub.watcher.last_rescan, message="first rescan")
+        time.sleep(1.0)  # ten settle times with the writer pausing
+        assert hub.packages.list_packages() == []
+        writer.write(b"b" * 1000)
+    package = wait_until(lambda: hub.packages.catalog.by_slot.get("esp001/slow.bin"),
+                         message="taken in once closed")
+    assert package["size"] == 2000
 
 
-def test_a_missing_staging_folder_withdraws_nothing_and_is_watched_again(settings):
-    from dropsync import create_app
-
+def test_a_missing_staging_folder_withdraws_nothing_and_is_watched_again(watched_hub,
+                                                                        settings):
     staging = Path(settings["STAGING_DIR"])
     drop(staging, "esp001/kept.bin", b"k")
-    app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 0.3})
-    hub = app.extensions["dropsync"]
-    hub.watcher.start()
-    try:
-        wait_until(lambda: hub.packages.list_packages(), message="package")
-        staging.rename(staging.with_name("away"))  # not deleted file by file: just gone
-        report = wait_until(lambda: (r := hub.staging_report())["state"] != "ok" and r,
-                            message="reported")
-        assert [p["kind"] for p in report["problems"]] == ["staging_missing"]
-        assert [p["path"] for p in hub.packages.list_packages()] == ["kept.bin"]
-        drop(staging, "esp001/kept.bin", b"k")
-        drop(staging, "esp001/new.bin", b"n")
-        wait_until(lambda: len(hub.packages.list_packages()) == 2, message="back")
-        drop(staging, "esp001/after.bin", b"a")  # seen by the renewed watch or a rescan
-        wait_until(lambda: len(hub.packages.list_packages()) == 3, message="watched again")
-        assert [p["kind"] for p in hub.staging_report()["problems"]] == ["unknown_target"]
-    finally:
-        hub.close()
+    hub = watched_hub(STAGING_RESCAN_S=0.3)
+    wait_until(lambda: hub.packages.list_packages(), message="package")
+    staging.rename(staging.with_name("away"))  # not deleted file by file: just gone
+    report = wait_until(lambda: (r := hub.staging_report())["state"] != "ok" and r,
+                        message="reported")
+    assert [p["kind"] for p in report["problems"]] == ["staging_missing"]
+    assert [p["path"] for p in hub.packages.list_packages()] == ["kept.bin"]
+    drop(staging, "esp001/kept.bin", b"k")
+    drop(staging, "esp001/new.bin", b"n")
+    wait_until(lambda: len(hub.packages.list_packages()) == 2, message="back")
+    drop(staging, "esp001/after.bin", b"a")  # seen by the renewed watch or a rescan
+    wait_until(lambda: len(hub.packages.list_packages()) == 3, message="watched again")
+    assert [p["kind"] for p in hub.staging_report()["problems"]] == ["unknown_target"]
