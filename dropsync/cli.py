@@ -11,9 +11,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import click
 
@@ -26,9 +27,15 @@ from .store import current_holder
 
 def admin_api(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
     """Call the admin API for this invocation's data directory; errors end the command."""
+    return call_hub(ctx, lambda hub: hub.request(method, "/api/v1/admin" + path, body))
+
+
+def call_hub(ctx: click.Context, call: Callable[[Any], Any]) -> Any:
+    """``call(hub)`` on the admin API of this invocation's data directory; a hub error
+    ends the command with its message."""
     try:
         with connect(ctx.obj) as hub:
-            return hub.request(method, "/api/v1/admin" + path, body)
+            return call(hub)
     except HubError as exc:
         detail = f"\n  details: {json.dumps(exc.details)}" if exc.details else ""
         raise click.ClickException(f"{exc.message} ({exc.code}){detail}") from None
@@ -427,6 +434,77 @@ def operator_list(ctx, as_json) -> None:
     echo_rows(admin_api(ctx, "GET", "/operators")["operators"],
               [("USERNAME", "username"), ("CREATED", "created_at"),
                ("PASSWORD CHANGED", "password_changed_at")], as_json)
+
+
+# -- staging and packages --------------------------------------------------------------
+#: Files at least this large get a progress bar while they upload.
+PROGRESS_BAR_BYTES = 1024 * 1024
+PACKAGE_COLUMNS = [("ID", "id"), ("TARGET", "target"), ("PATH", "path"),
+                   ("VERSION", "version"), ("SIZE", "size"), ("HAVE", "have"),
+                   ("SOURCE", "source"), ("CREATED", "created")]
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "target", required=True,
+              help="Device id, group-<name> or all: the folder below staging/.")
+@click.option("--as", "path", help="Path below the target folder (default: FILE's name).")
+@json_option
+@click.pass_context
+def stage(ctx, file, target, path, as_json) -> None:
+    """Put FILE into staging/<target>/ and take it in as a package at once."""
+    rel = path or Path(file).name
+    url = f"/api/v1/admin/staging/{quote(target, safe='')}/{quote(rel, safe='/')}"
+    size = Path(file).stat().st_size
+
+    def upload(hub, on_progress=None):
+        with open(file, "rb") as source:
+            return hub.upload("PUT", url, source, size, on_progress)
+
+    if size >= PROGRESS_BAR_BYTES and not as_json:
+        with click.progressbar(length=size, label=f"Uploading {rel}") as bar:
+            package = call_hub(ctx, lambda hub: upload(hub, bar.update))
+    else:
+        package = call_hub(ctx, upload)
+    if as_json:
+        echo_json(package)
+    elif package["changed"]:
+        click.echo(f"Staged {target}/{package['path']}: package {package['id']} version "
+                   f"{package['version']} ({package['size']} bytes, sha256 "
+                   f"{package['sha256'][:12]}...), for {package['progress']['targets']} "
+                   "device(s).")
+    else:
+        click.echo(f"{target}/{package['path']} is unchanged: package {package['id']} "
+                   f"stays at version {package['version']}.")
+
+
+@main.command()
+@click.option("--target", help="Only packages for this target folder.")
+@json_option
+@click.pass_context
+def packages(ctx, target, as_json) -> None:
+    """List packages and how many of their target devices hold them."""
+    found = admin_api(ctx, "GET", "/packages" + (f"?target={quote(target)}" if target
+                                                 else ""))["packages"]
+    if not as_json:
+        found = [{**p, "have": f"{p['progress']['have']}/{p['progress']['targets']}"}
+                 for p in found]
+    echo_rows(found, PACKAGE_COLUMNS, as_json,
+              empty="No packages. Drop files into staging/<target>/ or use: "
+                    "dropsync stage <file> --to <target>")
+
+
+@main.command()
+@click.argument("package_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def withdraw(ctx, package_id, yes) -> None:
+    """Withdraw a package: its staged file is deleted and devices stop getting it."""
+    if not yes:
+        click.confirm(f"Withdraw package {package_id} and delete its staged file?",
+                      abort=True)
+    gone = admin_api(ctx, "DELETE", f"/packages/{quote(package_id, safe='')}")
+    click.echo(f"Withdrew {gone['target']}/{gone['path']} (package {gone['withdrawn']}).")
 
 
 if __name__ == "__main__":

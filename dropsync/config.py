@@ -78,6 +78,34 @@ def parse_port(text: str) -> int:
     return value
 
 
+def parse_observer(text: str) -> str:
+    kind = text.strip().lower()
+    if kind not in ("inotify", "polling"):
+        raise ValueError("expected inotify or polling")
+    return kind
+
+
+def parse_chunk_size(text: str) -> int:
+    value = int(text)
+    if not 512 <= value <= 1_048_576:
+        raise ValueError("must be between 512 and 1048576")
+    return value
+
+
+def parse_extension_list(text: str) -> str:
+    items = [part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()]
+    if not items or not all(item == "*" or item.isalnum() for item in items):
+        raise ValueError("expected comma-separated file extensions, or *")
+    return ",".join(items)
+
+
+def parse_accel_prefix(text: str) -> str:
+    prefix = text.strip()
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise ValueError("expected a location path that starts and ends with /")
+    return prefix
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -144,8 +172,35 @@ SETTINGS: tuple[Setting, ...] = (
             "Answer 429 with `Retry-After` beyond the limits below."),
     Setting("RATE_LIMIT_DEVICE", "600/minute", parse_rate_limit,
             "Requests per device on the device API."),
+    Setting("RATE_LIMIT_FILES", "6000/minute", parse_rate_limit,
+            "Requests per device on the files API (a 1 MiB file is 256 chunks of 4 KiB)."),
     Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
             "Refused (401/403) requests per client address before it is refused outright."),
+    # -- staging and file sync ---------------------------------------------------------
+    Setting("STAGING_WATCH", True, parse_bool,
+            "Watch `STAGING_DIR` while serving (off: files are taken in only through the "
+            "admin API and `dropsync stage`)."),
+    Setting("STAGING_OBSERVER", "inotify", parse_observer,
+            "`inotify`, or `polling` for filesystems without inotify (network shares)."),
+    Setting("STAGING_SETTLE_S", 2.0, parse_positive_float,
+            "Seconds a staged file's size and mtime must hold, after it is closed, before "
+            "it becomes a package."),
+    Setting("STAGING_RESCAN_S", 60.0, parse_positive_float,
+            "Seconds between full rescans of the staging folder (catches dropped events)."),
+    Setting("STAGING_UPLOAD_MAX_BYTES", 268_435_456, parse_positive_int,
+            "Largest file the admin API (`dropsync stage`) puts into staging; larger get "
+            "413."),
+    Setting("CHUNK_SIZE", 4096, parse_chunk_size,
+            "Bytes per download chunk (512 to 1048576); 4096 suits an ESP8266."),
+    Setting("UPLOAD_MAX_BYTES", 10_485_760, parse_positive_int,
+            "Largest file a device may upload; larger get 413."),
+    Setting("UPLOAD_ALLOWED_TYPES", "bin,csv,jpg,json,log,png,txt", parse_extension_list,
+            "File extensions devices may upload, comma-separated (`*`: any); others get "
+            "415."),
+    Setting("DOWNLOAD_ACCEL_PREFIX", None, parse_accel_prefix,
+            "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
+            "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
+            "`DATA_DIR/blobs/`."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

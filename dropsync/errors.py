@@ -89,3 +89,7 @@ class StoreCorrupt(StartupError):
 
 class ConfigError(StartupError):
     code = "config_error"
+
+
+class PayloadTooLarge(DropSyncError):
+    status, code = 413, "payload_too_large"

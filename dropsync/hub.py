@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .blobs import BlobStore
 from .bootstrap import (
     DEVICE_AUTH_FILE,
     ensure_first_admin,
@@ -21,7 +22,11 @@ from .commands import CommandQueue
 from .commands import Settings as CommandSettings
 from .credentials import AdminAuthority, new_token
 from .pacing import Pacing
+from .packages import PackageCatalog
+from .staging import Staging
 from .store import Stores
+from .uploads import DeviceUploads
+from .watcher import StagingWatcher
 
 log = logging.getLogger("dropsync")
 
@@ -70,6 +75,7 @@ class Hub:
             self.admin = AdminAuthority(self.stores, extra)
             self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
             self.pacing = Pacing(self.stores, settings)
+            self._open_file_sync(settings)
             self.stores.lock.publish({"url": local_url(settings) if serving else None,
                                       "cli_token": self.cli_token, "version": __version__})
         except BaseException:
@@ -77,7 +83,9 @@ class Hub:
             raise
         self.started_at = time.time()
         if serving:
-            self.stores.liveness.start()
+            self.stores.start_checkpoints()
+            if settings["STAGING_WATCH"]:
+                self.watcher.start()
             self.commands.start()
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
@@ -93,4 +101,27 @@ class Hub:
             self.commands.tidy()
         except Exception:  # the history already holds every ending; tidying can wait
             log.exception("could not tidy finished commands at shutdown")
+        self.watcher.stop()
         self.stores.close()
+
+    # -- file sync ---------------------------------------------------------------------
+    def _open_file_sync(self, settings: dict[str, Any]) -> None:
+        """Blob store, packages, staging folder, device uploads; the watcher is made here
+        but only started when serving (tests that want it call ``watcher.start()``)."""
+        data_dir = self.stores.data_dir
+        self.blobs = BlobStore(data_dir / "blobs", settings["CHUNK_SIZE"])
+        self.packages = PackageCatalog(self.stores, self.blobs)
+        self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
+        self.uploads = DeviceUploads(self.stores, data_dir / "uploads",
+                                     max_bytes=settings["UPLOAD_MAX_BYTES"],
+                                     allowed_types=settings["UPLOAD_ALLOWED_TYPES"])
+        self.watcher = StagingWatcher(self.staging, settle_s=settings["STAGING_SETTLE_S"],
+                                      rescan_s=settings["STAGING_RESCAN_S"],
+                                      observer=settings["STAGING_OBSERVER"])
+        self.packages.remove_unreferenced_blobs()
+        self.uploads.forget_missing_files()
+
+    def staging_report(self) -> dict[str, Any]:
+        """Staging problems and the watcher's state, for health and the admin API."""
+        return {**self.staging.report(self.stores.devices.all()),
+                "watcher": self.watcher.state()}

@@ -13,10 +13,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import load_config
 from .errors import DataDirBusy, StartupError
@@ -42,6 +42,23 @@ def _raise_for_error(status: int, body: Any) -> Any:
     return body
 
 
+class ProgressReader:
+    """A file wrapper that reports how many bytes have been read (for a progress bar)."""
+
+    def __init__(self, source: BinaryIO, on_progress: Callable[[int], None] | None):
+        self.source = source
+        self.on_progress = on_progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        if data and self.on_progress is not None:
+            self.on_progress(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno... of the source
+        return getattr(self.source, name)
+
+
 class HttpHub:
     """The admin API of a hub process, over HTTP."""
 
@@ -51,10 +68,20 @@ class HttpHub:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
+        return self._send(method, path, data, {"Content-Type": "application/json"})
+
+    def upload(self, method: str, path: str, source: BinaryIO, size: int,
+               on_progress: Callable[[int], None] | None = None) -> Any:
+        """Send ``size`` bytes of ``source`` as the raw body, streamed, not loaded."""
+        return self._send(method, path, ProgressReader(source, on_progress),
+                          {"Content-Type": "application/octet-stream",
+                           "Content-Length": str(size)})
+
+    def _send(self, method: str, path: str, data: Any, headers: dict[str, str]) -> Any:
         req = urllib.request.Request(
             self.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json", "Accept": "application/json"})
+            headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json",
+                     **headers})
         deadline = time.monotonic() + CONNECT_PATIENCE_S
         while True:
             try:
@@ -86,6 +113,15 @@ class InProcessHub:
     def request(self, method: str, path: str, body: Any = None) -> Any:
         response = self.client.open(path, method=method, json=body,
                                     headers={"Authorization": f"Bearer {self.token}"})
+        return _raise_for_error(response.status_code, response.get_json(silent=True))
+
+    def upload(self, method: str, path: str, source: BinaryIO, size: int,
+               on_progress: Callable[[int], None] | None = None) -> Any:
+        response = self.client.open(path, method=method,
+                                    input_stream=ProgressReader(source, on_progress),
+                                    content_length=size,
+                                    headers={"Authorization": f"Bearer {self.token}",
+                                             "Content-Type": "application/octet-stream"})
         return _raise_for_error(response.status_code, response.get_json(silent=True))
 
 

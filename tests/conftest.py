@@ -130,3 +130,36 @@ def tiny_fs(tmp_path):
     yield mount
     for point in mounts:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+# -- file sync -------------------------------------------------------------------------
+@pytest.fixture
+def hub(app):
+    """The app's Hub (stores, packages, staging), for calling the rules directly."""
+    return app.extensions["dropsync"]
+
+
+@pytest.fixture
+def watched_hub(settings):
+    """Start hubs on the test folders with their staging watcher running, as a serving hub
+    would (settle 0.1 s, no periodic rescan unless overridden); all closed afterwards."""
+    hubs = []
+
+    def start(start_watcher: bool = True, **overrides):
+        app = create_app({**settings, "STAGING_SETTLE_S": 0.1, "STAGING_RESCAN_S": 3600,
+                          **overrides})
+        hubs.append(app.extensions["dropsync"])
+        if start_watcher:
+            hubs[-1].watcher.start()
+        return hubs[-1]
+
+    yield start
+    for hub in hubs:
+        hub.close()
+
+
+@pytest.fixture
+def staging_cli(cli, tmp_path, monkeypatch):
+    """``cli`` with the staging folder in tmp_path as well (the CLI default is ./staging)."""
+    monkeypatch.setenv("DROPSYNC_STAGING_DIR", str(tmp_path / "staging"))
+    return cli

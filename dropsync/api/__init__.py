@@ -5,7 +5,17 @@ from __future__ import annotations
 from flask import Flask, Request
 from flask.sessions import SecureCookieSessionInterface
 
-from . import admin, admin_fleet, device, errors, health, limits, openapi  # noqa: F401
+from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
+    admin,
+    admin_files,
+    admin_fleet,
+    device,
+    errors,
+    files,
+    health,
+    limits,
+    openapi,
+)
 
 
 class SessionOnlyWithCookie(SecureCookieSessionInterface):
@@ -23,7 +33,9 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)
-    app.register_blueprint(admin.bp)
+    app.register_blueprint(admin.bp)  # with the routes of admin_files
+    app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
-    limits.init_app(app, device_blueprints=[device.bp],
-                    guarded_blueprints=[device.bp, admin.bp])
+    limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
+                                        files.bp: app.config["RATE_LIMIT_FILES"]},
+                    guarded_blueprints=[device.bp, files.bp, admin.bp])

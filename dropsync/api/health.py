@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from .. import __version__
-from ..schemas import HealthSchema
+from ..file_schemas import HealthWithStagingSchema
 from .context import current_hub
 from .contract import contract
 
@@ -13,14 +13,17 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
-@contract(response=HealthSchema)
+@contract(response=HealthWithStagingSchema)
 def show():
     """The hub's state, for monitors and people; needs no credentials."""
     hub = current_hub()
     store = hub.stores.state()
+    staging = hub.staging_report()
+    healthy = store["state"] == "ok" and staging["state"] == "ok"
     return {
-        "status": "ok" if store["state"] == "ok" else "degraded",
+        "status": "ok" if healthy else "degraded",
         "version": __version__,
         "uptime_s": round(hub.uptime_s(), 1),
         "store": store,
+        "staging": staging,
     }

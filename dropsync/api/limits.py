@@ -98,13 +98,14 @@ def client_address() -> str:
 class RateLimits:
     """The hub's two limits, checked in ``before_request`` and counted after."""
 
-    def __init__(self, config: dict, device_blueprints: set[str],
+    def __init__(self, config: dict, device_limits: dict[str, str],
                  guarded_blueprints: set[str]):
+        """``device_limits`` maps a blueprint to the per-device rate on its routes."""
         self.enabled = config["RATE_LIMITS_ENABLED"]
         self.strategy = FixedWindowRateLimiter(LazyMemoryStorage())
-        self.per_device: RateLimitItem = parse(config["RATE_LIMIT_DEVICE"])
+        self.per_device: dict[str, RateLimitItem] = {
+            blueprint: parse(rate) for blueprint, rate in device_limits.items()}
         self.failed_auth: RateLimitItem = parse(config["RATE_LIMIT_FAILED_AUTH"])
-        self.device_blueprints = device_blueprints
         self.guarded_blueprints = guarded_blueprints
 
     def check(self) -> None:
@@ -114,10 +115,11 @@ class RateLimits:
         address = client_address()
         if not self.strategy.test(self.failed_auth, "failed-auth", address):
             self.refuse(self.failed_auth, "failed-auth", address)
-        if blueprint in self.device_blueprints:
+        per_device = self.per_device.get(blueprint)
+        if per_device is not None:
             device_id = (request.view_args or {}).get("device_id", "")
-            if not self.strategy.hit(self.per_device, "device", device_id):
-                self.refuse(self.per_device, "device", device_id)
+            if not self.strategy.hit(per_device, blueprint, device_id):
+                self.refuse(per_device, blueprint, device_id)
 
     def count_refusal(self, response: Response) -> Response:
         if self.enabled and response.status_code in REFUSED \
@@ -136,10 +138,10 @@ class RateLimits:
         raise TooManyRequests(response=response)
 
 
-def init_app(app: Flask, device_blueprints: list[Blueprint],
+def init_app(app: Flask, device_limits: dict[Blueprint, str],
              guarded_blueprints: list[Blueprint]) -> RateLimits:
     """Counters per app: tests build many apps, and counts must not leak between them."""
-    limits = RateLimits(app.config, {bp.name for bp in device_blueprints},
+    limits = RateLimits(app.config, {bp.name: rate for bp, rate in device_limits.items()},
                         {bp.name for bp in guarded_blueprints})
     app.before_request(limits.check)
     app.after_request(limits.count_refusal)

@@ -8,7 +8,11 @@ Layout of a data directory::
     auth.json           TinyDB: admin tokens, operators
     meta.json           TinyDB: hub-wide facts (e.g. which seed files were imported)
     liveness.json       last seen, signal, heap: checkpointed, not fsynced per heartbeat
-    history/<stream>/   append-only segmented JSON lines (messages, commands, events)
+    history/<stream>/   append-only segmented JSON lines (messages, commands, events, sync)
+    packages.json       TinyDB: sync packages (one per staged file)
+    manifests.json      TinyDB: each device's manifest version and content digest
+    uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
+    sync_state.json     latest sync report per device and package, checkpointed
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .datadir import DataDirLock, current_holder
 from .files import remove_stale_temp_files, write_atomically
 from .history import HistoryLog
 from .liveness import LivenessTable
+from .syncstate import SyncStateTable
 from .tables import Document, KeyedTable, TableFile
 
 __all__ = ["Document", "HistoryLog", "KeyedTable", "Stores", "current_holder",
@@ -35,12 +40,17 @@ def message_keys(record: dict) -> list[str]:
     return [f"device:{device}", f"device:{device}/level:{level}", f"level:{level}"]
 
 
+def device_keys(record: dict) -> list[str]:
+    return [f"device:{record.get('device_id')}"]
+
+
 def command_keys(record: dict) -> list[str]:
     return [f"device:{record.get('device_id')}", f"command:{record.get('command_id')}"]
 
 
 #: History streams the hub keeps, each its own folder of segments, with what to index.
-HISTORY_STREAMS = {"messages": message_keys, "commands": command_keys, "events": None}
+HISTORY_STREAMS = {"messages": message_keys, "commands": command_keys, "events": None,
+                   "sync": device_keys}
 #: Below this much free space the store reports "low_disk": writes will soon answer 507.
 LOW_DISK_BYTES = 50 * 1024 * 1024
 
@@ -78,6 +88,7 @@ class Stores:
             }
             self.liveness = LivenessTable(self.data_dir / "liveness.json",
                                           liveness_checkpoint_s)
+            self._open_file_sync_stores(liveness_checkpoint_s)
         except BaseException:
             self.lock.release()
             raise
@@ -110,9 +121,27 @@ class Stores:
         self._closed = True
         try:
             self.liveness.stop()
+            self.sync_state.stop()
             for history in self.history.values():
                 history.close()
             for table_file in self._files:
                 table_file.close()
         finally:
             self.lock.release()
+
+    # -- file sync ---------------------------------------------------------------------
+    def _open_file_sync_stores(self, checkpoint_s: float) -> None:
+        """Packages, manifests and device uploads: hot and small, so TinyDB. Sync reports
+        grow, so they go to the ``sync`` history, with the latest per pair checkpointed."""
+        self.packages = KeyedTable(self._open("packages.json"), "packages", "id",
+                                   unique=["slot"], item="package")
+        self.manifests = KeyedTable(self._open("manifests.json"), "manifests", "device_id",
+                                    item="manifest")
+        self.uploads = KeyedTable(self._open("uploads.json"), "uploads", "id", item="upload")
+        self.sync_state = SyncStateTable(self.data_dir / "sync_state.json",
+                                         self.history["sync"], checkpoint_s)
+
+    def start_checkpoints(self) -> None:
+        """Checkpoint in-memory state (liveness, sync state) in the background."""
+        self.liveness.start()
+        self.sync_state.start()

@@ -1,0 +1,185 @@
+"""Files API under ``/api/v1/files``: manifests, downloads, sync reports, device uploads.
+
+Every route names a device id and needs that device's token. Downloads are limited to
+what the device's manifest lists (403 otherwise) and to the current version of each file
+(409 once replaced), so a device never mixes chunks of two versions.
+"""
+
+from __future__ import annotations
+
+import werkzeug.utils
+from flask import Blueprint, Response, current_app, g, request
+
+from ..errors import BadRequest, PayloadTooLarge
+from ..file_schemas import (
+    ManifestSchema,
+    SyncEntrySchema,
+    SyncHistoryQuerySchema,
+    SyncHistorySchema,
+    SyncPackagesSchema,
+    SyncReportSchema,
+    UploadListSchema,
+    UploadQuerySchema,
+    UploadSchema,
+)
+from ..packages import Manifest
+from ..schemas import DeletedSchema
+from ..uploads import MULTIPART_OVERHEAD, READ_BUFFER
+from .context import current_hub, require_device_token
+from .contract import contract
+
+bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
+bp.before_request(require_device_token)
+
+OCTET_STREAM = "application/octet-stream"
+
+
+def manifest_headers(manifest: Manifest) -> dict[str, str]:
+    return {"ETag": f'"{manifest.etag}"', "Cache-Control": "no-cache"}
+
+
+# -- manifests -------------------------------------------------------------------------
+@bp.get("/manifest/<device_id>")
+@contract(response=ManifestSchema, other_responses={304: "Not modified (If-None-Match)"})
+def manifest(device_id: str):
+    """Every file this device should hold, with the version of the list.
+
+    The union of the ``all`` folder, the device's groups and its own folder; for the same
+    path the most specific wins. Send the ETag back in ``If-None-Match``: 304 while
+    nothing changed. Built from memory; a poll that changes nothing writes nothing.
+    """
+    found = current_hub().packages.build_manifest(g.device)
+    if request.if_none_match.contains(found.etag):
+        return Response(status=304, headers=manifest_headers(found))
+    return found.document(), manifest_headers(found)
+
+
+@bp.get("/sync-packages/<device_id>")
+@contract(response=SyncPackagesSchema)
+def sync_packages(device_id: str):
+    """The packages this device should hold (the manifest's files, with their origin)."""
+    packages = current_hub().packages
+    found = packages.build_manifest(g.device)
+    listed = [{**packages.get(f["id"]), **f} for f in found.files]
+    return {"device_id": device_id, "manifest_version": found.version, "packages": listed,
+            "count": len(listed)}
+
+
+# -- downloads -------------------------------------------------------------------------
+@bp.get("/download/<device_id>/<package_id>/<int:version>")
+@contract(produces=OCTET_STREAM, errors=(409, 416),
+          other_responses={206: "Partial content (Range)",
+                           304: "Not modified (If-None-Match with the SHA-256)"})
+def download(device_id: str, package_id: str, version: int):
+    """The whole file, or the byte range asked for with ``Range`` (RFC 7233).
+
+    A valid range gets 206 with ``Content-Range``, an unsatisfiable one 416; never 200
+    with the whole file. ``x-MD5`` carries the MD5 for the ESP8266 Update class.
+    """
+    hub = current_hub()
+    package = hub.packages.authorize_download(g.device, package_id, version)
+    headers = {"x-MD5": package["md5"], "X-Content-SHA256": package["sha256"],
+               "X-Package-Version": str(package["version"])}
+    accel = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
+    if accel:  # nginx serves the bytes (and the Range) from DATA_DIR/blobs/
+        sha = package["sha256"]
+        return Response(status=200, mimetype=OCTET_STREAM, headers={
+            **headers, "X-Accel-Redirect": f"{accel}{sha[:2]}/{sha}"})
+    response = send_stored_file(hub.blobs.path_of(package["sha256"]), etag=package["sha256"],
+                                download_name=package["path"].rsplit("/", 1)[-1])
+    response.headers.update(headers)
+    return response
+
+
+def send_stored_file(path, *, etag: str, download_name: str,
+                     as_attachment: bool = False) -> Response:
+    """A file streamed from disk, answering Range (206/416) and If-None-Match (304).
+
+    Without a Range the WSGI server's file wrapper sends it (gunicorn: ``sendfile``). With
+    one, werkzeug's own wrapper is used: gunicorn's cannot seek, so werkzeug would read
+    and throw away every byte before the range (an 8 MiB blob served 4 KiB ranges at
+    ~150/s that way, ~1,300/s seeking).
+    """
+    environ = request.environ
+    if "HTTP_RANGE" in environ:
+        environ = {k: v for k, v in environ.items() if k != "wsgi.file_wrapper"}
+    return werkzeug.utils.send_file(path, environ, mimetype=OCTET_STREAM, conditional=True,
+                                    etag=etag, download_name=download_name,
+                                    as_attachment=as_attachment,
+                                    response_class=current_app.response_class)
+
+
+@bp.get("/download/<device_id>/<package_id>/<int:version>/<int:index>")
+@contract(produces=OCTET_STREAM, errors=(409,))
+def download_chunk(device_id: str, package_id: str, version: int, index: int):
+    """One chunk (``chunk_size`` bytes, the last may be shorter), its SHA-256 in
+    ``X-Chunk-SHA256``: computed at ingest, never per request."""
+    packages = current_hub().packages
+    package = packages.authorize_download(g.device, package_id, version)
+    blob = packages.blob_info(package)
+    data = current_hub().blobs.read_chunk(blob, index)
+    return Response(data, mimetype=OCTET_STREAM, headers={
+        "X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
+        "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)})
+
+
+# -- sync state ------------------------------------------------------------------------
+@bp.post("/sync-status/<device_id>")
+@contract(body=SyncReportSchema, response=SyncEntrySchema, status=201, errors=(409,))
+def report_sync_status(device_id: str, body):
+    """Report progress on a package: downloading (with bytes received), verified,
+    applied, or failed (with a reason). Kept in the sync history."""
+    return current_hub().packages.record_sync_report(g.device, body)
+
+
+@bp.get("/sync-history/<device_id>")
+@contract(query=SyncHistoryQuerySchema, response=SyncHistorySchema)
+def sync_history(device_id: str, query):
+    """This device's sync reports, newest first."""
+    found = current_hub().packages.sync_history(device_id, query["limit"])
+    return {"device_id": device_id, "history": found, "count": len(found)}
+
+
+# -- device uploads --------------------------------------------------------------------
+@bp.post("/upload/<device_id>")
+@contract(query=UploadQuerySchema, response=UploadSchema, status=201, errors=(413, 415),
+          raw_body=(OCTET_STREAM, "multipart/form-data"))
+def upload(device_id: str, query):
+    """Upload a file: a ``multipart/form-data`` file part, or the raw body with
+    ``?filename=``. Streamed to disk and stored whole or not at all; answers its SHA-256.
+    """
+    uploads = current_hub().uploads
+    multipart = request.mimetype == "multipart/form-data"
+    limit = uploads.max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"an upload may be at most {uploads.max_bytes} bytes "
+                              "(UPLOAD_MAX_BYTES)")
+    request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
+    if multipart:
+        boundary = request.mimetype_params.get("boundary")
+        if not boundary:
+            raise BadRequest("multipart body without a boundary", code="invalid_multipart")
+        return uploads.receive_multipart(device_id, request.stream.read, boundary.encode())
+    name = query.get("filename")
+    if not name:
+        raise BadRequest("name the file: ?filename=<name> (or send a multipart form)",
+                         code="no_filename")
+    stream = request.stream  # receive() checks the name and type before reading it
+    return uploads.receive(device_id, name, iter(lambda: stream.read(READ_BUFFER), b""),
+                           expected_size=request.content_length)
+
+
+@bp.get("/list/<device_id>")
+@contract(response=UploadListSchema)
+def list_uploads(device_id: str):
+    """The files this device has uploaded."""
+    found = current_hub().uploads.list(device_id)
+    return {"uploads": found, "count": len(found)}
+
+
+@bp.delete("/files/<device_id>/<filename>")
+@contract(response=DeletedSchema, errors=(400,))  # 400: an unsafe file name
+def delete_upload(device_id: str, filename: str):
+    """Delete one of this device's uploads."""
+    current_hub().uploads.delete(device_id, filename)
+    return {"deleted": filename}

@@ -1,0 +1,365 @@
+"""Sync packages: one per staged file, the manifests built from them, and sync state.
+
+A package is what the staging folder says a set of devices should hold at one path: its
+target (a device id, ``group-<name>`` or ``all``), its path below the target folder, and
+the blob its current content is. Every new content gets a new ``version`` from one
+hub-wide counter, so a (package, version) pair is never reused, not even after a withdraw
+and a re-stage: a device asking for chunks of a version that has since been replaced gets
+409 and can never mix chunks of two versions.
+
+Manifests are built from an in-memory snapshot of the catalog, replaced whole on every
+change, so a poll reads no file and writes nothing unless the device's manifest really
+changed. Each device's manifest has its own version, which rises exactly when the list of
+files it should hold changes (a file added, replaced or withdrawn, or the device joining
+or leaving a group); it is kept in the ``manifests`` table with the digest it was given for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blobs import BlobInfo, BlobStore
+from .clock import now_iso
+from .errors import Conflict, Forbidden, NotFound, ValidationFailed
+from .store import Document, Stores
+
+log = logging.getLogger(__name__)
+
+ALL_TARGET = "all"
+GROUP_PREFIX = "group-"
+#: Where packages come from.
+SOURCES = ("folder", "api", "dashboard")
+#: What a device reports about a package, in the order a download goes through them.
+SYNC_STATES = ("downloading", "verified", "applied", "failed")
+#: States in which a device holds the package's content, checked.
+HOLDING_STATES = ("verified", "applied")
+VERSION_COUNTER = "package_version"
+#: The route a manifest points devices to; ``/<index>`` appended fetches one chunk.
+DOWNLOAD_PATH = "/api/v1/files/download/{device_id}/{package_id}/{version}"
+
+
+def package_id_for(target: str, path: str) -> str:
+    """A package's id: stable for its staging slot, so history and status follow a file
+    across versions, and short enough for an ESP8266 to keep a few in RAM."""
+    return hashlib.sha256(f"{target}/{path}".encode()).hexdigest()[:12]
+
+
+def targets_of(device: Mapping[str, Any]) -> list[str]:
+    """The staging targets that reach ``device``, least specific first.
+
+    Between two groups the one whose name sorts first wins, so groups come in reverse
+    order: the later entry overrides the earlier one for the same path.
+    """
+    groups = sorted(device.get("groups") or [], reverse=True)
+    return [ALL_TARGET, *(GROUP_PREFIX + g for g in groups), device["id"]]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An immutable view of every package; replaced whole on each change."""
+
+    generation: int = 0
+    by_id: Mapping[str, Document] = field(default_factory=dict)
+    by_target: Mapping[str, Mapping[str, Document]] = field(default_factory=dict)
+    by_slot: Mapping[str, Document] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, packages: Iterable[Document], generation: int) -> Catalog:
+        by_id: dict[str, Document] = {}
+        by_target: dict[str, dict[str, Document]] = {}
+        for package in packages:
+            by_id[package["id"]] = package
+            by_target.setdefault(package["target"], {})[package["path"]] = package
+        return cls(generation, by_id, by_target,
+                   {p["slot"]: p for p in by_id.values()})
+
+    def files_for(self, device: Mapping[str, Any]) -> dict[str, Document]:
+        """Path to package for everything ``device`` should hold; the most specific
+        target wins for the same path (the device's own folder, then a group, then all)."""
+        chosen: dict[str, Document] = {}
+        for target in targets_of(device):
+            chosen.update(self.by_target.get(target, {}))
+        return chosen
+
+    def get(self, package_id: str) -> Document:
+        try:
+            return self.by_id[package_id]
+        except KeyError:
+            raise NotFound(f"package {package_id!r} not found", code="no_such_package") \
+                from None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one device should hold, as served at ``GET /api/v1/files/manifest/{id}``."""
+
+    device_id: str
+    version: int
+    etag: str
+    files: tuple[Document, ...]
+    package_ids: frozenset[str] = frozenset()
+
+    def document(self) -> dict[str, Any]:
+        return {"device": self.device_id, "version": self.version, "files": list(self.files)}
+
+    def lists(self, package_id: str) -> bool:
+        return package_id in self.package_ids
+
+
+def manifest_entry(package: Document, device_id: str) -> Document:
+    """One file of a manifest: only what a device needs, to keep it small."""
+    return {
+        "id": package["id"], "path": package["path"], "size": package["size"],
+        "sha256": package["sha256"], "md5": package["md5"],
+        "chunk_size": package["chunk_size"], "chunks": package["chunk_count"],
+        "version": package["version"],
+        "url": DOWNLOAD_PATH.format(device_id=device_id, package_id=package["id"],
+                                    version=package["version"]),
+    }
+
+
+def content_digest(files: Iterable[Document]) -> str:
+    canonical = json.dumps([[f["id"], f["version"], f["path"], f["sha256"], f["chunk_size"]]
+                            for f in files], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class PackageCatalog:
+    """Every package, their manifests and the devices' sync state."""
+
+    def __init__(self, stores: Stores, blobs: BlobStore):
+        self.stores = stores
+        self.blobs = blobs
+        #: Held while the set of packages or blobs changes (ingest, withdraw, clean-up);
+        #: readers never take it, they read the current ``Catalog``.
+        self.write_lock = threading.RLock()
+        self._manifest_lock = threading.Lock()
+        self._manifests: dict[str, tuple[tuple, Manifest]] = {}
+        self.catalog = Catalog.of(stores.packages.all(), generation=0)
+
+    # -- changes -----------------------------------------------------------------------
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Hold off other changes (and blob clean-up) while adding a blob and publishing it."""
+        with self.write_lock:
+            yield
+
+    def publish(self, target: str, path: str, blob: BlobInfo, *, source: str,
+                staged: Mapping[str, int] | None = None) -> tuple[Document, bool]:
+        """Make ``blob`` the content of the package at ``target/path``.
+
+        Returns the package and whether its content changed. Content equal to the current
+        version's only refreshes what is known of the staged file: no new version.
+        """
+        if source not in SOURCES:
+            raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}")
+        slot = f"{target}/{path}"
+        with self.write_lock:
+            current = self.catalog.by_slot.get(slot)
+            if current is not None and current["sha256"] == blob.sha256 \
+                    and current["chunk_size"] == blob.chunk_size:
+                if staged is not None and current.get("staged") != dict(staged):
+                    current = self.stores.packages.update(current["id"],
+                                                          {"staged": dict(staged)})
+                    self._refresh()
+                return current, False
+            now = now_iso()
+            package = {
+                "id": package_id_for(target, path), "slot": slot, "target": target,
+                "path": path, "size": blob.size, "sha256": blob.sha256, "md5": blob.md5,
+                "chunk_size": blob.chunk_size, "chunk_count": blob.chunk_count,
+                "version": self._next_version(), "created": now, "source": source,
+                "staged": dict(staged) if staged is not None else None,
+            }
+            if current is None:
+                stored = self.stores.packages.insert(package)
+            else:
+                stored = self.stores.packages.update(current["id"], package)
+            self._refresh()
+            if current is not None:
+                self.drop_blob_if_unused(current["sha256"])
+            log.info("package %s: %s version %d (%d bytes, sha256 %s, from %s)",
+                     stored["id"], slot, stored["version"], blob.size, blob.sha256[:12], source)
+            return stored, True
+
+    def withdraw(self, package_id: str) -> Document:
+        """Remove a package: no manifest lists it any more and its blob goes if unused."""
+        with self.write_lock:
+            package = self.stores.packages.delete(package_id)
+            self._refresh()
+            self.drop_blob_if_unused(package["sha256"])
+            self.stores.sync_state.forget_package(package_id)
+        log.info("package %s: %s withdrawn", package_id, package["slot"])
+        return package
+
+    def remove_unreferenced_blobs(self) -> list[str]:
+        with self.write_lock:
+            return self.blobs.remove_unreferenced(p["sha256"]
+                                                  for p in self.catalog.by_id.values())
+
+    def drop_blob_if_unused(self, sha256: str) -> None:
+        with self.write_lock:
+            if all(p["sha256"] != sha256 for p in self.catalog.by_id.values()):
+                self.blobs.remove(sha256)
+
+    def _refresh(self) -> None:
+        self.catalog = Catalog.of(self.stores.packages.all(), self.catalog.generation + 1)
+
+    def _next_version(self) -> int:
+        """The next value of the hub-wide version counter, stored before it is used."""
+        meta = self.stores.meta
+        highest = max((p["version"] for p in self.catalog.by_id.values()), default=0)
+        try:
+            version = max(meta.get(VERSION_COUNTER)["value"], highest) + 1
+            meta.update(VERSION_COUNTER, {"value": version})
+        except NotFound:
+            version = highest + 1
+            meta.insert({"name": VERSION_COUNTER, "value": version})
+        return version
+
+    # -- reads -------------------------------------------------------------------------
+    def get(self, package_id: str) -> Document:
+        return dict(self.catalog.get(package_id))
+
+    def list_packages(self, target: str | None = None) -> list[Document]:
+        packages = self.catalog.by_id.values()
+        return sorted((dict(p) for p in packages if target is None or p["target"] == target),
+                      key=lambda p: (p["target"], p["path"]))
+
+    def blob_info(self, package: Mapping[str, Any]) -> BlobInfo:
+        return self.blobs.info(package["sha256"], package["chunk_size"])
+
+    def build_manifest(self, device: Mapping[str, Any]) -> Manifest:
+        """The manifest of ``device``, from memory; its version is stored only when the
+        content differs from what the device was last given."""
+        catalog = self.catalog
+        key = (catalog.generation, tuple(sorted(device.get("groups") or [])))
+        cached = self._manifests.get(device["id"])
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        files = [manifest_entry(p, device["id"])
+                 for _, p in sorted(catalog.files_for(device).items())]
+        digest = content_digest(files)
+        with self._manifest_lock:
+            version = self._manifest_version(device["id"], digest)
+            manifest = Manifest(device["id"], version, f"{version}-{digest[:16]}",
+                                tuple(files), frozenset(f["id"] for f in files))
+            self._manifests[device["id"]] = (key, manifest)
+        return manifest
+
+    def _manifest_version(self, device_id: str, digest: str) -> int:
+        table = self.stores.manifests
+        try:
+            known = table.get(device_id)
+        except NotFound:
+            table.insert({"device_id": device_id, "version": 1, "digest": digest,
+                          "changed_at": now_iso()})
+            return 1
+        if known["digest"] == digest:
+            return known["version"]
+        version = known["version"] + 1
+        table.update(device_id, {"version": version, "digest": digest,
+                                 "changed_at": now_iso()})
+        return version
+
+    def authorize_download(self, device: Mapping[str, Any], package_id: str,
+                           version: int) -> Document:
+        """The package a device may download: it must be in its manifest (403) and the
+        version asked for must still be the current one (409 once replaced)."""
+        package = self.catalog.get(package_id)
+        if not self.build_manifest(device).lists(package_id):
+            raise Forbidden(f"package {package_id} is not in the manifest of {device['id']}",
+                            code="not_in_manifest")
+        if version != package["version"]:
+            if version < package["version"]:
+                raise Conflict(f"version {version} of package {package_id} has been "
+                               f"replaced by version {package['version']}; fetch the "
+                               "manifest again", {"current_version": package["version"]},
+                               code="version_replaced")
+            raise NotFound(f"package {package_id} has no version {version}",
+                           code="no_such_version")
+        return package
+
+    # -- sync state --------------------------------------------------------------------
+    def record_sync_report(self, device: Mapping[str, Any], report: Mapping[str, Any]) \
+            -> Document:
+        """Keep what a device says about one of its packages, in the sync history."""
+        package = self.catalog.get(report["package"])
+        if not self.build_manifest(device).lists(package["id"]):
+            raise Forbidden(f"package {package['id']} is not in the manifest of "
+                            f"{device['id']}", code="not_in_manifest")
+        if report["version"] > package["version"]:
+            raise NotFound(f"package {package['id']} has no version {report['version']}",
+                           code="no_such_version")
+        entry: dict[str, Any] = {
+            "at": now_iso(), "device_id": device["id"], "package_id": package["id"],
+            "path": package["path"], "version": report["version"], "state": report["state"],
+        }
+        if report.get("received") is not None:
+            entry["received"] = min(report["received"], package["size"])
+        if report.get("reason"):
+            entry["reason"] = report["reason"]
+        return self.stores.sync_state.record(entry)
+
+    def sync_history(self, device_id: str, limit: int) -> list[Document]:
+        """A device's sync reports, newest first (from the history's per-device index)."""
+        return self.stores.history["sync"].find(f"device:{device_id}", limit=limit)
+
+    def status(self, devices: Iterable[Mapping[str, Any]],
+               package_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per package: each target device's latest report and the count holding it.
+
+        A device is a target when the package is in its manifest (so a device whose own
+        folder has a file at the same path is not counted for the group's file).
+        """
+        catalog = self.catalog
+        wanted = set(catalog.by_id if package_ids is None else package_ids)
+        reports = self.stores.sync_state.by_package()
+        status: dict[str, dict[str, Any]] = {
+            pid: {"devices": [], "targets": 0, "have": 0, "downloading": 0, "failed": 0}
+            for pid in wanted}
+        for device in devices:
+            for package in catalog.files_for(device).values():
+                if package["id"] not in wanted:
+                    continue
+                entry = device_status(package, reports.get(package["id"], {})
+                                      .get(device["id"]))
+                counts = status[package["id"]]
+                counts["devices"].append({"device_id": device["id"], **entry})
+                counts["targets"] += 1
+                if entry["state"] in HOLDING_STATES:
+                    counts["have"] += 1
+                elif entry["state"] in ("downloading", "failed"):
+                    counts[entry["state"]] += 1
+        return status
+
+
+def device_status(package: Mapping[str, Any], report: Mapping[str, Any] | None) \
+        -> dict[str, Any]:
+    """Where one device stands with the current version of ``package``.
+
+    A report about an older version says nothing about the current one: "outdated".
+    """
+    if report is None:
+        return {"state": "pending", "version": None, "percent": 0}
+    state = report["state"] if report["version"] == package["version"] else "outdated"
+    received = report.get("received")
+    if report["state"] in HOLDING_STATES:
+        percent = 100 if state != "outdated" else 0
+    elif received is not None and package["size"]:
+        percent = round(100 * received / package["size"])
+    else:
+        percent = 0
+    status = {"state": state, "version": report["version"], "percent": percent,
+              "updated_at": report["at"]}
+    for extra in ("received", "reason"):
+        if extra in report:
+            status[extra] = report[extra]
+    return status

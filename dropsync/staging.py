@@ -1,0 +1,444 @@
+"""The staging folder as the desired state: ``staging/<target>/<path>`` becomes packages.
+
+``target`` is a device id, ``group-<name>`` or ``all``; the rest of the path, subfolders
+included, is where the file goes on the device. A new file is offered to the targeted
+devices, a changed file replaces the old version, a removed file is withdrawn.
+
+What is never taken in:
+
+- temp and hidden names (``.x``, ``x~``, ``*.part``, ``*.tmp``, ``*.swp``,
+  ``*.crdownload``): editors, browsers and copy tools write these before the real file;
+- files at the top of the folder (this README, for one): they name no target;
+- anything whose real location is outside the staging folder (a symlink out), so dropping
+  a link can never publish the hub's own data or ``/etc`` to a device.
+
+Names that are not a valid target, or not portable to a device's flash file system, are
+*reported* (health, log, admin API), as are target folders that name no known device or
+group, rather than silently ignored. Files in an unknown target's folder are still taken in,
+so a device registered later finds them waiting.
+
+This module decides what a staged file is and takes it in; *when* a file is complete
+enough to take in is the watcher's business (``watcher.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import string
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .devices import DEVICE_ID_RE, GROUP_RE
+from .errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
+from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
+from .store import Document
+from .store.files import AtomicFile
+
+log = logging.getLogger(__name__)
+
+IGNORED_SUFFIXES = (".part", ".tmp", ".swp", ".crdownload")
+#: Characters a staged path may use: portable to LittleFS/SPIFFS and to C code on a device.
+PATH_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-+()@,=# ")
+MAX_PATH_LENGTH = 200
+COPY_BUFFER = 1024 * 1024
+
+
+def is_ignored_name(name: str) -> bool:
+    """Temp and hidden names: never a package, never reported."""
+    return name.startswith(".") or name.endswith("~") or \
+        name.lower().endswith(IGNORED_SUFFIXES)
+
+
+def target_problem(target: str) -> str | None:
+    """Why ``target`` cannot be a target folder name, or None when it can."""
+    if target == ALL_TARGET:
+        return None
+    if target.startswith(GROUP_PREFIX):
+        if GROUP_RE.match(target[len(GROUP_PREFIX):]):
+            return None
+        return "a group folder is group-<name>, the name 1-64 letters, digits, '-' or '_'"
+    if DEVICE_ID_RE.match(target):
+        return None
+    return "a target folder is a device id, group-<name> or all"
+
+
+def path_problem(parts: Iterable[str]) -> str | None:
+    """Why a path below a target folder cannot go to a device, or None when it can."""
+    parts = list(parts)
+    if not parts:
+        return "a file needs a name below its target folder"
+    for part in parts:
+        if part in ("", ".", ".."):
+            return "path components cannot be empty, '.' or '..'"
+        if not set(part) <= PATH_CHARACTERS or part.startswith(" ") or part.endswith(" "):
+            return ("use ASCII letters, digits, spaces and ._-+()@,=# in names "
+                    "(no leading or trailing space)")
+    if len("/".join(parts)) > MAX_PATH_LENGTH:
+        return f"the path is longer than {MAX_PATH_LENGTH} characters"
+    return None
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file in the staging folder that stands for a package."""
+
+    path: Path
+    target: str
+    rel: str
+
+    @property
+    def slot(self) -> str:
+        return f"{self.target}/{self.rel}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the staging folder the operator should fix."""
+
+    kind: str
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": self.path, "message": self.message}
+
+
+class Refused(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, StagedFile] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class StagingFolder:
+    """Paths in the staging folder: which stand for packages, and safe ways to read them."""
+
+    def __init__(self, root: Path):
+        self.root = Path(os.path.abspath(root))
+
+    @property
+    def real_root(self) -> Path:
+        return Path(os.path.realpath(self.root))
+
+    def is_inside(self, path: Path | str) -> bool:
+        """Whether ``path``, with every symlink resolved, is in the staging folder."""
+        real = os.path.realpath(path)
+        root = str(self.real_root)
+        return real == root or real.startswith(root + os.sep)
+
+    def classify(self, path: Path | str) -> StagedFile | None:
+        """The staged file ``path`` stands for; None for names that are never packages.
+
+        Raises ``Refused`` for names the operator should hear about.
+        """
+        path = Path(os.path.abspath(path))
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return None
+        if len(parts) < 2 or any(is_ignored_name(p) for p in parts):
+            return None
+        target, rest = parts[0], parts[1:]
+        rel = "/".join(rest)
+        problem = target_problem(target)
+        if problem:
+            raise Refused(Problem("invalid_target", target, problem))
+        problem = path_problem(rest)
+        if problem:
+            raise Refused(Problem("unsupported_name", f"{target}/{rel}", problem))
+        if not self.is_inside(path):
+            raise Refused(Problem("outside_staging", f"{target}/{rel}",
+                                  "a symlink that leads outside the staging folder; refused"))
+        return StagedFile(path, target, rel)
+
+    def is_candidate(self, path: Path | str) -> bool:
+        """Whether ``path``'s name alone could make it a package (cheap: for every event)."""
+        try:
+            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
+        except ValueError:
+            return False
+        return len(parts) >= 2 and not any(is_ignored_name(p) for p in parts)
+
+    def slot_of(self, path: Path | str) -> str | None:
+        """The slot a path would stand for, from its name alone (for files now gone)."""
+        try:
+            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
+        except ValueError:
+            return None
+        return "/".join(parts) if len(parts) >= 2 else None
+
+    def scan(self) -> ScanResult:
+        """Every staged file and every problem, walking the whole folder once."""
+        result = ScanResult()
+        if not self.root.is_dir():
+            return result
+        seen_dirs: set[str] = set()
+        for folder, dirs, files in os.walk(self.root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen_dirs:  # a symlink loop
+                dirs[:] = []
+                continue
+            seen_dirs.add(real)
+            for name in list(dirs):
+                full = os.path.join(folder, name)
+                if is_ignored_name(name):
+                    dirs.remove(name)
+                elif not self.is_inside(full):
+                    dirs.remove(name)
+                    rel = os.path.relpath(full, self.root)
+                    result.problems.append(Problem(
+                        "outside_staging", rel,
+                        "a symlink that leads outside the staging folder; refused"))
+            for name in files:
+                full = Path(folder) / name
+                try:
+                    staged = self.classify(full)
+                except Refused as refused:
+                    result.problems.append(refused.problem)
+                    continue
+                if staged is not None and full.is_file():
+                    result.files[staged.slot] = staged
+        if result.problems:
+            result.problems = sorted(set(result.problems), key=lambda p: (p.path, p.kind))
+        return result
+
+    def open(self, staged: StagedFile) -> BinaryIO:
+        """Open a staged file for reading, refusing it if what was opened is outside.
+
+        The check is made on the opened descriptor (``/proc/self/fd``), so a symlink
+        swapped in between the classification and the open cannot lead outside either.
+        """
+        source = open(staged.path, "rb")  # noqa: SIM115 (returned to the caller)
+        try:
+            opened = Path(f"/proc/self/fd/{source.fileno()}")
+            if opened.exists() and not self.is_inside(os.readlink(opened)):
+                raise Refused(Problem("outside_staging", staged.slot,
+                                      "a symlink that leads outside the staging folder; "
+                                      "refused"))
+            if not os.path.isfile(opened if opened.exists() else staged.path):
+                raise FileNotFoundError(staged.path)
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+
+def file_stamp(st: os.stat_result) -> dict[str, int]:
+    """What tells a staged file's content may have changed, without reading it."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+class StagedFileChanged(Exception):
+    """The file changed while it was being copied in; it must settle again."""
+
+
+class Staging:
+    """Takes staged files in as packages and keeps the packages equal to the folder."""
+
+    def __init__(self, root: Path, catalog: PackageCatalog):
+        self.folder = StagingFolder(root)
+        self.catalog = catalog
+        self._problems: dict[tuple[str, str], Problem] = {}
+        self._warned: set[tuple[str, str]] = set()
+        #: Guards the two above: the settle thread and requests both note problems.
+        self._problems_lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        return self.folder.root
+
+    # -- taking files in ---------------------------------------------------------------
+    def ingest_staged_file(self, path: Path | str, source: str = "folder") \
+            -> tuple[Document | None, bool]:
+        """Make the file at ``path`` the current version of its package.
+
+        Returns the package (None for names that are never packages, refused ones and
+        files gone meanwhile) and whether a new version was published. A file whose size,
+        mtime and inode match what was last taken in is not read at all. Raises
+        ``StagedFileChanged`` when the file changed while being copied.
+        """
+        try:
+            staged = self.folder.classify(path)
+            if staged is None:
+                return None, False
+            current = self.catalog.catalog.by_slot.get(staged.slot)
+            if current is not None and current.get("staged") == file_stamp(staged.path.stat()):
+                return dict(current), False  # not even opened: a read would be an event
+            reader = self.folder.open(staged)
+        except Refused as refused:
+            self._note(refused.problem)
+            return None, False
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None, False
+        self._clear_problems(staged.slot)
+        with reader:
+            before = file_stamp(os.fstat(reader.fileno()))
+            current = self.catalog.catalog.by_slot.get(staged.slot)
+            if current is not None and current.get("staged") == before:
+                return dict(current), False
+            with self.catalog.changing():
+                blob = self.catalog.blobs.add_stream(reader)
+                if file_stamp(os.fstat(reader.fileno())) != before \
+                        or blob.size != before["size"]:
+                    self.catalog.drop_blob_if_unused(blob.sha256)
+                    raise StagedFileChanged(staged.slot)
+                return self.catalog.publish(staged.target, staged.rel, blob, source=source,
+                                            staged=before)
+
+    def stage_stream(self, target: str, rel: str, stream: BinaryIO, *, source: str,
+                     max_bytes: int) -> tuple[Document, bool]:
+        """Put an uploaded file into the staging folder, then take it in like a dropped one.
+
+        The bytes land under a temp name the watcher ignores and are renamed into place
+        whole, so the watcher never sees half a file; the package is published before
+        this returns, and the watcher's later look at the same file finds nothing new.
+        """
+        problem = target_problem(target)
+        parts = rel.split("/")
+        if problem is None:
+            problem = path_problem(parts)
+        if problem is None and any(is_ignored_name(p) for p in parts):
+            problem = "temp and hidden names (.x, x~, *.part, *.tmp, *.swp, *.crdownload) " \
+                      "are ignored in staging"
+        if problem:
+            raise ValidationFailed(problem, {"target": target, "path": rel})
+        destination = self.root.joinpath(target, *parts)
+        self.root.mkdir(parents=True, exist_ok=True)
+        existing = destination.parent
+        while not os.path.lexists(existing):
+            existing = existing.parent
+        if not self.folder.is_inside(existing):  # never create folders through a link out
+            raise Forbidden(f"{target}/{rel} leads outside the staging folder (a symlink)",
+                            code="outside_staging")
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Forbidden(f"cannot create the folder for {target}/{rel}: {exc.strerror}",
+                            code="outside_staging") from None
+        with AtomicFile(destination.parent, destination.name, mode=0o644) as incoming:
+            while data := stream.read(COPY_BUFFER):
+                if incoming.size + len(data) > max_bytes:
+                    raise PayloadTooLarge(f"a staged file may be at most {max_bytes} bytes "
+                                          "(STAGING_UPLOAD_MAX_BYTES)")
+                incoming.write(data)
+            incoming.commit(destination)
+        package, changed = self.ingest_staged_file(destination, source=source)
+        if package is None:  # only if it vanished or was replaced by a link at once
+            raise NotFound(f"{target}/{rel} is no longer in the staging folder")
+        return package, changed
+
+    # -- the folder as desired state ---------------------------------------------------
+    def reconcile(self) -> list[StagedFile]:
+        """Make the packages match the folder: withdraw packages whose file is gone, and
+        return the files that are new or changed since they were taken in (to settle)."""
+        if not self.root.is_dir():
+            # an unmounted share or a deleted folder is not "operator wants nothing"
+            self._note(Problem("staging_missing", str(self.root),
+                               "the staging folder is missing (unmounted?); packages are "
+                               "kept until it is back"))
+            return []
+        scan = self.folder.scan()
+        with self._problems_lock:
+            self._problems = {(p.kind, p.path): p for p in scan.problems}
+        for problem in scan.problems:
+            self._warn_once(problem)
+        for package in list(self.catalog.catalog.by_id.values()):
+            if package["slot"] not in scan.files:
+                self.withdraw_missing(package["slot"])
+        waiting = []
+        for slot, staged in scan.files.items():
+            package = self.catalog.catalog.by_slot.get(slot)
+            try:
+                stamp = file_stamp(staged.path.stat())
+            except OSError:
+                continue
+            if package is None or package.get("staged") != stamp:
+                waiting.append(staged)
+        return waiting
+
+    def withdraw_missing(self, slot: str) -> Document | None:
+        """Withdraw the package at ``slot`` if its staged file is really gone."""
+        with self.catalog.changing():  # a request may be withdrawing it right now
+            package = self.catalog.catalog.by_slot.get(slot)
+            if package is None:
+                return None
+            path = self.root.joinpath(package["target"], *package["path"].split("/"))
+            try:
+                if self.folder.classify(path) is not None and path.is_file():
+                    return None
+            except Refused:
+                pass  # still there, but now leads outside: withdraw it
+            return self.catalog.withdraw(package["id"])
+
+    def withdraw(self, package_id: str) -> Document:
+        """Withdraw a package on request: its staged file is removed too, or the folder
+        (the desired state) would bring it straight back."""
+        with self.catalog.changing():
+            package = self.catalog.get(package_id)
+            path = self.root.joinpath(package["target"], *package["path"].split("/"))
+            if self.folder.is_inside(path.parent):
+                path.unlink(missing_ok=True)
+            return self.catalog.withdraw(package_id)
+
+    # -- problems ----------------------------------------------------------------------
+    def _note(self, problem: Problem) -> None:
+        with self._problems_lock:
+            self._problems[(problem.kind, problem.path)] = problem
+        self._warn_once(problem)
+
+    def _clear_problems(self, path: str) -> None:
+        with self._problems_lock:
+            for key in [k for k in self._problems if k[1] == path]:
+                del self._problems[key]
+
+    def _warn_once(self, problem: Problem) -> None:
+        key = (problem.kind, problem.path)
+        with self._problems_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning("staging: %s: %s (%s)", problem.path, problem.message, problem.kind)
+
+    def unknown_targets(self, devices: Iterable[Mapping[str, Any]]) -> list[Problem]:
+        """Target folders that name no registered device and no group any device is in."""
+        known = {ALL_TARGET}
+        for device in devices:
+            known.add(device["id"])
+            known.update(GROUP_PREFIX + g for g in device.get("groups") or [])
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError:
+            return []
+        problems = []
+        for entry in entries:
+            if is_ignored_name(entry.name) or not entry.is_dir() \
+                    or target_problem(entry.name) or entry.name in known:
+                continue
+            problems.append(Problem("unknown_target", entry.name,
+                                    "no registered device or group has this name; its "
+                                    "files wait here until one does"))
+        return problems
+
+    def report(self, devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """What health and the admin API say about the staging folder."""
+        with self._problems_lock:
+            problems = list(self._problems.values())
+        problems += self.unknown_targets(devices)
+        for problem in problems:
+            self._warn_once(problem)
+        return {
+            "state": "problems" if problems else "ok",
+            "staging_dir": str(self.root),
+            "problems": [p.as_dict() for p in sorted(problems, key=lambda p: (p.path,
+                                                                              p.kind))],
+        }
+
