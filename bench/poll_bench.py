@@ -1,0 +1,1112 @@
+"""Benchmark device polls on the hub against a bare Flask route, same server, same run.
+
+What it measures: requests per second and latency (p50, p99) of ``GET
+/api/v1/device/commands/<device_id>`` (the poll every node makes, here with nothing to hand
+out) on the hub as production runs it (``dropsync serve``: gunicorn, one gthread worker,
+the rate limiter on), with 1,000 registered devices and 100,000 finished commands in the
+``commands`` history. Each request is a different device with its own token, cycling over
+the fleet. The load is ``wrk -t2 -c32`` on loopback, on the same machine.
+
+The baseline, measured in the same run: a bare Flask app with one route at the same path
+returning the same JSON shape through ``jsonify``, served by gunicorn with the hub's own
+options (``dropsync.gunicorn_conf``, i.e. ``dropsync.server.gunicorn_options``) and sent the
+same requests. Hub and bare runs alternate (hub, bare, hub, bare, ...) and the report gives
+medians across rounds. The issue's target: the hub reaches at least 0.7x the bare route's
+requests per second.
+
+The procedure: the hub first takes a minute of load (its per-device limit counts in one
+minute windows); before every run the script waits for the machine to go quiet (other
+sessions share its two cores), warms the server up, then measures, reading the worker's CPU
+time and the machine's load around the run. A counted run during which something else used
+over a quarter of a core is measured again (twice at most; the least disturbed counts).
+
+Afterwards each server is sampled with ``py-spy`` under the same load to show where a
+poll's time goes (unless ``--no-profile``; skipped when py-spy is not installed), and the hub
+is run once more with its rate limiter off, beside one more bare run, to show what the
+limiter costs (unless ``--no-limiter-check``). Neither counts towards the medians.
+
+The benchmark reports; it does not assert: the exit code is 0 whether or not the target is
+met. It fails (exit 1) only when something is broken: a server does not start, a check
+request is refused, or wrk sees a non-2xx answer.
+
+Run it from the project root with the project's virtualenv:
+
+    .venv/bin/python bench/poll_bench.py            # 1,000 devices, 100k history, 3 rounds
+    .venv/bin/python bench/poll_bench.py --quick    # 50 devices, 1k history, 1 round of 2 s
+
+The bare app is ``create_bare_app()`` below; the benchmark serves it with
+``gunicorn -c python:dropsync.gunicorn_conf 'poll_bench:create_bare_app()'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+VENV_BIN = Path(sys.executable).parent
+
+POLL_PATH = "/api/v1/device/commands/{device_id}"
+SEED = 20261126
+#: The issue's target: hub requests/s over the bare route's, at least this.
+TARGET_RATIO = 0.7
+
+DEFAULTS = {"devices": 1_000, "history": 100_000, "duration": 10, "rounds": 3,
+            "connections": 32, "warmup": 2, "settle": 60}
+QUICK = {"devices": 50, "history": 1_000, "duration": 2, "rounds": 1, "warmup": 1, "settle": 2}
+
+#: Per-device limit for the bench: high enough that no poll is refused, so the bench
+#: measures the hub, while the limiter stays on and its per-request cost stays in.
+BENCH_DEVICE_RATE_LIMIT = "100000/minute"
+
+SERVERS = ("hub", "bare")
+
+
+# -- the baseline: a bare Flask route ----------------------------------------------------------
+
+def create_bare_app():
+    """The baseline app: the poll route with nothing behind it, same JSON shape, ``jsonify``.
+
+    Loaded by gunicorn in its worker as ``poll_bench:create_bare_app()``.
+    """
+    from flask import Flask, jsonify
+
+    app = Flask("bare_poll")
+    app.json.sort_keys = False  # as the hub does
+
+    @app.get("/api/v1/device/commands/<device_id>")
+    def poll(device_id: str):
+        return jsonify({"commands": [], "next_poll_s": 30, "server_time": int(time.time())})
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    return app
+
+
+# -- seeding the hub's data directory through the project's own code --------------------------
+
+COMMAND_NAMES = ("reboot", "set_relay", "read_sensor", "ota_check", "set_interval", "blink")
+#: How finished deliveries ended: mostly completed, as in a healthy fleet.
+OUTCOMES = (("completed", None, "device"),) * 18 + (
+    ("failed", "sensor not responding", "device"),
+    ("expired", "expired", "hub"),
+    ("failed", "timeout", "hub"),
+    ("cancelled", "cancelled", "operator"),
+)
+
+
+def device_ids(count: int) -> list[str]:
+    width = max(4, len(str(count - 1)))
+    return [f"bench{i:0{width}d}" for i in range(count)]
+
+
+def history_record(index: int, total: int, device_id: str, rng: random.Random,
+                   now: float) -> dict:
+    """One ended delivery, shaped like ``CommandQueue._end`` writes it (it adds ``seq``).
+
+    Command ids are 1..total; one delivery ended every 30 s, the last about ``now``.
+    """
+    from dropsync.clock import iso_from_epoch
+
+    state, reason, ended_by = rng.choice(OUTCOMES)
+    created = now - (total - index) * 30
+    delivered = created + rng.uniform(1, 60) if state != "expired" else None
+    ended = (delivered or created) + rng.uniform(0.2, 30)
+    name = rng.choice(COMMAND_NAMES)
+    return {
+        "id": index + 1, "name": name, "args": {"channel": rng.randrange(1, 5), "on": True}
+        if name == "set_relay" else {},
+        "priority": rng.choice((50, 50, 50, 80)), "target": device_id,
+        "created_at": iso_from_epoch(created),
+        "expires_at": iso_from_epoch(created + 3_600) if state == "expired" else None,
+        "created_by": "admin", "device_id": device_id, "command_id": index + 1,
+        "state": state, "reason": reason,
+        "result": {"ok": True, "uptime_s": rng.randrange(100, 10**6)}
+        if state == "completed" else None,
+        "attempts": 0 if state == "expired" else rng.choice((1, 1, 1, 2)),
+        "delivered_at": iso_from_epoch(delivered) if delivered else None,
+        "ended_at": iso_from_epoch(ended), "ended_by": ended_by,
+    }
+
+
+def seed_data_dir(data_dir: Path, devices: int, history: int) -> tuple[list[tuple[str, str]],
+                                                                        dict[str, float]]:
+    """Register the devices and write the finished-command history, as the hub would.
+
+    Returns the (device id, token) pairs and how long each part took. The stores are closed
+    before returning: the hub holds the data directory exclusively.
+    """
+    from dropsync.commands import ID_FACT
+    from dropsync.devices import register_device
+    from dropsync.store import Stores
+
+    rng = random.Random(SEED)
+    timings: dict[str, float] = {}
+    stores = Stores(data_dir)
+    try:
+        started = time.perf_counter()
+        credentials = []
+        for device_id in device_ids(devices):
+            _, token = register_device(stores, device_id, actor="bench")
+            credentials.append((device_id, token))
+        timings["register_s"] = time.perf_counter() - started
+        print(f"  registered {devices:,} devices in {timings['register_s']:.1f} s", flush=True)
+
+        started = time.perf_counter()
+        log = stores.history["commands"]
+        now = time.time() - 60
+        step = max(1, history // 5)
+        for index in range(history):
+            device_id = credentials[index % devices][0]
+            log.append(history_record(index, history, device_id, rng, now))
+            if (index + 1) % step == 0 and index + 1 < history:
+                print(f"  history {index + 1:,}/{history:,}", flush=True)
+        # Command ids the hub hands out next start after the ones in history.
+        stores.meta.insert({"name": ID_FACT, "value": history + 1})
+        timings["history_s"] = time.perf_counter() - started
+        print(f"  appended {history:,} finished commands in {timings['history_s']:.1f} s "
+              f"(history now holds {len(log):,})", flush=True)
+    finally:
+        stores.close()
+    return credentials, timings
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without anything that would configure DropSync or gunicorn."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith("DROPSYNC_") and key != "GUNICORN_CMD_ARGS"
+            and key not in ("HOST", "PORT", "SECRET_KEY", "LOG_LEVEL")}
+
+
+def venv_tool(name: str) -> str:
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"poll_bench: {name} not found next to {sys.executable} or on PATH")
+    return found
+
+
+def read_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def read_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine_cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class Server:
+    """A gunicorn master started in its own process group; stopped with the whole group."""
+
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str], cwd: Path,
+                 port: int, log_path: Path):
+        self.name, self.command, self.env, self.cwd = name, command, dict(env), cwd
+        self.port, self.log_path = port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+        self.start_s = float("nan")
+
+    def start(self, timeout_s: float) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        started = time.perf_counter()
+        deadline = started + timeout_s
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} while "
+                                   f"starting\n{self.log_tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _, _ = http_get(self.port, "/health", timeout=2)
+                if status == 200:
+                    self.start_s = time.perf_counter() - started
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer /health within {timeout_s:.0f} s\n"
+                           f"{self.log_tail()}")
+
+    def workers(self) -> list[int]:
+        assert self.process is not None
+        pid = self.process.pid
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(p) for p in text.split()]
+
+    def worker(self) -> int:
+        workers = self.workers()
+        if len(workers) != 1:
+            raise RuntimeError(f"{self.name}: expected one gunicorn worker, found {workers}")
+        return workers[0]
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"    | {line}" for line in text[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the process group (gunicorn stops gracefully), SIGKILL if it lingers.
+
+        The group is the one ``start`` created (``start_new_session``): the master, its
+        worker, nothing else. A worker left behind by a master that died is killed too.
+        """
+        if self.process is None:
+            return
+        group = self.process.pid
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, 0)  # anyone left in the group?
+            os.killpg(group, signal.SIGKILL)
+        self.process = None
+
+
+def http_get(port: int, path: str, headers: Mapping[str, str] | None = None,
+             timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=dict(headers or {}))
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def check_poll(server: Server, device_id: str, token: str) -> dict[str, Any]:
+    """One poll answers 200 with the poll's JSON shape; returns what it looked like."""
+    status, headers, body = http_get(server.port, POLL_PATH.format(device_id=device_id),
+                                     {"Authorization": f"Bearer {token}"})
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if status != 200 or not isinstance(data, dict) \
+            or set(data) != {"commands", "next_poll_s", "server_time"}:
+        raise RuntimeError(f"{server.name}: a check poll got {status} {body[:300]!r}\n"
+                           f"{server.log_tail()}")
+    return {"status": status, "body": data, "body_bytes": len(body),
+            "headers": sorted(headers)}
+
+
+# -- load with wrk -----------------------------------------------------------------------------
+
+def ensure_wrk() -> str:
+    """wrk's path; installs the Debian package when it is missing (needs root)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise SystemExit("poll_bench: wrk is not installed; run: sudo apt-get install -y wrk")
+    print("wrk not found: installing the Debian package (apt-get install -y wrk)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("poll_bench: apt-get installed wrk but it is not on PATH")
+    return found
+
+
+def write_wrk_script(path: Path, credentials: list[tuple[str, str]], threads: int) -> None:
+    """A wrk Lua script: each request polls the next device with that device's token.
+
+    The requests are formatted once per wrk thread; each thread starts at its own point of
+    the fleet so the threads do not poll the same device in step.
+    """
+    rows = ",\n".join(f'  {{"{POLL_PATH.format(device_id=d)}", "Bearer {t}"}}'
+                      for d, t in credentials)
+    path.write_text(f"""-- generated by bench/poll_bench.py
+local targets = {{
+{rows}
+}}
+local count = #targets
+local threads_started = 0
+
+function setup(thread)
+  thread:set("thread_index", threads_started)
+  threads_started = threads_started + 1
+end
+
+function init(args)
+  requests = {{}}
+  for i, target in ipairs(targets) do
+    requests[i] = wrk.format("GET", target[1], {{["Authorization"] = target[2]}})
+  end
+  position = (thread_index * math.floor(count / {threads})) % count
+end
+
+function request()
+  position = position % count + 1
+  return requests[position]
+end
+""")
+
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"unreadable wrk duration {text!r}")
+    return float(match.group(1)) * UNIT_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Requests/s, request count, latency percentiles, non-2xx and socket errors."""
+    found: dict[str, Any] = {"non_2xx": 0, "socket_errors": {}}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in ([\d.]+\w+)", output)
+    if not rate or not total:
+        raise RuntimeError(f"could not read wrk's output:\n{output}")
+    found["requests_per_s"] = float(rate.group(1))
+    found["requests"] = int(total.group(1))
+    found["duration_s"] = parse_duration_ms(total.group(2)) / 1000
+    for pct in (50, 75, 90, 99):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)", output, re.MULTILINE)
+        if not match:
+            raise RuntimeError(f"wrk printed no {pct}% latency (was --latency given?)")
+        found[f"p{pct}_ms"] = parse_duration_ms(match.group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if non_2xx:
+        found["non_2xx"] = int(non_2xx.group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       output)
+    if errors:
+        found["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
+                                          map(int, errors.groups()), strict=True))
+    return found
+
+
+@dataclass
+class WrkRun:
+    """One wrk run against one server, with what the machine did meanwhile."""
+
+    server: str
+    #: "round" (counted), "settle", "profile" or "diagnostic" (reported, not counted).
+    kind: str
+    round: int
+    requests_per_s: float
+    requests: int
+    duration_s: float
+    p50_ms: float
+    p75_ms: float
+    p90_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: dict[str, int]
+    #: The gunicorn worker's CPU time (user + system, all threads) per request, and user only.
+    worker_cpu_us_per_request: float
+    worker_user_us_per_request: float
+    #: CPU use during the run in percent of one core: the worker, wrk, and everything else
+    #: on the machine (other processes, kernel work not charged to either).
+    worker_cpu_pct: float
+    wrk_cpu_pct: float
+    other_cpu_pct: float
+    #: Machine busy (all cores) in the second before the run started, idle servers.
+    busy_before_pct: float
+    worker_rss_mib: float
+
+    @property
+    def noisy(self) -> bool:
+        return self.other_cpu_pct > NOISY_OTHER_PCT
+
+
+#: A run where something besides the worker and wrk used more than this much of a core is
+#: flagged in the report: another process competed for the two cores.
+NOISY_OTHER_PCT = 25.0
+#: Before each run, wait (up to --max-quiet-wait s) until the machine is this idle.
+QUIET_BUSY_PCT = 10.0
+
+
+def machine_busy_pct(seconds: float) -> float:
+    """Percent of all cores busy over the next ``seconds``."""
+    busy_before, total_before = machine_cpu_times()
+    time.sleep(seconds)
+    busy_after, total_after = machine_cpu_times()
+    return 100 * (busy_after - busy_before) / max(total_after - total_before, 1)
+
+
+class Load:
+    """Drives wrk against a server and measures each run."""
+
+    def __init__(self, wrk: str, script: Path, args: argparse.Namespace):
+        self.wrk, self.script, self.args = wrk, script, args
+
+    def command(self, server: Server, duration: float) -> list[str]:
+        return [self.wrk, f"-t{self.args.wrk_threads}", f"-c{self.args.connections}",
+                f"-d{duration:g}s", "--latency", "-s", str(self.script), server.url + "/"]
+
+    def wait_for_quiet(self) -> float:
+        """Wait until the machine is idle (other sessions' tests share these cores).
+
+        Returns the busy percentage of the last second sampled; gives up, with a warning,
+        after ``--max-quiet-wait`` seconds.
+        """
+        deadline = time.monotonic() + self.args.max_quiet_wait
+        busy = machine_busy_pct(1.0)
+        said = False
+        while busy > QUIET_BUSY_PCT and time.monotonic() < deadline:
+            if not said:
+                print(f"    (machine {busy:.0f}% busy with other work: waiting for it to go "
+                      f"quiet, up to {self.args.max_quiet_wait:g} s)", flush=True)
+                said = True
+            busy = machine_busy_pct(1.0)
+        if busy > QUIET_BUSY_PCT:
+            print(f"    (still {busy:.0f}% busy: measuring anyway; this run will be noisy)",
+                  flush=True)
+        return busy
+
+    def warm_up(self, server: Server, seconds: float) -> None:
+        if seconds > 0:
+            subprocess.run(self.command(server, seconds), capture_output=True,
+                           timeout=seconds + 60, check=True)
+
+    def measure(self, server: Server, kind: str, round_no: int, duration: float,
+                busy_before: float = float("nan")) -> WrkRun:
+        """One wrk run, with the worker's CPU time and the machine's load around it."""
+        worker = server.worker()
+        cpu_before = read_cpu_seconds(worker)
+        busy_start, total_start = machine_cpu_times()
+        children_before = os.times()
+        started_at = time.perf_counter()
+        completed = subprocess.run(self.command(server, duration), capture_output=True,
+                                   text=True, timeout=duration + 60)
+        wall = time.perf_counter() - started_at
+        children_after = os.times()
+        busy_end, total_end = machine_cpu_times()
+        cpu_after = read_cpu_seconds(worker)
+        if completed.returncode != 0:
+            raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stdout}"
+                               f"{completed.stderr}")
+        figures = parse_wrk(completed.stdout)
+        if figures["non_2xx"]:
+            raise RuntimeError(
+                f"{server.name}: wrk saw {figures['non_2xx']} non-2xx answers out of "
+                f"{figures['requests']}; the figures would not be of polls. wrk said:\n"
+                f"{completed.stdout}\n{server.log_tail()}")
+        requests = max(figures["requests"], 1)
+        user = cpu_after[0] - cpu_before[0]
+        worker_cpu = user + cpu_after[1] - cpu_before[1]
+        wrk_cpu = (children_after.children_user + children_after.children_system
+                   - children_before.children_user - children_before.children_system)
+        machine_cores = (busy_end - busy_start) / max(total_end - total_start, 1) \
+            * (os.cpu_count() or 1)
+        return WrkRun(
+            server=server.name, kind=kind, round=round_no,
+            requests_per_s=figures["requests_per_s"], requests=figures["requests"],
+            duration_s=figures["duration_s"], p50_ms=figures["p50_ms"],
+            p75_ms=figures["p75_ms"], p90_ms=figures["p90_ms"], p99_ms=figures["p99_ms"],
+            non_2xx=figures["non_2xx"], socket_errors=figures["socket_errors"],
+            worker_cpu_us_per_request=worker_cpu / requests * 1e6,
+            worker_user_us_per_request=user / requests * 1e6,
+            worker_cpu_pct=100 * worker_cpu / wall, wrk_cpu_pct=100 * wrk_cpu / wall,
+            other_cpu_pct=max(0.0, 100 * (machine_cores - (worker_cpu + wrk_cpu) / wall)),
+            busy_before_pct=busy_before, worker_rss_mib=read_rss_mib(worker),
+        )
+
+    def run(self, server: Server, kind: str, round_no: int = 0,
+            duration: float | None = None, warm_up: bool = True,
+            discarded: list[WrkRun] | None = None) -> WrkRun:
+        """Wait for a quiet machine, warm up, then measure; prints one line.
+
+        A counted run ("round") that other work disturbed is measured again, up to
+        ``--noisy-retries`` times, and the least disturbed attempt counts; the others go to
+        ``discarded`` as kind "noisy".
+        """
+        attempts: list[WrkRun] = []
+        while True:
+            busy = self.wait_for_quiet()
+            if warm_up:
+                self.warm_up(server, self.args.warmup)
+            result = self.measure(server, kind, round_no, duration or self.args.duration,
+                                  busy)
+            print(f"  {describe_run(result)}", flush=True)
+            attempts.append(result)
+            if kind != "round" or not result.noisy \
+                    or len(attempts) > self.args.noisy_retries:
+                break
+            print("    (other work shared the machine: measuring that run again)", flush=True)
+        best = min(attempts, key=lambda r: r.other_cpu_pct)
+        for attempt in attempts:
+            if attempt is not best:
+                attempt.kind = "noisy"
+                if discarded is not None:
+                    discarded.append(attempt)
+        if len(attempts) > 1:
+            print(f"    (counting the attempt with the least other load: "
+                  f"{best.other_cpu_pct:.0f}%)", flush=True)
+        return best
+
+
+def describe_run(r: WrkRun) -> str:
+    label = f"round {r.round}" if r.kind == "round" else r.kind
+    errors = {k: v for k, v in r.socket_errors.items() if v}
+    return (f"{label:<10} {r.server:<16} {r.requests_per_s:7.0f} req/s, p50 {r.p50_ms:6.2f} ms, "
+            f"p99 {r.p99_ms:6.2f} ms, worker {r.worker_cpu_us_per_request:5.0f} us CPU/req, "
+            f"other load {r.other_cpu_pct:3.0f}%" + (" NOISY" if r.noisy else "")
+            + (f", socket errors {errors}" if errors else ""))
+
+
+# -- profile with py-spy -----------------------------------------------------------------------
+
+#: Where a sample's time is charged: the innermost frame that matches one of these wins.
+#: Each rule: (component, path fragment, function name or None for any).
+PROFILE_RULES: tuple[tuple[str, str, str | None], ...] = (
+    ("rate limits, per request", "/dropsync/api/limits.py", None),
+    ("rate limits, per request", "/flask_limiter/", None),
+    ("rate limits, per request", "/limits/", None),
+    ("marshmallow", "/marshmallow/", None),
+    ("token check (sha256 + compare)", "/dropsync/credentials.py", None),
+    ("device lookup (KeyedTable.get: TinyDB + deepcopy)", "/dropsync/store/tables.py", None),
+    ("liveness update", "/dropsync/store/liveness.py", None),
+    ("pacing (next_poll_s)", "/dropsync/pacing.py", None),
+    ("command queue (lease)", "/dropsync/commands.py", None),
+    ("JSON encode (flask json provider)", "/flask/json/", None),
+    ("werkzeug (request, headers, routing, response)", "/werkzeug/", None),
+    ("flask (contexts, session, dispatch, hooks)", "/flask/", None),
+    ("gunicorn (accept, HTTP parse, write)", "/gunicorn/", None),
+    ("dropsync other (views, auth glue, contract)", "/dropsync/", None),
+    ("bare view", "/bench/poll_bench.py", None),
+)
+#: The ``limits`` memory storage's sweeper (a timer thread restarted every 10 ms), which the
+#: hub used through flask-limiter until commit 4216916.
+EXPIRY_THREAD = "rate limits: limits' expiry timer thread"
+OTHER = "other (threads, selectors, stdlib)"
+FRAME_RE = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+PROFILE_RATE_HZ = 100
+PROFILE_MIN_S = 5
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    match = FRAME_RE.match(frame)
+    return (match.group("func"), match.group("file")) if match else (frame, "")
+
+
+def bare_name(func: str) -> str:
+    """``Flask.wsgi_app`` -> ``wsgi_app``; ``contract.<locals>.wrap.<locals>.run`` -> ``run``."""
+    return func.rsplit(".", 1)[-1]
+
+
+def component(stack: list[tuple[str, str]]) -> str:
+    """The component a sample's time belongs to (innermost matching frame)."""
+    if any(func.endswith("__expire_events") for func, _ in stack):
+        return EXPIRY_THREAD
+    for index in range(len(stack) - 1, -1, -1):
+        func, path = stack[index]
+        for name, fragment, wanted in PROFILE_RULES:
+            if fragment in path and (wanted is None or bare_name(func) == wanted):
+                if name == "marshmallow":  # loading the query, or dumping the answer?
+                    outer = [p for _, p in stack[:index]]
+                    return ("marshmallow: query load" if any(
+                        "/dropsync/api/parsing.py" in p for p in outer)
+                        else "marshmallow: response dump")
+                return name
+    return OTHER
+
+
+#: Functions whose inclusive share is worth showing (any frame in the stack).
+INCLUSIVE = (
+    ("Flask app (wsgi_app), all of it", "/flask/app.py", "wsgi_app"),
+    ("  require_device_token (auth + liveness)", "/dropsync/api/context.py",
+     "require_device_token"),
+    ("  contract.run (query load, view, dump, JSON)", "/dropsync/api/contract.py", "run"),
+    ("  flask session open/save", "/flask/sessions.py", None),
+    ("  rate limits (check + count)", "/dropsync/api/limits.py", None),
+    ("  flask-limiter (before commit 4216916)", "/flask_limiter/", None),
+)
+
+
+def short_location(path: str) -> str:
+    for marker in ("/site-packages/", "/work/main/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def summarise_profile(raw: str, user_us_per_request: float) -> dict[str, Any]:
+    """Shares of GIL-holding samples per component, inclusive figures and top leaves.
+
+    Python runs in user mode holding the GIL, so a share times the worker's user CPU time
+    per request estimates what that component costs per request.
+    """
+    by_component: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not stack_text or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        stack = [parse_frame(f) for f in stack_text.split(";")]
+        total += count
+        by_component[component(stack)] += count
+        for label, fragment, func in INCLUSIVE:
+            if any(fragment in p and (func is None or bare_name(f) == func) for f, p in stack):
+                inclusive[label] += count
+        func, path = stack[-1]
+        leaves[f"{func} ({short_location(path)})"] += count
+    if not total:
+        return {"samples": 0}
+
+    def share(count: int) -> dict[str, float]:
+        fraction = count / total
+        return {"pct": 100 * fraction, "us_per_request": fraction * user_us_per_request}
+
+    return {
+        "samples": total,
+        "user_us_per_request": user_us_per_request,
+        "components": {name: share(n) for name, n in by_component.most_common()},
+        "inclusive": {label: share(inclusive[label]) for label, _, _ in INCLUSIVE
+                      if inclusive[label]},
+        "top_leaf_functions": {name: share(n) for name, n in leaves.most_common(12)},
+    }
+
+
+def profile_server(py_spy: str, load: Load, server: Server, out: Path) -> dict[str, Any]:
+    """Sample the worker with py-spy under the same load.
+
+    Only the thread holding the GIL is sampled (``--gil``), 100 times a second. py-spy
+    pauses the worker for each sample (consistent stacks, no errors), which costs it some
+    throughput while profiled; the run's figures are reported but not counted.
+    """
+    busy = load.wait_for_quiet()
+    load.warm_up(server, load.args.warmup)
+    duration = max(PROFILE_MIN_S, int(load.args.duration))
+    spy = subprocess.Popen(
+        [py_spy, "record", "--pid", str(server.worker()), "--gil", "--full-filenames",
+         "--rate", str(PROFILE_RATE_HZ), "--duration", str(duration), "--format", "raw",
+         "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        run = load.measure(server, "profile", 0, duration, busy)
+        spy_output, _ = spy.communicate(timeout=60)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    print(f"  {describe_run(run)}", flush=True)
+    if spy.returncode != 0 or not out.exists():
+        print(f"  py-spy failed on {server.name}:\n{spy_output}", file=sys.stderr)
+        return {"error": spy_output.strip(), "run": asdict(run)}
+    summary = summarise_profile(out.read_text(), run.worker_user_us_per_request)
+    summary["run"] = asdict(run)
+    summary["raw_file"] = str(out)
+    summary["py_spy_said"] = " ".join(line.split("py-spy> ", 1)[-1] for line in
+                                      spy_output.splitlines() if "Samples" in line
+                                      or "behind" in line)
+    return summary
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+METRICS = ("requests_per_s", "p50_ms", "p99_ms", "worker_cpu_us_per_request",
+           "worker_user_us_per_request")
+
+
+def summarise(runs: list[WrkRun]) -> dict[str, dict[str, float]]:
+    """Medians across the counted rounds, per server."""
+    return {server: {metric: statistics.median(getattr(r, metric) for r in runs
+                                               if r.server == server and r.kind == "round")
+                     for metric in METRICS}
+            for server in SERVERS}
+
+
+def format_runs(runs: list[WrkRun]) -> str:
+    header = (f"{'run':<10} {'server':<16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'CPU us/req':>10} {'(user)':>6} {'worker':>6} {'wrk':>4} {'other':>5}")
+    lines = ["Every run (CPU us/req: the gunicorn worker's; worker, wrk, other: CPU use in % "
+             "of one core):", header, "-" * len(header)]
+    for r in runs:
+        label = f"round {r.round}" if r.kind == "round" else r.kind
+        lines.append(f"{label:<10} {r.server:<16} {r.requests_per_s:>7.0f} {r.p50_ms:>7.2f} "
+                     f"{r.p99_ms:>7.2f} {r.worker_cpu_us_per_request:>10.0f} "
+                     f"{r.worker_user_us_per_request:>6.0f} {r.worker_cpu_pct:>5.0f}% "
+                     f"{r.wrk_cpu_pct:>3.0f}% {r.other_cpu_pct:>4.0f}%"
+                     + (" NOISY" if r.noisy else ""))
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict[str, dict[str, float]], ratios: dict[str, Any]) -> str:
+    header = f"{'server':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}"
+    lines = ["Medians across rounds:", header, "-" * len(header)]
+    for server in SERVERS:
+        f = summary[server]
+        lines.append(f"{server:<6} {f['requests_per_s']:>9.0f} {f['p50_ms']:>8.2f} "
+                     f"{f['p99_ms']:>8.2f} {f['worker_cpu_us_per_request']:>11.0f}")
+    verdict = "PASS" if ratios["requests_per_s"] >= TARGET_RATIO else "MISS"
+    per_round = ", ".join(f"{r:.2f}" for r in ratios["requests_per_s_per_round"])
+    lines += [
+        "",
+        f"hub/bare req/s: {ratios['requests_per_s']:.2f}x (target >= {TARGET_RATIO}x: "
+        f"{verdict}); per round: {per_round} (median "
+        f"{statistics.median(ratios['requests_per_s_per_round']):.2f}x)",
+        f"hub/bare p50 {ratios['p50_ms']:.2f}x, p99 {ratios['p99_ms']:.2f}x, worker CPU per "
+        f"request {ratios['worker_cpu_us_per_request']:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def format_profile(name: str, profile: dict[str, Any]) -> str:
+    if not profile.get("samples"):
+        return f"{name}: no profile ({profile.get('error', 'no samples')})"
+    run = profile["run"]
+    lines = [f"{name}: {profile['samples']} GIL-holding samples during {run['requests']} "
+             f"requests ({run['requests_per_s']:.0f} req/s under py-spy), worker "
+             f"{profile['user_us_per_request']:.0f} us user CPU per request",
+             f"  (py-spy: {profile.get('py_spy_said') or 'no summary'})",
+             f"  {'component (innermost matching frame)':<52} {'share':>6} {'~us/req':>8}"]
+    for component_name, s in profile["components"].items():
+        lines.append(f"  {component_name:<52} {s['pct']:>5.1f}% {s['us_per_request']:>8.0f}")
+    lines.append("  inclusive:")
+    for label, s in profile["inclusive"].items():
+        lines.append(f"  {label:<52} {s['pct']:>5.1f}% {s['us_per_request']:>8.0f}")
+    lines.append("  top functions by own time:")
+    for label, s in list(profile["top_leaf_functions"].items())[:8]:
+        lines.append(f"    {s['pct']:>5.1f}%  {label}")
+    return "\n".join(lines)
+
+
+def source_fingerprint() -> dict[str, Any]:
+    """Git commit, uncommitted changes under dropsync/, a digest of the dropsync sources."""
+    digest = hashlib.sha256()
+    for path in sorted((PROJECT_DIR / "dropsync").rglob("*.py")):
+        digest.update(path.relative_to(PROJECT_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+
+    def git(*argv: str) -> str:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.run(["git", *argv], cwd=PROJECT_DIR, capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty_files": git("status", "--porcelain", "--", "dropsync").splitlines(),
+            "dropsync_sources_sha256": digest.hexdigest()[:12]}
+
+
+# -- command line and main ---------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, help="registered devices (default: 1000)")
+    parser.add_argument("--history", type=int,
+                        help="finished commands in history (default: 100000)")
+    parser.add_argument("--duration", type=float, help="seconds per measured run (default: 10)")
+    parser.add_argument("--rounds", type=int, help="hub+bare rounds; medians are reported "
+                        "(default: 3)")
+    parser.add_argument("--connections", type=int, help="wrk connections (default: 32)")
+    parser.add_argument("--warmup", type=float, help="seconds of load before each measured "
+                        "run, not counted (default: 2)")
+    parser.add_argument("--settle", type=float,
+                        help="seconds of load on each freshly started hub before its first "
+                        "measured run, not counted; the default, 60, is the per-device rate "
+                        "limit's window, so measured runs see the limiter's steady state")
+    parser.add_argument("--max-quiet-wait", type=float, default=60,
+                        help="before each run, wait up to this long for other work on the "
+                        "machine to stop (default: 60)")
+    parser.add_argument("--noisy-retries", type=int, default=2,
+                        help="measure a counted run again, up to this many times, when other "
+                        f"work used more than {NOISY_OTHER_PCT:.0f}%% of a core during it "
+                        "(default: 2)")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default: 2)")
+    parser.add_argument("--threads", type=int,
+                        help="DROPSYNC_THREADS for both servers (default: the hub's default)")
+    parser.add_argument("--pin", type=int, metavar="CPU",
+                        help="run both servers on this one CPU (taskset): not the production "
+                        "setup, but it takes the GIL's cross-core hand-offs out of the figures "
+                        "(see bench/README.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 50 devices, 1000 history, 1 round of 2 s")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the py-spy profile after the rounds")
+    parser.add_argument("--no-limiter-check", action="store_true",
+                        help="skip the diagnostic run of the hub with its rate limiter off")
+    parser.add_argument("--workdir", type=Path, default=RESULTS_DIR,
+                        help="where the temporary data directory goes (default: bench/results/)")
+    parser.add_argument("--output", type=Path,
+                        help="JSON results file (default: bench/results/poll_bench-<time>.json)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (data dir, server logs) afterwards")
+    args = parser.parse_args(argv)
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, QUICK.get(key, default) if args.quick else default)
+    if args.devices < 1 or args.history < 0 or args.rounds < 1 or args.duration <= 0:
+        parser.error("--devices, --rounds and --duration must be positive, --history >= 0")
+    if args.connections < args.wrk_threads:
+        parser.error("--connections must be at least --wrk-threads")
+    return args
+
+
+def server_environment(port: int, args: argparse.Namespace, **settings: str) -> dict[str, str]:
+    env = clean_environment()
+    env.update({"DROPSYNC_HOST": "127.0.0.1", "DROPSYNC_PORT": str(port),
+                "DROPSYNC_LOG_LEVEL": "WARNING"})
+    if args.threads:
+        env["DROPSYNC_THREADS"] = str(args.threads)
+    env.update({f"DROPSYNC_{key}": value for key, value in settings.items()})
+    return env
+
+
+def effective_gunicorn_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """What ``dropsync.server.gunicorn_options`` gives for this environment (JSON-able)."""
+    from dropsync.config import load_config
+    from dropsync.server import gunicorn_options
+
+    options = gunicorn_options(load_config(environ=env))
+    return {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | list)}
+
+
+@contextlib.contextmanager
+def started(server: Server, timeout_s: float) -> Iterator[Server]:
+    """A running server for the block; stopped (its whole process group) however it ends."""
+    try:
+        server.start(timeout_s)
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM ends the run through the finally blocks, so the servers are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    wrk = ensure_wrk()
+    py_spy = None if args.no_profile else (
+        str(VENV_BIN / "py-spy") if (VENV_BIN / "py-spy").exists() else shutil.which("py-spy"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="poll_bench-", dir=args.workdir))
+    try:
+        return run_bench(args, wrk, py_spy, work)
+    except RuntimeError as exc:
+        print(f"\npoll_bench FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_bench(args: argparse.Namespace, wrk: str, py_spy: str | None, work: Path) -> int:
+    wall_started = time.perf_counter()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = args.output or RESULTS_DIR / f"poll_bench-{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    data_dir, staging_dir = work / "data", work / "staging"
+    staging_dir.mkdir()
+    fingerprint = source_fingerprint()
+    print(f"poll benchmark: {args.devices:,} devices, {args.history:,} finished commands, "
+          f"{args.rounds} round(s) of {args.duration:g} s (+{args.warmup:g} s warm-up; "
+          f"{args.settle:g} s settle per hub start), wrk -t{args.wrk_threads} "
+          f"-c{args.connections}")
+    print(f"dropsync {fingerprint['commit']} (sources {fingerprint['dropsync_sources_sha256']}"
+          f"{', uncommitted changes' if fingerprint['dirty_files'] else ''}); "
+          f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
+
+    print("seeding the data directory through dropsync's own code...", flush=True)
+    credentials, seed_timings = seed_data_dir(data_dir, args.devices, args.history)
+    script = work / "poll.lua"
+    write_wrk_script(script, credentials, args.wrk_threads)
+    load = Load(wrk, script, args)
+
+    hub_port = free_port()
+    bare_port = free_port()
+    while bare_port == hub_port:
+        bare_port = free_port()
+
+    def hub_environment(limiter: bool) -> dict[str, str]:
+        return server_environment(
+            hub_port, args, DATA_DIR=str(data_dir), STAGING_DIR=str(staging_dir),
+            ADMIN_TOKEN=secrets.token_urlsafe(24), ADMIN_PASSWORD=secrets.token_urlsafe(16),
+            RATE_LIMITS_ENABLED="true" if limiter else "false",
+            RATE_LIMIT_DEVICE=BENCH_DEVICE_RATE_LIMIT)
+
+    # taskset execs the server, so the pid is still gunicorn's master; its worker inherits.
+    pin = [] if args.pin is None else [venv_tool("taskset"), "-c", str(args.pin)]
+
+    def hub_server(name: str, limiter: bool) -> Server:
+        return Server(name, [*pin, venv_tool("dropsync"), "serve"], hub_environment(limiter),
+                      work, hub_port, work / f"{name.replace(' ', '-')}.log")
+
+    hub = hub_server("hub", limiter=True)
+    bare = Server("bare", [*pin, venv_tool("gunicorn"), "-c", "python:dropsync.gunicorn_conf",
+                           "--pythonpath", str(BENCH_DIR), "poll_bench:create_bare_app()"],
+                  server_environment(bare_port, args), work, bare_port, work / "bare.log")
+    options = {"hub": effective_gunicorn_options(hub.env),
+               "bare": effective_gunicorn_options(bare.env)}
+    shown = ("workers", "worker_class", "threads", "keepalive", "timeout")
+    print("gunicorn options for both (dropsync.server.gunicorn_options): "
+          + ", ".join(f"{k}={options['hub'].get(k)}" for k in shown)
+          + ("" if args.pin is None else f"; both servers pinned to CPU {args.pin} (taskset)"))
+    if any(options["hub"].get(k) != options["bare"].get(k) for k in shown):
+        raise RuntimeError(f"hub and bare gunicorn options differ: {options}")
+
+    servers = {"hub": hub, "bare": bare}
+    runs: list[WrkRun] = []
+    profiles: dict[str, Any] = {}
+    with started(hub, timeout_s=300), started(bare, timeout_s=60):
+        print(f"hub answered /health after {hub.start_s:.1f} s, bare after {bare.start_s:.1f} s")
+        sample_device, sample_token = credentials[0]
+        checks = {name: check_poll(s, sample_device, sample_token)
+                  for name, s in servers.items()}
+        status, _, _ = http_get(hub_port, POLL_PATH.format(device_id=sample_device))
+        if status != 401:
+            raise RuntimeError(f"hub answered {status} to a poll with no token; expected 401")
+        for name, check in checks.items():
+            print(f"  {name}: 200 {json.dumps(check['body'])} ({check['body_bytes']} bytes)")
+        print("  hub: a poll without a token gets 401")
+
+        if args.settle > 0:
+            # The bare app keeps no state between requests: its warm-up before each run is
+            # enough. The hub's limiter counts per device per window, so it gets a window.
+            print(f"\nsettling: {args.settle:g} s of load on the hub (not counted)",
+                  flush=True)
+            runs.append(load.run(hub, "settle", duration=args.settle, warm_up=False))
+
+        print(f"\nmeasuring: {args.rounds} round(s), hub then bare in each", flush=True)
+        for round_no in range(1, args.rounds + 1):
+            for name in SERVERS:
+                runs.append(load.run(servers[name], "round", round_no, discarded=runs))
+
+        if py_spy:
+            print("\nprofiling each server under the same load (py-spy, GIL holder, "
+                  f"{PROFILE_RATE_HZ} Hz; not counted)", flush=True)
+            for name in SERVERS:
+                raw = output.with_name(f"{output.stem}-{name}.pyspy.txt")
+                profiles[name] = profile_server(py_spy, load, servers[name], raw)
+                if "run" in profiles[name]:
+                    runs.append(WrkRun(**profiles[name]["run"]))
+        elif not args.no_profile:
+            print("\npy-spy not found: no profile (install it with: "
+                  f"{VENV_BIN / 'pip'} install py-spy)")
+
+        if not args.no_limiter_check:
+            print("\ndiagnostic: the hub again with DROPSYNC_RATE_LIMITS_ENABLED=false, "
+                  "then bare (not counted)", flush=True)
+            hub.stop()  # it holds the data directory
+            unlimited = hub_server("hub limiter off", limiter=False)
+            with started(unlimited, timeout_s=300):
+                check_poll(unlimited, sample_device, sample_token)
+                # No limiter, no windowed state to settle: the usual warm-up is enough.
+                runs.append(load.run(unlimited, "diagnostic"))
+            runs.append(load.run(bare, "diagnostic"))
+
+    summary = summarise(runs)
+    counted = {name: [r for r in runs if r.server == name and r.kind == "round"]
+               for name in SERVERS}
+    ratios: dict[str, Any] = {
+        metric: summary["hub"][metric] / summary["bare"][metric]
+        for metric in ("requests_per_s", "p50_ms", "p99_ms", "worker_cpu_us_per_request")}
+    ratios["requests_per_s_per_round"] = [
+        h.requests_per_s / b.requests_per_s
+        for h, b in zip(counted["hub"], counted["bare"], strict=True)]
+    diagnostic = [r for r in runs if r.kind == "diagnostic"]
+    if len(diagnostic) == 2:
+        ratios["limiter_off_vs_adjacent_bare"] = (diagnostic[0].requests_per_s
+                                                  / diagnostic[1].requests_per_s)
+
+    print()
+    print(format_runs(runs))
+    print()
+    print(format_summary(summary, ratios))
+    if "limiter_off_vs_adjacent_bare" in ratios:
+        print(f"diagnostic: hub with the limiter off / bare run right after: "
+              f"{ratios['limiter_off_vs_adjacent_bare']:.2f}x")
+    noisy = [r for r in runs if r.noisy and r.kind == "round"]
+    if noisy:
+        print(f"warning: {len(noisy)} counted run(s) shared the machine with other work "
+              f"(other load > {NOISY_OTHER_PCT:.0f}% of a core); rerun on a quiet machine")
+    for name, profile in profiles.items():
+        print()
+        print(format_profile(name, profile))
+    wall_s = time.perf_counter() - wall_started
+    print(f"\nwall time {wall_s:.0f} s")
+
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "target_ratio": TARGET_RATIO,
+        "device_rate_limit": BENCH_DEVICE_RATE_LIMIT,
+        "environment": {
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "wrk": subprocess.run(
+                [wrk, "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+            **fingerprint,
+        },
+        "gunicorn_options": options,
+        "seed": seed_timings,
+        "start_s": {"hub": hub.start_s, "bare": bare.start_s},
+        "checks": checks,
+        "summary": summary,
+        "ratios": ratios,
+        "runs": [asdict(r) for r in runs],
+        "profiles": profiles,
+        "wall_s": wall_s,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"figures written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
