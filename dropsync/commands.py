@@ -35,6 +35,7 @@ from .clock import iso_from_epoch
 from .devices import record_event
 from .errors import Conflict, NotFound, ValidationFailed
 from .store import Document, Stores
+from .store.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ class CommandQueue:
         self._by_command: dict[int, dict[str, Delivery]] = {}
         self._next_id = 0
         self._ids_reserved_until = 0
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        self._sweeper = Periodic("command-sweeper", self.settings.sweep_s, self.sweep)
         self._load()
 
     # -- start-up ------------------------------------------------------------------------
@@ -401,23 +401,10 @@ class CommandQueue:
                     self._by_command.pop(command_id, None)
 
     def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = threading.Thread(target=self._sweep_forever,
-                                             name="command-sweeper", daemon=True)
-            self._sweeper.start()
+        self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=10)
-            self._sweeper = None
-
-    def _sweep_forever(self) -> None:
-        while not self._stop.wait(self.settings.sweep_s):
-            try:
-                self.sweep()
-            except Exception:  # a full disk must not kill the sweeper; it tries again
-                log.exception("command sweep failed")
+        self._sweeper.stop()
 
     # -- internals -----------------------------------------------------------------------
     def _due_ending(self, delivery: Delivery, now: float) -> tuple[str, str] | None:

@@ -9,15 +9,13 @@ costs at most one interval of liveness, never a corrupt file.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from .files import write_atomically
+from .periodic import Periodic
 from .tables import AtomicJSONStorage
-
-log = logging.getLogger(__name__)
 
 
 class LivenessTable:
@@ -27,8 +25,7 @@ class LivenessTable:
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = AtomicJSONStorage(path).read() or {}
         self._dirty = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._checkpoints = Periodic("liveness-checkpoint", interval_s, self.checkpoint)
 
     def update(self, device_id: str, **fields: Any) -> None:
         with self._lock:
@@ -61,21 +58,8 @@ class LivenessTable:
 
     def start(self) -> None:
         """Checkpoint in the background until ``stop()``."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="liveness-checkpoint",
-                                            daemon=True)
-            self._thread.start()
+        self._checkpoints.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._checkpoints.stop()
         self.checkpoint()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.checkpoint()
-            except Exception:  # keep checkpointing; the next try may find space again
-                log.exception("liveness checkpoint failed")
