@@ -35,12 +35,7 @@ class SyncStateTable(LivenessTable):
 
     def _replay_newer_history(self) -> None:
         checkpointed = max((e.get("seq", 0) for e in self._entries.values()), default=0)
-        newer = []
-        for record in self.history.records(newest_first=True):
-            if record["seq"] <= checkpointed:
-                break
-            newer.append(record)
-        for record in reversed(newer):
+        for record in self.history.find(after_seq=checkpointed, newest_first=False):
             self._apply(record)
 
     def record(self, report: Report) -> Report:
