@@ -121,11 +121,15 @@ class DeviceUploads:
         except StopIteration:
             raise BadRequest("the form has no file part; send the file as field 'file'",
                              code="no_file") from None
-        record = self.receive(device_id, filename, pieces)
-        if next(parts, None) is not None:  # only after the first file is safely stored
-            self.delete(device_id, filename)
-            raise BadRequest("send one file per upload", code="too_many_files")
-        return record
+
+        def then_no_more_files() -> Iterator[bytes]:
+            # Checked before the file is committed: a refused upload must not have
+            # replaced the device's earlier file of the same name.
+            yield from pieces
+            if next(parts, None) is not None:
+                raise BadRequest("send one file per upload", code="too_many_files")
+
+        return self.receive(device_id, filename, then_no_more_files())
 
     # -- reading and deleting ----------------------------------------------------------
     def list(self, device_id: str | None = None) -> list[Document]:

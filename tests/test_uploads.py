@@ -70,6 +70,15 @@ def test_multipart_with_no_file_or_two_files_is_refused(client, token, settings)
     assert tree(uploads_dir(settings)) == {}
 
 
+def test_a_refused_two_file_form_leaves_the_earlier_upload_alone(client, token, settings):
+    upload_raw(client, token, "a.txt", b"kept")
+    two = {"a": (io.BytesIO(b"replacement"), "a.txt"), "b": (io.BytesIO(b"2"), "b.txt")}
+    assert_error(upload_form(client, token, two), 400, "too_many_files")
+    assert tree(uploads_dir(settings)) == {"esp001/a.txt": b"kept"}
+    listed = client.get(f"{FILES}/list/esp001", headers=bearer(token)).get_json()
+    assert [(u["name"], u["size"]) for u in listed["uploads"]] == [("a.txt", 4)]
+
+
 def test_uploading_a_name_again_replaces_the_file(client, token, settings):
     upload_raw(client, token, "state.json", b"old")
     response = upload_raw(client, token, "state.json", b"new!")
