@@ -144,6 +144,18 @@ def test_sync_state_lost_since_the_checkpoint_is_replayed_from_history(tmp_path)
     assert grouped["p2"]["b"]["state"] == "verified"
 
 
+def test_a_forgotten_package_stays_forgotten_after_a_restart(tmp_path):
+    history = HistoryLog(tmp_path / "sync")
+    table = SyncStateTable(tmp_path / "sync_state.json", history, interval_s=3600)
+    table.record(report("a", "p1", "applied"))
+    table.record(report("a", "p2", "applied"))  # the newest report is p2's
+    table.forget_package("p2")  # p2 withdrawn
+    table.checkpoint()
+    history.close()
+    reopened = SyncStateTable(tmp_path / "sync_state.json", HistoryLog(tmp_path / "sync"))
+    assert set(reopened.by_package()) == {"p1"}
+
+
 def test_stores_open_the_file_sync_tables(tmp_path):
     stores = Stores(tmp_path / "data")
     try:

@@ -23,7 +23,8 @@ class LivenessTable:
         self.path = path
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._entries: dict[str, dict[str, Any]] = AtomicJSONStorage(path).read() or {}
+        self._entries: dict[str, dict[str, Any]] = \
+            self._decode(AtomicJSONStorage(path).read() or {})
         self._dirty = False
         self._checkpoints = Periodic("liveness-checkpoint", interval_s, self.checkpoint)
 
@@ -41,12 +42,20 @@ class LivenessTable:
             if self._entries.pop(device_id, None) is not None:
                 self._dirty = True
 
+    def _decode(self, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The entries in a checkpoint file (subclasses may keep more beside them)."""
+        return data
+
+    def _encode(self) -> dict[str, Any]:
+        """What a checkpoint writes; called with the lock held."""
+        return self._entries
+
     def checkpoint(self) -> bool:
         """Write the table if it changed since the last checkpoint; True when it wrote."""
         with self._lock:
             if not self._dirty:
                 return False
-            payload = json.dumps(self._entries, separators=(",", ":")).encode()
+            payload = json.dumps(self._encode(), separators=(",", ":")).encode()
             self._dirty = False
         try:
             write_atomically(self.path, payload)

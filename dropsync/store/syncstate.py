@@ -33,9 +33,20 @@ class SyncStateTable(LivenessTable):
         self._record_lock = threading.Lock()
         self._replay_newer_history()
 
+    def _decode(self, data: dict[str, Any]) -> dict[str, Report]:
+        # The checkpoint keeps the last applied seq beside the pairs: withdrawing a package
+        # forgets pairs, and the highest seq among those left would replay them at start.
+        if "pairs" in data:
+            self._applied_seq = data.get("applied_seq", 0)
+            return data["pairs"]
+        self._applied_seq = max((e.get("seq", 0) for e in data.values()), default=0)
+        return data
+
+    def _encode(self) -> dict[str, Any]:
+        return {"applied_seq": self._applied_seq, "pairs": self._entries}
+
     def _replay_newer_history(self) -> None:
-        checkpointed = max((e.get("seq", 0) for e in self._entries.values()), default=0)
-        for record in self.history.find(after_seq=checkpointed, newest_first=False):
+        for record in self.history.find(after_seq=self._applied_seq, newest_first=False):
             self._apply(record)
 
     def record(self, report: Report) -> Report:
@@ -48,6 +59,7 @@ class SyncStateTable(LivenessTable):
     def _apply(self, entry: Report) -> None:
         with self._lock:
             self._entries[pair_key(entry["device_id"], entry["package_id"])] = dict(entry)
+            self._applied_seq = max(self._applied_seq, entry["seq"])
             self._dirty = True
 
     def forget_package(self, package_id: str) -> None:
