@@ -239,15 +239,21 @@ class PackageCatalog:
     def build_manifest(self, device: Mapping[str, Any]) -> Manifest:
         """The manifest of ``device``, from memory; its version is stored only when the
         content differs from what the device was last given."""
-        catalog = self.catalog
-        key = (catalog.generation, tuple(sorted(device.get("groups") or [])))
+        groups = tuple(sorted(device.get("groups") or []))
         cached = self._manifests.get(device["id"])
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == (self.catalog.generation, groups):
             return cached[1]
-        files = [manifest_entry(p, device["id"])
-                 for _, p in sorted(catalog.files_for(device).items())]
-        digest = content_digest(files)
+        # A miss builds under the lock from the catalog as it is then, so two requests
+        # racing a catalog change cannot store an older list under a newer version.
         with self._manifest_lock:
+            catalog = self.catalog
+            key = (catalog.generation, groups)
+            cached = self._manifests.get(device["id"])
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            files = [manifest_entry(p, device["id"])
+                     for _, p in sorted(catalog.files_for(device).items())]
+            digest = content_digest(files)
             version = self._manifest_version(device["id"], digest)
             manifest = Manifest(device["id"], version, f"{version}-{digest[:16]}",
                                 tuple(files), frozenset(f["id"] for f in files))
