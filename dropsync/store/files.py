@@ -32,26 +32,9 @@ def fsync_dir(folder: Path) -> None:
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = temp_path_for(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise_if_disk_full(exc, path)
-        raise
+    with AtomicFile(path.parent, path.name, mode) as incoming:
+        incoming.write(data)
+        incoming.commit(path)
 
 
 def raise_if_disk_full(exc: OSError, path: Path) -> None:
