@@ -208,10 +208,12 @@ class HistoryLog:
             offset = 0
             data = self._path(first).read_bytes()
             for line in data.splitlines(keepends=True):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None  # unreadable but complete lines keep their seq slot
+                record = None  # without index keys only the offsets matter: skip parsing
+                if self._index_keys is not None:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        pass  # unreadable but complete lines keep their seq slot
                 self._remember(record, offset, offset + len(line), first=first)
                 offset += len(line)
 
