@@ -326,31 +326,29 @@ def messages(ctx, device_id, level, limit, follow, interval, as_json) -> None:
         for message in found:
             click.echo(json.dumps(message) if as_json else format_message(message))
 
-    try:
-        with connect(ctx.obj) as hub:
-            def page(**query) -> dict:
-                return hub.request("GET", f"/api/v1/admin{path}?{urlencode(query)}")
+    def print_and_follow(hub) -> None:
+        def page(**query) -> dict:
+            return hub.request("GET", f"/api/v1/admin{path}?{urlencode(query)}")
 
-            newest = page(**base)["messages"]
-            show(list(reversed(newest)))
-            last = newest[0]["seq"] if newest else 0
-            while follow:
-                time.sleep(interval)
-                fresh, before = [], None
-                while True:  # page back to what was shown, however much arrived
-                    got = page(**{**base, "limit": 500, "after": last,
-                                  **({"before": before} if before else {})})
-                    fresh += got["messages"]
-                    before = got["next_before"]
-                    if before is None:
-                        break
-                if fresh:
-                    show(list(reversed(fresh)))
-                    last = fresh[0]["seq"]
-    except HubError as exc:
-        raise click.ClickException(f"{exc.message} ({exc.code})") from None
-    except StartupError as exc:
-        raise click.ClickException(exc.message) from None
+        newest = page(**base)["messages"]
+        show(list(reversed(newest)))
+        last = newest[0]["seq"] if newest else 0
+        while follow:
+            time.sleep(interval)
+            fresh, before = [], None
+            while True:  # page back to what was shown, however much arrived
+                got = page(**{**base, "limit": 500, "after": last,
+                              **({"before": before} if before else {})})
+                fresh += got["messages"]
+                before = got["next_before"]
+                if before is None:
+                    break
+            if fresh:
+                show(list(reversed(fresh)))
+                last = fresh[0]["seq"]
+
+    try:
+        call_hub(ctx, print_and_follow)
     except KeyboardInterrupt:
         pass
 
