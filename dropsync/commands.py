@@ -169,11 +169,7 @@ class CommandQueue:
         """The next command id; a new block is reserved on disk before it is used."""
         if self._next_id >= self._ids_reserved_until:
             until = self._next_id + ID_BLOCK
-            fact = {"name": ID_FACT, "value": until}
-            if ID_FACT in self.stores.meta:
-                self.stores.meta.update(ID_FACT, fact)
-            else:
-                self.stores.meta.insert(fact)
+            self.stores.meta.upsert({"name": ID_FACT, "value": until})
             self._ids_reserved_until = until
         self._next_id += 1
         return self._next_id - 1

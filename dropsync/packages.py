@@ -216,12 +216,9 @@ class PackageCatalog:
         """The next value of the hub-wide version counter, stored before it is used."""
         meta = self.stores.meta
         highest = max((p["version"] for p in self.catalog.by_id.values()), default=0)
-        try:
-            version = max(meta.get(VERSION_COUNTER)["value"], highest) + 1
-            meta.update(VERSION_COUNTER, {"value": version})
-        except NotFound:
-            version = highest + 1
-            meta.insert({"name": VERSION_COUNTER, "value": version})
+        stored = meta.get(VERSION_COUNTER)["value"] if VERSION_COUNTER in meta else 0
+        version = max(stored, highest) + 1
+        meta.upsert({"name": VERSION_COUNTER, "value": version})
         return version
 
     # -- reads -------------------------------------------------------------------------

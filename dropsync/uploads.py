@@ -101,10 +101,7 @@ class DeviceUploads:
         record = {"id": upload_key(device_id, name), "device_id": device_id, "name": name,
                   "size": incoming.size, "sha256": digest.hexdigest(),
                   "uploaded_at": now_iso()}
-        table = self.stores.uploads
-        with table.lock:
-            stored = table.update(record["id"], record) if record["id"] in table \
-                else table.insert(record)
+        stored = self.stores.uploads.upsert(record)
         log.info("upload from %s: %s (%d bytes)", device_id, name, record["size"])
         return stored
 

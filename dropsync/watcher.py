@@ -37,7 +37,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .clock import now_iso
-from .staging import StagedFileChanged, Staging
+from .staging import StagedFileChanged, Staging, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,12 @@ def folder_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def file_stamp(path: str) -> tuple[int, int, int] | None:
-    """Size, mtime and inode: what must hold still for the settle time (None: gone)."""
+def current_stamp(path: str) -> dict[str, int] | None:
+    """The staged file's stamp, which must hold still for the settle time (None: gone)."""
     try:
-        st = os.stat(path)
+        return file_stamp(os.stat(path))
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 @dataclass
@@ -101,7 +100,7 @@ class PendingFile:
     last_event: float
     #: Writers that opened the file and have not closed it yet (inotify only).
     opens: int = 0
-    stamp: tuple[int, int, int] | None = None
+    stamp: dict[str, int] | None = None
     stable_since: float = 0.0
     not_before: float = 0.0
 
@@ -217,7 +216,7 @@ class StagingWatcher:
 
     def _file_changed(self, path: str, opens: int | None = None, writing: bool = False) -> None:
         now = time.monotonic()
-        stamp = file_stamp(path)  # the settle time runs from this event, not the next tick
+        stamp = current_stamp(path)  # the settle time runs from this event, not the next tick
         with self._lock:
             self._gone.discard(path)
             pending = self._pending.setdefault(path, PendingFile(last_event=now))
@@ -330,7 +329,7 @@ class StagingWatcher:
             candidates = [(path, p) for path, p in self._pending.items()
                           if p.opens == 0 and now >= p.not_before]
         for path, pending in candidates:
-            stamp = file_stamp(path)
+            stamp = current_stamp(path)
             with self._lock:
                 if self._pending.get(path) is not pending:
                     continue

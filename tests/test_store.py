@@ -13,6 +13,7 @@ from dropsync.errors import Conflict, DataDirBusy, NotFound, StorageFull, StoreC
 from dropsync.store import Stores
 from dropsync.store.history import HistoryLog
 from dropsync.store.liveness import LivenessTable
+from dropsync.store.tables import KeyedTable, TableFile
 
 
 @pytest.fixture
@@ -316,3 +317,14 @@ def test_liveness_checkpoints_in_the_background(tmp_path):
         time.sleep(0.02)
     assert json.loads(path.read_text())["esp001"]["last_seen"] == 5.0
     table.stop()
+
+
+def test_upsert_inserts_then_updates_one_document(tmp_path):
+    table_file = TableFile(tmp_path / "meta.json")
+    facts = KeyedTable(table_file, "meta", "name")
+    assert facts.upsert({"name": "counter", "value": 1})["value"] == 1
+    assert facts.upsert({"name": "counter", "value": 2})["value"] == 2
+    assert len(facts) == 1
+    table_file.close()
+    reopened = KeyedTable(TableFile(tmp_path / "meta.json"), "meta", "name")
+    assert reopened.get("counter")["value"] == 2

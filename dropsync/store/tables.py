@@ -167,6 +167,12 @@ class KeyedTable:
             del self._doc_ids[key]
             return old
 
+    def upsert(self, doc: Mapping[str, Any]) -> Document:
+        """Insert ``doc``, or update the document with its key; one lock for both."""
+        with self.lock:
+            key = doc[self.key_field]
+            return self.update(key, doc) if key in self._doc_ids else self.insert(doc)
+
     def delete_many(self, keys: Iterable[str]) -> int:
         """Remove several documents in one write; keys already gone are skipped."""
         with self.lock:
