@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import timings
 from .devices import DEVICE_ID_RE, GROUP_RE
 from .errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
@@ -285,7 +286,7 @@ class Staging:
             current = self.catalog.catalog.by_slot.get(staged.slot)
             if current is not None and current.get("staged") == before:
                 return dict(current), False
-            with self.catalog.changing():
+            with self.catalog.changing(), timings.timed("ingest"):
                 blob = self.catalog.blobs.add_stream(reader)
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:

@@ -62,6 +62,7 @@ class HubProcess:
         self.log_path = workdir / f"hub-{self.port}.log"
         self.env = {**os.environ, "DROPSYNC_HOST": "127.0.0.1",
                     "DROPSYNC_PORT": str(self.port), "DROPSYNC_LOG_LEVEL": "INFO",
+                    "DROPSYNC_MDNS": "false",  # tests that want mDNS ask for it
                     **(env or {})}
         self.process: subprocess.Popen | None = None
 
