@@ -29,18 +29,28 @@ class Layout:
     keep_backups: int = 7
 
 
+#: The sandbox both services run in: no privileges, a read-only system, writable only
+#: where ReadWritePaths says. AF_NETLINK: zeroconf lists the interfaces to advertise on.
 HARDENING = """\
 NoNewPrivileges=yes
+CapabilityBoundingSet=
 PrivateTmp=yes
 PrivateDevices=yes
 ProtectSystem=strict
 ProtectHome=read-only
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
+ProtectKernelLogs=yes
 ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
 RestrictSUIDSGID=yes
 RestrictRealtime=yes
 LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 """
 
