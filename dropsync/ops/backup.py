@@ -9,6 +9,7 @@ Layout of an archive::
     dropsync-backup.json    what it is: format, hub version, when, how many files/bytes
     data/...                the data directory (stores, history, blobs, uploads, secret
                             key), without the lock and temp files
+    staging/<target>/...    the staging folder as the packages in the backup know it
     config/<name>           the settings file the hub was started with, if any
 """
 
@@ -32,6 +33,7 @@ from ..store.snapshot import Snapshot
 FORMAT = 1
 MANIFEST = "dropsync-backup.json"
 DATA_PREFIX = "data/"
+STAGING_PREFIX = "staging/"
 CONFIG_PREFIX = "config/"
 BLOCK = tarfile.BLOCKSIZE
 READ_SIZE = 256 * 1024
@@ -56,7 +58,7 @@ class BackupArchive:
         self.config_file = Path(config_file) if config_file else None
         manifest = {"format": FORMAT, "hub_version": __version__,
                     "taken_at": snapshot.taken_at, "files": len(snapshot.files),
-                    "bytes": snapshot.size,
+                    "staged_files": len(snapshot.staged), "bytes": snapshot.size,
                     "config": self.config_file.name if self._has_config() else None}
         self.manifest = json.dumps(manifest, indent=2).encode()
 
@@ -68,7 +70,7 @@ class BackupArchive:
         """Bytes the stream will have (a close estimate for a progress bar: very long
         names take an extra header)."""
         total = BLOCK + len(self.manifest) + len(_padding(len(self.manifest)))
-        for member in self.snapshot.files:
+        for member in [*self.snapshot.files, *self.snapshot.staged]:
             total += BLOCK + member.size + len(_padding(member.size))
         if self._has_config():
             size = self.config_file.stat().st_size
@@ -78,9 +80,11 @@ class BackupArchive:
     def __iter__(self) -> Iterator[bytes]:
         yield _header(MANIFEST, len(self.manifest), self.snapshot.taken_at, 0o600)
         yield self.manifest + _padding(len(self.manifest))
-        for member in self.snapshot.files:
-            yield _header(DATA_PREFIX + member.name, member.size, member.mtime, member.mode)
-            yield from self._content(member.path, member.size)
+        for prefix, members in ((DATA_PREFIX, self.snapshot.files),
+                                (STAGING_PREFIX, self.snapshot.staged)):
+            for member in members:
+                yield _header(prefix + member.name, member.size, member.mtime, member.mode)
+                yield from self._content(member.path, member.size)
         if self._has_config():
             size = self.config_file.stat().st_size
             yield _header(CONFIG_PREFIX + self.config_file.name, size, time.time(), 0o600)
@@ -123,9 +127,16 @@ def _blob_name(rel: PurePosixPath) -> str | None:
     return None
 
 
-def restore_archive(archive: Path, data_dir: Path,
+def _refuse_unless_empty(folder: Path, what: str) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise RestoreError(f"{folder} is not empty: restore {what} only into an empty or "
+                           "new folder, so nothing there is overwritten")
+
+
+def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
                     on_progress: Callable[[int], None] | None = None) -> dict:
-    """Unpack ``archive`` into ``data_dir``, which must be missing or empty.
+    """Unpack ``archive`` into ``data_dir`` and ``staging_dir`` (None: leave the staging
+    folder as it is), which must be missing or empty.
 
     Everything lands in a hidden folder beside ``data_dir`` first and is renamed into
     place at the end, so a damaged archive (bad gzip, a blob whose bytes do not hash to
@@ -133,15 +144,17 @@ def restore_archive(archive: Path, data_dir: Path,
     counts of what was restored.
     """
     data_dir = data_dir.resolve()
-    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise RestoreError(f"{data_dir} is not empty: restore only into an empty or new "
-                           "folder, so nothing there is overwritten")
+    _refuse_unless_empty(data_dir, "the data")
+    if staging_dir is not None:
+        staging_dir = staging_dir.resolve()
+        _refuse_unless_empty(staging_dir, "the staging folder (or keep it as it is)")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = data_dir.with_name(f".{data_dir.name}.restoring")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
     manifest: dict | None = None
-    counts = {"files": 0, "bytes": 0, "blobs_verified": 0, "config": None}
+    counts = {"files": 0, "bytes": 0, "blobs_verified": 0, "staged_files": 0,
+              "config": None}
     try:
         with open(archive, "rb") as raw:
             reader = ProgressReader(raw, on_progress)
@@ -157,6 +170,12 @@ def restore_archive(archive: Path, data_dir: Path,
                     if member.name.startswith(DATA_PREFIX):
                         rel = _safe_relative(member.name, DATA_PREFIX)
                         target = staging / "data" / rel
+                    elif member.name.startswith(STAGING_PREFIX):
+                        rel = _safe_relative(member.name, STAGING_PREFIX)
+                        if staging_dir is None:
+                            continue
+                        target = staging / "staging" / rel
+                        counts["staged_files"] += 1
                     elif member.name.startswith(CONFIG_PREFIX):
                         rel = _safe_relative(member.name, CONFIG_PREFIX)
                         target = staging / "data" / "restored-config" / rel.name
@@ -165,7 +184,7 @@ def restore_archive(archive: Path, data_dir: Path,
                         raise RestoreError(f"unexpected member {member.name!r}: is this a "
                                            "DropSync backup?")
                     digest = _write_member(tar.extractfile(member), target,
-                                           member.mode & 0o700 or 0o600,
+                                           member.mode & 0o777 or 0o600,
                                            hashed=_blob_name(rel) is not None
                                            and member.name.startswith(DATA_PREFIX))
                     expected = _blob_name(rel) if member.name.startswith(DATA_PREFIX) else None
@@ -183,6 +202,13 @@ def restore_archive(archive: Path, data_dir: Path,
         if data_dir.exists():
             data_dir.rmdir()  # empty, checked above
         os.replace(restored, data_dir)
+        if staging_dir is not None:
+            staged = staging / "staging"
+            staged.mkdir(exist_ok=True)
+            staging_dir.parent.mkdir(parents=True, exist_ok=True)
+            if staging_dir.exists():
+                staging_dir.rmdir()
+            os.replace(staged, staging_dir)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise RestoreError(f"{archive} cannot be read as a backup: {exc}") from None
     finally:

@@ -266,17 +266,27 @@ def write_gzipped(body, partial: Path, expected: int) -> tuple[int, int]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", "data_dir", help="Folder to restore into: must be empty or "
               "missing (default: the configured DATA_DIR).")
+@click.option("--staging-dir", "staging_dir", help="Staging folder to restore the packages' "
+              "files into: must be empty or missing (default: the configured STAGING_DIR).")
+@click.option("--keep-staging", is_flag=True, help="Leave the staging folder as it is "
+              "(packages whose files are not there are withdrawn when the hub starts).")
 @click.pass_context
-def restore(ctx, file, data_dir):
-    """Restore a backup FILE into an empty data directory (never over existing data)."""
-    target = Path(data_dir or settings_of(ctx)["DATA_DIR"])
+def restore(ctx, file, data_dir, staging_dir, keep_staging):
+    """Restore a backup FILE into an empty data directory (never over existing data).
+
+    The staging folder is restored too: a hub started on an empty one would withdraw
+    every package.
+    """
+    settings = settings_of(ctx)
+    target = Path(data_dir or settings["DATA_DIR"])
+    staging = None if keep_staging else Path(staging_dir or settings["STAGING_DIR"])
     size = Path(file).stat().st_size
     try:
         if size >= PROGRESS_BAR_BYTES:
             with click.progressbar(length=size, label="Restoring", file=sys.stderr) as bar:
-                result = restore_archive(Path(file), target, bar.update)
+                result = restore_archive(Path(file), target, staging, bar.update)
         else:
-            result = restore_archive(Path(file), target)
+            result = restore_archive(Path(file), target, staging)
     except RestoreError as exc:
         raise click.ClickException(exc.message) from None
     counts = result["restored"]
@@ -284,6 +294,8 @@ def restore(ctx, file, data_dir):
     click.echo(f"Restored the backup taken {taken} into {target.absolute()}: "
                f"{counts['files']} files, {counts['bytes'] / 1e6:.1f} MB, "
                f"{counts['blobs_verified']} blobs verified by SHA-256.")
+    if staging is not None:
+        click.echo(f"Restored {counts['staged_files']} staged files into {staging.absolute()}.")
     if counts["config"]:
         click.echo(f"Its settings file is in {counts['config']}: point DROPSYNC_CONFIG "
                    "at it (or copy it where the service's settings live).")

@@ -58,11 +58,15 @@ class SnapshotFile:
 class Snapshot:
     folder: Path
     files: list[SnapshotFile] = field(default_factory=list)
+    #: The staging folder as the package catalog knows it: ``<target>/<path>`` of every
+    #: package, its bytes being the package's blob. A restored hub started on an empty
+    #: staging folder would withdraw every package, so a backup carries it too.
+    staged: list[SnapshotFile] = field(default_factory=list)
     taken_at: float = 0.0
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + sum(f.size for f in self.staged)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -141,12 +145,23 @@ class Snapshotter:
                 snapshot.taken_at = time.time()
                 for source, rel in self._live_files():
                     snapshot.files.append(self._link(source, rel, snapshot.folder))
+                snapshot.staged = self._staged_files(snapshot)
         except BaseException:
             snapshot.remove()
             raise
         log.info("snapshot of %d files (%d bytes) taken in %.0f ms", len(snapshot.files),
                  snapshot.size, (time.monotonic() - started) * 1000)
         return snapshot
+
+    def _staged_files(self, snapshot: Snapshot) -> list[SnapshotFile]:
+        staged = []
+        for package in self.stores.packages.all():
+            sha = package["sha256"]
+            blob = snapshot.folder / "blobs" / sha[:2] / sha
+            if blob.is_file():
+                staged.append(SnapshotFile(f"{package['target']}/{package['path']}", blob,
+                                           package["size"], snapshot.taken_at, 0o644))
+        return staged
 
     def _live_files(self) -> Iterator[tuple[Path, Path]]:
         data_dir = self.stores.data_dir
