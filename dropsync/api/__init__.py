@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Request
 from flask.sessions import SecureCookieSessionInterface
 
-from .. import ops
+from ..ops import app as ops
 from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     admin,
     admin_files,

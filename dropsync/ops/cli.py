@@ -21,7 +21,7 @@ import click
 
 from ..config import load_config
 from ..store.files import fsync_dir
-from . import service, tls
+from . import service
 from .backup import RestoreError, restore_archive
 
 #: Archives at least this large get a progress bar.
@@ -149,6 +149,8 @@ def tls_group() -> None:
 @click.pass_context
 def tls_init(ctx, names, addresses, days, force):
     """Make a self-signed certificate and key; the hub serves HTTPS with them."""
+    from . import tls  # cryptography: loaded only when needed
+
     settings = settings_of(ctx)
     cert_path = Path(settings["TLS_CERT"]) if settings["TLS_CERT"] else \
         tls.default_paths(settings)[0]
@@ -173,6 +175,8 @@ def tls_init(ctx, names, addresses, days, force):
 @click.pass_context
 def tls_show(ctx):
     """Print the fingerprints and embeddable forms of the hub's certificate."""
+    from . import tls  # cryptography: loaded only when needed
+
     found = tls.tls_files(settings_of(ctx))
     if found is None:
         raise click.ClickException("no certificate: make one with `dropsync tls init`")
@@ -181,6 +185,8 @@ def tls_show(ctx):
 
 
 def echo_pins(cert_pem: bytes) -> None:
+    from . import tls  # cryptography: loaded only when needed
+
     forms = tls.pinning_forms(cert_pem)
     click.echo(f"Names:   {forms['names']}")
     click.echo(f"Expires: {forms['not_after']}")
