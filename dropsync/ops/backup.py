@@ -9,7 +9,8 @@ Layout of an archive::
     dropsync-backup.json    what it is: format, hub version, when, how many files/bytes
     data/...                the data directory (stores, history, blobs, uploads, secret
                             key), without the lock and temp files
-    staging/<target>/...    the staging folder as the packages in the backup know it
+    staging/<target>/...    the staging folder as the packages in the backup know it:
+                            tar hard links to their blobs, so no byte is stored twice
     config/<name>           the settings file the hub was started with, if any
 """
 
@@ -45,6 +46,12 @@ def _header(name: str, size: int, mtime: float, mode: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT)
 
 
+def _link_header(name: str, target: str, mtime: float, mode: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mtime, info.mode = tarfile.LNKTYPE, target, int(mtime), mode
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
 def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
@@ -70,8 +77,9 @@ class BackupArchive:
         """Bytes the stream will have (a close estimate for a progress bar: very long
         names take an extra header)."""
         total = BLOCK + len(self.manifest) + len(_padding(len(self.manifest)))
-        for member in [*self.snapshot.files, *self.snapshot.staged]:
+        for member in self.snapshot.files:
             total += BLOCK + member.size + len(_padding(member.size))
+        total += BLOCK * len(self.snapshot.staged)
         if self._has_config():
             size = self.config_file.stat().st_size
             total += BLOCK + size + len(_padding(size))
@@ -80,11 +88,13 @@ class BackupArchive:
     def __iter__(self) -> Iterator[bytes]:
         yield _header(MANIFEST, len(self.manifest), self.snapshot.taken_at, 0o600)
         yield self.manifest + _padding(len(self.manifest))
-        for prefix, members in ((DATA_PREFIX, self.snapshot.files),
-                                (STAGING_PREFIX, self.snapshot.staged)):
-            for member in members:
-                yield _header(prefix + member.name, member.size, member.mtime, member.mode)
-                yield from self._content(member.path, member.size)
+        for member in self.snapshot.files:
+            yield _header(DATA_PREFIX + member.name, member.size, member.mtime, member.mode)
+            yield from self._content(member.path, member.size)
+        for member in self.snapshot.staged:  # same bytes as a blob: a link to it
+            yield _link_header(STAGING_PREFIX + member.name,
+                               DATA_PREFIX + member.path.relative_to(self.snapshot.folder)
+                               .as_posix(), member.mtime, member.mode)
         if self._has_config():
             size = self.config_file.stat().st_size
             yield _header(CONFIG_PREFIX + self.config_file.name, size, time.time(), 0o600)
@@ -165,17 +175,22 @@ def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
                         if manifest.get("format") != FORMAT:
                             raise RestoreError(f"unknown backup format {manifest.get('format')}")
                         continue
+                    if member.islnk() and member.name.startswith(STAGING_PREFIX):
+                        if staging_dir is not None:  # a staged file: a copy of its blob
+                            rel = _safe_relative(member.name, STAGING_PREFIX)
+                            blob = staging / "data" / _safe_relative(member.linkname,
+                                                                     DATA_PREFIX)
+                            target = staging / "staging" / rel
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copyfile(blob, target)  # the operator's, not the blob
+                            os.chmod(target, member.mode & 0o777 or 0o644)
+                            counts["staged_files"] += 1
+                        continue
                     if not member.isfile():
                         continue  # the hub writes only files; folders are made as needed
                     if member.name.startswith(DATA_PREFIX):
                         rel = _safe_relative(member.name, DATA_PREFIX)
                         target = staging / "data" / rel
-                    elif member.name.startswith(STAGING_PREFIX):
-                        rel = _safe_relative(member.name, STAGING_PREFIX)
-                        if staging_dir is None:
-                            continue
-                        target = staging / "staging" / rel
-                        counts["staged_files"] += 1
                     elif member.name.startswith(CONFIG_PREFIX):
                         rel = _safe_relative(member.name, CONFIG_PREFIX)
                         target = staging / "data" / "restored-config" / rel.name
