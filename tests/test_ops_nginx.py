@@ -38,8 +38,9 @@ def fronted(tmp_path_factory):
                                "DROPSYNC_RATE_LIMIT_FAILED_AUTH": "8/minute"}).start()
     nginx = None
     try:
-        hub.cli("tls", "init", "--name", "localhost", "--address", "127.0.0.1")
-        tls = (hub.data_dir / "tls" / "hub.crt", hub.data_dir / "tls" / "hub.key")
+        hub.cli("tls", "init", "--name", "localhost", "--address", "127.0.0.1", "--out",
+                str(workdir / "tls"))
+        tls = (workdir / "tls" / "hub.crt", workdir / "tls" / "hub.key")
         nginx = NginxFront(workdir / "nginx", hub.port, hub.data_dir, tls=tls).start()
         tokens = {}
         for device in ("esp001", "esp002"):
@@ -115,7 +116,7 @@ def test_nginx_sends_the_hubs_bytes_once_the_hub_authorised(fronted):
 
     # Through nginx's TLS, verified against the hub's own certificate.
     secure = requests.get(nginx.tls_url + entry["url"], headers=own, timeout=10,
-                          verify=str(hub.data_dir / "tls" / "hub.crt"))
+                          verify=str(nginx.prefix.parent / "tls" / "hub.crt"))
     assert secure.status_code == 200 and secure.content == content
 
 

@@ -146,16 +146,22 @@ def tls_group() -> None:
               help="IP address in the certificate (repeat; default: this host's).")
 @click.option("--days", type=click.IntRange(1), default=3650, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing certificate.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Write hub.crt and hub.key into this folder instead (for nginx: the "
+                   "hub then keeps serving plain HTTP behind it).")
 @click.pass_context
-def tls_init(ctx, names, addresses, days, force):
+def tls_init(ctx, names, addresses, days, force, out_dir):
     """Make a self-signed certificate and key; the hub serves HTTPS with them."""
     from . import tls  # cryptography: loaded only when needed
 
     settings = settings_of(ctx)
-    cert_path = Path(settings["TLS_CERT"]) if settings["TLS_CERT"] else \
-        tls.default_paths(settings)[0]
-    key_path = Path(settings["TLS_KEY"]) if settings["TLS_KEY"] else \
-        tls.default_paths(settings)[1]
+    if out_dir:
+        cert_path, key_path = Path(out_dir) / tls.CERT_FILE, Path(out_dir) / tls.KEY_FILE
+    else:
+        cert_path = Path(settings["TLS_CERT"]) if settings["TLS_CERT"] else \
+            tls.default_paths(settings)[0]
+        key_path = Path(settings["TLS_KEY"]) if settings["TLS_KEY"] else \
+            tls.default_paths(settings)[1]
     if cert_path.exists() and not force:
         raise click.ClickException(f"{cert_path} exists; nodes may pin it. Use --force to "
                                    "replace it (then update every node's pin).")
@@ -168,7 +174,8 @@ def tls_init(ctx, names, addresses, days, force):
     tls.write_pair(cert_path, key_path, cert_pem, key_pem)
     click.echo(f"Wrote {cert_path} and {key_path} (mode 0600).")
     echo_pins(cert_pem)
-    click.echo("Restart the hub to serve HTTPS with it.")
+    click.echo("Point nginx's ssl_certificate at it." if out_dir else
+               "Restart the hub to serve HTTPS with it.")
 
 
 @tls_group.command("show")

@@ -55,8 +55,10 @@ class Site:
     blob_socket: Path = Path("/run/dropsync-nginx/blobs.sock")
     listens: list[Listen] = field(default_factory=lambda: [Listen(80), Listen(443, True)])
     server_name: str = "_"
-    cert: Path | None = Path("/var/lib/dropsync/data/tls/hub.crt")
-    key: Path | None = Path("/var/lib/dropsync/data/tls/hub.key")
+    # `dropsync tls init --out /etc/dropsync/tls`: outside the data directory, so the hub
+    # behind nginx keeps speaking plain HTTP on loopback.
+    cert: Path | None = Path("/etc/dropsync/tls/hub.crt")
+    key: Path | None = Path("/etc/dropsync/tls/hub.key")
     accel_prefix: str = "/_blobs/"
     max_request_bytes: int = 1_048_576
     upload_max_bytes: int = 10_485_760
