@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -212,23 +213,27 @@ def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
                     counts["bytes"] += member.size
         if manifest is None:
             raise RestoreError(f"{archive} has no {MANIFEST}: not a DropSync backup")
-        restored = staging / "data"
-        restored.mkdir(exist_ok=True, mode=0o700)
-        if data_dir.exists():
-            data_dir.rmdir()  # empty, checked above
-        os.replace(restored, data_dir)
+        _move_into_place(staging / "data", data_dir, 0o700)
         if staging_dir is not None:
-            staged = staging / "staging"
-            staged.mkdir(exist_ok=True)
-            staging_dir.parent.mkdir(parents=True, exist_ok=True)
-            if staging_dir.exists():
-                staging_dir.rmdir()
-            os.replace(staged, staging_dir)
+            _move_into_place(staging / "staging", staging_dir, 0o755)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise RestoreError(f"{archive} cannot be read as a backup: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**manifest, "restored": counts}
+
+
+def _move_into_place(unpacked: Path, folder: Path, default_mode: int) -> None:
+    """Rename ``unpacked`` to ``folder`` (missing or empty), keeping the mode (and setgid
+    bit) an existing empty folder had: install-service made them for nginx and operators."""
+    unpacked.mkdir(exist_ok=True)
+    mode = default_mode
+    if folder.exists():
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        folder.rmdir()  # empty, checked before anything was unpacked
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(unpacked, folder)
+    os.chmod(folder, mode)
 
 
 def _write_member(source: io.BufferedReader, target: Path, mode: int, *,

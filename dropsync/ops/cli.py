@@ -90,8 +90,11 @@ def install_service(ctx, user, backup_dir, keep, env_file, unit_dir, output, dry
             steps.append((f"create system user {user}", lambda: subprocess.run(
                 ["useradd", "--system", "--user-group", "--home-dir", str(layout.home),
                  "--shell", "/usr/sbin/nologin", user], check=True)))
-        for folder, mode in ((layout.data_dir, 0o750), (layout.staging_dir, 0o2775),
-                             (layout.backup_dir, 0o700)):
+        folders = [(layout.data_dir, 0o750), (layout.staging_dir, 0o2775),
+                   (layout.backup_dir, 0o700)]
+        if not layout.home.exists():  # restore unpacks beside the data folder
+            folders.insert(0, (layout.home, 0o750))
+        for folder, mode in folders:
             steps.append((f"create {folder} (owner {user}, mode {mode:o})",
                           make_folder(folder, user, mode)))
         if not layout.env_file.exists():
