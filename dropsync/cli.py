@@ -108,6 +108,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> 
         holder = current_holder(data_dir)
         if holder is not None:
             raise DataDirBusy(data_dir, holder.get("pid"))
+        ops_cli.check_tls_files(settings)  # a TLS_CERT that is not there: say so, here
         if dev:
             run_dev_server(overrides, settings)
             return

@@ -136,6 +136,13 @@ def make_folder(folder: Path, user: str, mode: int) -> Callable[[], None]:
 
 
 # -- tls -------------------------------------------------------------------------------
+def check_tls_files(settings: dict[str, Any]) -> None:
+    """Raise ConfigError when TLS_CERT/TLS_KEY name files that are not there."""
+    from .tls import tls_files
+
+    tls_files(settings)
+
+
 @click.group("tls")
 def tls_group() -> None:
     """A self-signed certificate for HTTPS, and the forms nodes pin it in."""
