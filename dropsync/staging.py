@@ -286,8 +286,9 @@ class Staging:
             current = self.catalog.catalog.by_slot.get(staged.slot)
             if current is not None and current.get("staged") == before:
                 return dict(current), False
-            with self.catalog.changing(), timings.timed("ingest"):
-                blob = self.catalog.blobs.add_stream(reader)
+            with self.catalog.changing():
+                with timings.timed("ingest"):  # copy and hash: the part that grows with size
+                    blob = self.catalog.blobs.add_stream(reader)
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)
