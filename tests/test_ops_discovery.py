@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import requests
 from support import ADMIN_TOKEN
 
 zeroconf = pytest.importorskip("zeroconf")
@@ -62,7 +63,11 @@ def test_a_serving_hub_is_found_over_mdns_with_its_port_and_api_path(hub_process
     assert "mDNS: advertising" in hub.log
 
 
-def test_mdns_is_off_when_the_setting_says_so(hub_process):
-    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_MDNS": "false"})
+def test_mdns_and_the_request_log_are_off_when_the_settings_say_so(hub_process):
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_MDNS": "false",
+                       "DROPSYNC_REQUEST_LOG": "false"})
     assert browse(timeout=2, port=hub.port) is None
-    assert "mDNS" not in hub.log
+    requests.get(f"{hub.url}/api/v1/admin/devices", timeout=10,
+                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    hub.stop()
+    assert "mDNS" not in hub.log and "dropsync.requests" not in hub.log

@@ -106,13 +106,6 @@ def test_a_full_run_logs_every_request_and_no_credential_and_counts_it(hub_proce
     assert len(lines) == counted + 1
 
 
-def test_the_request_log_can_be_switched_off(hub_process):
-    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_REQUEST_LOG": "false"})
-    requests.get(f"{hub.url}/api/v1/admin/devices", headers=ADMIN, timeout=10)
-    hub.stop()
-    assert not REQUEST_LINE.search(hub.log)
-
-
 def test_each_app_has_its_own_metrics(app, admin, settings, tmp_path):
     from dropsync import create_app
 
