@@ -256,6 +256,12 @@ void FolderStorage::PosixFile::close() {
 }
 
 // -- clock ---------------------------------------------------------------------------------
+static uint64_t monotonic_ms() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000ULL + now.tv_nsec / 1000000;
+}
+
 HostClock::HostClock() : started_(monotonic_ms()) {
   int fd = ::open("/dev/urandom", O_RDONLY);
   state_ = 0x9e3779b97f4a7c15ULL;
@@ -264,12 +270,6 @@ HostClock::HostClock() : started_(monotonic_ms()) {
     ::close(fd);
   }
   if (!state_) state_ = 1;
-}
-
-static uint64_t monotonic_ms() {
-  timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return now.tv_sec * 1000ULL + now.tv_nsec / 1000000;
 }
 
 uint32_t HostClock::millis() {  // since start, like millis() on a node

@@ -121,6 +121,12 @@ void Node::begin() {
   next_poll_at_ = next_heartbeat_at_ = now;
   next_manifest_at_ = now + config_.manifest_s * 1000;
   sync_due_ = true;
+  char text[96];
+  copy_text(text, sizeof(text), "node ");
+  append_text(text, sizeof(text), config_.device_id);
+  append_text(text, sizeof(text), " starting, firmware ");
+  append_text(text, sizeof(text), board_.firmware_version());
+  line(text);
 }
 
 void Node::line(const char* text) { board_.log(text); }
