@@ -47,8 +47,7 @@ bool reboot_command(Node& node, const Command&, JsonWriter& result, void*) {
 bool sync_command(Node& node, const Command&, JsonWriter& result, void*) {
   SyncStats stats;
   SyncResult outcome = node.sync_now(stats);
-  static const char* const kNames[] = {"up_to_date", "done", "failed", "unreachable"};
-  result.field("outcome", kNames[static_cast<int>(outcome)])
+  result.field("outcome", sync_result_name(outcome))
       .field("files", stats.files).field("fetched", stats.fetched)
       .field("failed", stats.failed).field("chunks_rejected", static_cast<long long>(stats.chunks_rejected));
   return outcome == SyncResult::kUpToDate || outcome == SyncResult::kDone;
@@ -252,8 +251,9 @@ int Node::poll() {
     poll_again_ = true;  // one command per poll: there may be more waiting
     command.name = name;
     if (!whole) {
-      line("command too large for the poll buffer");
-      complete(command.id, false, "{}", 2, "the command is too large for this node");
+      static const char kTooLarge[] = "command too large for the node";
+      line(kTooLarge);
+      complete(command.id, false, "{}", 2, kTooLarge);
     } else {
       run_command(command);
     }
@@ -279,7 +279,7 @@ void Node::run_command(const Command& command) {
     append_text(text, sizeof(text), " was interrupted by a restart");
     line(text);
     command_log_.record(command.id, CommandState::kFailed);
-    complete(command.id, false, "{}", 2, "interrupted by a restart of the node");
+    complete(command.id, false, "{}", 2, "interrupted by a restart");
     return;
   }
   const Handler* handler = nullptr;
@@ -290,7 +290,7 @@ void Node::run_command(const Command& command) {
     append_text(text, sizeof(text), " has no handler");
     line(text);
     command_log_.record(command.id, CommandState::kFailed);
-    complete(command.id, false, "{}", 2, "no handler for this command on the node");
+    complete(command.id, false, "{}", 2, "no handler for it on the node");
     return;
   }
   command_log_.record(command.id, CommandState::kRunning);  // before: a reboot runs it once
@@ -366,7 +366,7 @@ bool Node::heartbeat() {
 bool Node::flush_outbox() {
   if (outbox_.dropped()) {
     char text[96];
-    copy_text(text, sizeof(text), "outbox full while the hub was unreachable: ");
+    copy_text(text, sizeof(text), "outbox was full: ");
     append_number(text, sizeof(text), outbox_.dropped());
     append_text(text, sizeof(text), " oldest reports dropped");
     JsonWriter json(body_, sizeof(body_));
@@ -393,10 +393,9 @@ bool Node::flush_outbox() {
 
 SyncResult Node::sync_now(SyncStats& stats) {
   SyncResult result = sync_.run(stats);
-  static const char* const kNames[] = {"up_to_date", "done", "failed", "unreachable"};
   char text[128];
   copy_text(text, sizeof(text), "sync ");
-  append_text(text, sizeof(text), kNames[static_cast<int>(result)]);
+  append_text(text, sizeof(text), sync_result_name(result));
   append_text(text, sizeof(text), " files=");
   append_number(text, sizeof(text), stats.files);
   append_text(text, sizeof(text), " fetched=");

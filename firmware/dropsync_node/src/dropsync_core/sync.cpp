@@ -75,6 +75,11 @@ bool complete_entry(const ManifestFile& file) {
 
 }  // namespace
 
+const char* sync_result_name(SyncResult result) {
+  static const char* const kNames[] = {"up_to_date", "done", "failed", "unreachable"};
+  return kNames[static_cast<int>(result)];
+}
+
 Sync::Sync(HubClient& hub, Storage& storage, Clock& clock, Sha256& sha256, Board& board,
            SyncLog& log)
     : hub_(hub), storage_(storage), clock_(clock), sha256_(sha256), board_(board), log_(log) {
@@ -370,7 +375,7 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
   if (!file_sha256_matches(part_path, file.size, file.sha256)) {
     storage_.remove(progress_path);
     storage_.remove(part_path);
-    report(file, "failed", file.size, "the whole file failed its SHA-256 check");
+    report(file, "failed", file.size, "file failed its SHA-256 check");
     note("file rejected", file, file.size);
     return FileResult::kFailed;
   }
@@ -379,7 +384,7 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
   append_text(target, sizeof(target), file.path);
   storage_.make_dirs(target);
   if (!storage_.rename(part_path, target)) {
-    report(file, "failed", file.size, "could not move the file into place");
+    report(file, "failed", file.size, "rename into place failed");
     return FileResult::kFailed;
   }
   storage_.remove(progress_path);
@@ -407,14 +412,14 @@ bool Sync::file_sha256_matches(const char* path, long size, const char* expected
 
 Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& stats) {
   FirmwareSink* sink = board_.firmware_sink();
-  const char* problem = !sink ? "this board takes no firmware updates"
-                        : file.chunk_size > 8192 ? "chunks larger than 8 KiB for firmware"
+  const char* problem = !sink ? "no firmware updates here"
+                        : file.chunk_size > 8192 ? "firmware chunks over 8 KiB"
                         : strlen(file.md5) != 32 ? "no MD5 for the image" : nullptr;
   // One chunk is held in RAM until its SHA-256 is checked: Update cannot take bytes back.
   uint8_t* chunk = problem ? nullptr : static_cast<uint8_t*>(malloc(static_cast<size_t>(file.chunk_size)));
   if (!problem && !chunk) problem = "not enough RAM for one chunk";
   if (!problem && !sink->begin(static_cast<uint32_t>(file.size), file.md5)) {
-    problem = "Update refused the image (too large for the flash?)";
+    problem = "Update.begin refused the image";
   }
   if (problem) {
     free(chunk);

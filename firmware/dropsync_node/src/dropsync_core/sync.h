@@ -42,6 +42,8 @@ enum class SyncResult : uint8_t {
   kUnreachable,  // the hub went away; resumed at the next sync
 };
 
+const char* sync_result_name(SyncResult result);
+
 struct SyncStats {
   uint16_t files = 0;
   uint16_t fetched = 0;
