@@ -175,6 +175,7 @@ uint32_t Node::tick() {
       went_unreachable(status);
       return until(clock_.millis(), retry_at_);
     }
+    polls_answered_++;
     came_back();
   }
   now = clock_.millis();

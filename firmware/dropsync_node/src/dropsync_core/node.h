@@ -80,6 +80,8 @@ class Node final : public SyncLog {
   const char* log_path() const { return config_.log_path; }
   // How many syncs ran to an end (any result but unreachable), and the last result.
   uint32_t syncs_finished() const { return syncs_finished_; }
+  // Polls the hub answered: the sketch marks a new image good after the first.
+  uint32_t polls_answered() const { return polls_answered_; }
   SyncResult last_sync() const { return last_sync_; }
   void line(const char* text) override;  // the node's own log (Board::log)
 
@@ -114,6 +116,7 @@ class Node final : public SyncLog {
   Handler handlers_[kMaxHandlers];
   int handler_count_ = 0;
   uint32_t syncs_finished_ = 0;
+  uint32_t polls_answered_ = 0;
   SyncResult last_sync_ = SyncResult::kUpToDate;
   bool reachable_ = true;
   bool sync_due_ = true;

@@ -1,0 +1,41 @@
+#!/bin/sh
+# Developer check: build the real sketch (dropsync_node.ino with its Arduino glue) in the
+# ESP8266 Arduino core's host emulation (tests/host: the real ESP8266HTTPClient, LittleFS
+# and Updater over POSIX sockets) and run it against a hub. Not part of CI (it needs a
+# checkout of esp8266/Arduino); nothing of that repository is copied into this one.
+#
+#   firmware/host/emulate.sh /path/to/esp8266-Arduino http://127.0.0.1:8000 <device id> <token> [seconds]
+set -eu
+core=$(cd "$1" && pwd)
+hub=$2
+device=$3
+token=$4
+seconds=${5:-20}
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${TMPDIR:-/tmp}/dropsync-emulation
+rm -rf "$work"
+mkdir -p "$work/dropsync_node" "$work/host"
+cp -R "$here/dropsync_node/." "$work/dropsync_node/"
+cp "$here/host/sha256.h" "$here/host/sha256.cpp" "$work/host/"
+cat > "$work/dropsync_node/config.h" <<CONFIG
+#define DROPSYNC_EMULATION 1
+#define WIFI_SSID "emulated"
+#define WIFI_PASSWORD "emulated"
+#define HUB_URL "$hub"
+#define DEVICE_ID "$device"
+#define DEVICE_TOKEN "$token"
+#define FIRMWARE_VERSION "emulated-1.0.0"
+#define POLL_S 5
+#define HEARTBEAT_S 10
+#define MANIFEST_S 30
+#define BACKOFF_BASE_MS 500
+#define BACKOFF_CAP_MS 8000
+CONFIG
+sources=$(ls "$work"/dropsync_node/src/dropsync_core/*.cpp | tr '\n' ' ')
+make -C "$core/tests/host" FORCE32=0 OPTZ=-O0 R=noexec \
+    USERCFLAGS="-I$work/dropsync_node -I$work/dropsync_node/src -I$work/host -DDROPSYNC_EMULATION=1" \
+    USERCXXSOURCES="$sources $work/host/sha256.cpp" \
+    "$work/dropsync_node/dropsync_node"
+binary="$core/tests/host/bin/dropsync_node/dropsync_node"
+echo "---- running $binary for ${seconds}s against $hub"
+timeout "$seconds" "$binary" -c </dev/null || true
