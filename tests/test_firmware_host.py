@@ -210,3 +210,23 @@ def test_backoff_grows_under_the_cap_while_the_hub_is_down_and_the_outbox_waits(
     dropped = [m for m in messages if (m.get("data") or {}).get("dropped")]
     assert dropped and dropped[0]["level"] == "warning", messages
     assert dropped[0]["data"]["dropped"] >= 1
+
+
+def test_firmware_package_streams_into_update_then_restarts(hub_process, client, tmp_path):
+    """A staged firmware/<name>.bin goes chunk by chunk (each checked) into the board's
+    firmware sink (Update on a node, a file here); then the node restarts. 4 KiB chunks,
+    as on an ESP8266: one is held in RAM, so this is the sync with the largest heap."""
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_STAGING_WATCH": "false",
+                       "DROPSYNC_POLL_INTERVAL_S": "1"})
+    token = register(hub, "esp-fw")
+    image = b"\xe9\x03\x02\x20" + os.urandom(3 * 4096 + 100)
+    package = stage(hub, "esp-fw", "firmware/app.bin", image)
+    run = client(hub.url, "esp-fw", token)
+    assert run.wait(60) == 3, run.output  # the host board's restart()
+    assert (tmp_path / "flash" / "firmware.bin").read_bytes() == image
+    assert not (tmp_path / "flash" / "firmware").exists()  # streamed, not kept as a file
+    devices = admin_get(hub, f"/packages/{package['id']}")["devices"]
+    assert [(d["device_id"], d["state"]) for d in devices] == [("esp-fw", "applied")]
+    peak = int(re.search(r"^peak_heap_bytes (\d+)$", run.output, re.M).group(1))
+    print(f"firmware sync: peak heap {peak} bytes (node object + one 4 KiB chunk)")
+    assert 4096 < peak <= PEAK_HEAP_LIMIT

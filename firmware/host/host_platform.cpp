@@ -324,7 +324,7 @@ uint32_t HostBoard::free_heap() {
 void HostBoard::local_ip(char* out, size_t out_size) { copy_text(out, out_size, "127.0.0.1"); }
 
 void HostBoard::restart() {
-  printf("restart requested\n");
+  printf("peak_heap_bytes %zu\nrestart requested\n", heap_peak());
   fflush(stdout);
   _exit(3);
 }

@@ -448,7 +448,7 @@ Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& st
   }
   free(chunk);
   if (result == FileResult::kFetched && !sink->end()) {
-    problem = "the image failed its MD5 check";
+    problem = "Update.end refused the image (MD5 or header)";
     result = FileResult::kFailed;
   } else if (result != FileResult::kFetched) {
     sink->abort();
