@@ -9,7 +9,8 @@ import os
 import re
 
 import pytest
-from firmware_support import HostClient, Proxy, admin_get, register, stage
+import requests
+from firmware_support import ADMIN, HostClient, Proxy, admin_get, register, stage
 from support import ADMIN_TOKEN
 from sync_support import wait_until
 
@@ -49,9 +50,6 @@ def client(firmware_build, tmp_path):
 
 
 def queue(hub, device_id, name, args=None):
-    import requests
-    from firmware_support import ADMIN
-
     response = requests.post(f"{hub.url}/api/v1/admin/devices/{device_id}/command",
                              headers=ADMIN, json={"command": name, "params": args or {}},
                              timeout=10)
@@ -129,8 +127,6 @@ def staged_file(hub, device_id, size, name="data/blob.bin"):
 
     def listed():
         nonlocal manifest
-        import requests
-        from firmware_support import ADMIN
         response = requests.get(f"{hub.url}/api/v1/admin/packages", headers=ADMIN,
                                 params={"target": device_id}, timeout=10)
         manifest = response.json()
@@ -230,3 +226,25 @@ def test_firmware_package_streams_into_update_then_restarts(hub_process, client,
     peak = int(re.search(r"^peak_heap_bytes (\d+)$", run.output, re.M).group(1))
     print(f"firmware sync: peak heap {peak} bytes (node object + one 4 KiB chunk)")
     assert 4096 < peak <= PEAK_HEAP_LIMIT
+
+
+def test_withdrawn_files_are_deleted_from_the_node(hub, client, tmp_path):
+    token = register(hub, "esp-wd")
+    stage(hub, "esp-wd", "keep/a.txt", b"stays")
+    gone = stage(hub, "esp-wd", "drop/b.txt", b"goes away")
+    first = client(hub.url, "esp-wd", token, "--exit-after-sync")
+    assert first.wait(60) == 0, first.output
+    flash = tmp_path / "flash"
+    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
+    assert (flash / "drop" / "b.txt").read_bytes() == b"goes away"
+    (flash / "mine.txt").write_bytes(b"not synced: never touched")
+
+    response = requests.delete(f"{hub.url}/api/v1/admin/packages/{gone['id']}",
+                               headers=ADMIN, timeout=10)
+    assert response.status_code == 200, response.text
+    second = client(hub.url, "esp-wd", token, "--exit-after-sync")
+    assert second.wait(60) == 0, second.output
+    assert re.search(rf"^withdrawn {gone['id']} drop/b.txt$", second.output, re.M)
+    assert not (flash / "drop" / "b.txt").exists()
+    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
+    assert (flash / "mine.txt").exists()

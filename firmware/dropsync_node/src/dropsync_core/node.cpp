@@ -277,10 +277,12 @@ void Node::run_command(const Command& command) {
     return;
   }
   if (state == CommandState::kRunning) {
-    append_text(text, sizeof(text), " was interrupted by a restart");
+    static const char kInterrupted[] = "interrupted by a restart";
+    append_text(text, sizeof(text), " ");
+    append_text(text, sizeof(text), kInterrupted);
     line(text);
     command_log_.record(command.id, CommandState::kFailed);
-    complete(command.id, false, "{}", 2, "interrupted by a restart");
+    complete(command.id, false, "{}", 2, kInterrupted);
     return;
   }
   const Handler* handler = nullptr;
@@ -288,10 +290,12 @@ void Node::run_command(const Command& command) {
     if (!strcmp(handlers_[i].name, command.name)) handler = &handlers_[i];
   }
   if (!handler) {
-    append_text(text, sizeof(text), " has no handler");
+    static const char kNoHandler[] = "no handler";
+    append_text(text, sizeof(text), " ");
+    append_text(text, sizeof(text), kNoHandler);
     line(text);
     command_log_.record(command.id, CommandState::kFailed);
-    complete(command.id, false, "{}", 2, "no handler for it on the node");
+    complete(command.id, false, "{}", 2, kNoHandler);
     return;
   }
   command_log_.record(command.id, CommandState::kRunning);  // before: a reboot runs it once

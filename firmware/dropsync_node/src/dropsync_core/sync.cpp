@@ -12,6 +12,8 @@ namespace dropsync {
 static const char kStateDir[] = "/.dropsync";
 static const char kEtagPath[] = "/.dropsync/manifest.etag";
 static const char kManifestPath[] = "/.dropsync/manifest.json";
+// "<package id> <path>" per line: what this node synced, so it can delete what is withdrawn.
+static const char kIndexPath[] = "/.dropsync/have.idx";
 // A status for "flash refused the write": not the hub's fault, so not retried as one.
 static const int kStorageError = -100;
 
@@ -65,6 +67,18 @@ void store_field(JsonReader& reader, const char* key, JsonEvent event, ManifestF
     else if (!strcmp(key, "chunks")) file.chunks = static_cast<long>(number);
     else if (!strcmp(key, "version")) file.version = static_cast<long>(number);
   }
+}
+
+// Reads one line (without its newline) into out; false at the end of the file.
+bool read_line(File* file, char* out, size_t size) {
+  size_t length = 0;
+  uint8_t c;
+  int got;
+  while ((got = file->read(&c, 1)) == 1 && c != '\n') {
+    if (length + 1 < size) out[length++] = static_cast<char>(c);
+  }
+  out[length] = '\0';
+  return got == 1 || length > 0;
 }
 
 bool complete_entry(const ManifestFile& file) {
@@ -197,7 +211,7 @@ SyncResult Sync::run(SyncStats& stats) {
     } else if (event == JsonEvent::kEndObject && depth == 2) {
       stats.files++;
       if (!complete_entry(file)) {
-        log_.line("manifest entry incomplete: skipped");
+        log_.line("manifest entry incomplete");
         all_well = false;
         continue;
       }
@@ -216,8 +230,89 @@ SyncResult Sync::run(SyncStats& stats) {
   manifest->close();
   if (result == SyncResult::kUnreachable) return result;
   if (!all_well) return SyncResult::kFailed;
-  if (etag_[0]) write_small(storage_, kEtagPath, etag_);  // the whole list is on flash
+  prune_withdrawn();  // every listed file is on flash: what is not listed has gone
+  if (etag_[0]) write_small(storage_, kEtagPath, etag_);
   return stats.fetched ? SyncResult::kDone : SyncResult::kUpToDate;
+}
+
+bool Sync::listed(const char* id) {
+  File* manifest = storage_.open(kManifestPath, OpenMode::kRead);
+  if (!manifest) return true;  // cannot tell: keep the file
+  FileSource source(manifest);
+  JsonReader reader(source);
+  bool found = false;
+  for (JsonEvent event = reader.next(); !found && event != JsonEvent::kEnd &&
+                                        event != JsonEvent::kError; event = reader.next()) {
+    if (event == JsonEvent::kKey && reader.depth() == 3 && reader.text_is("id")) {
+      found = reader.next() == JsonEvent::kString && reader.text_is(id);
+    }
+  }
+  manifest->close();
+  return found;
+}
+
+void Sync::remember(const ManifestFile& file) {
+  File* index = storage_.open(kIndexPath, OpenMode::kRead);
+  char line[sizeof(file.id) + sizeof(file.path) + 1];
+  bool known = false;
+  size_t id_length = strlen(file.id);
+  while (index && !known && read_line(index, line, sizeof(line))) {
+    known = !strncmp(line, file.id, id_length) && line[id_length] == ' ';
+  }
+  if (index) index->close();
+  if (known) return;
+  index = storage_.open(kIndexPath, OpenMode::kAppend);
+  if (!index) return;
+  copy_text(line, sizeof(line), file.id);
+  append_text(line, sizeof(line), " ");
+  append_text(line, sizeof(line), file.path);
+  append_text(line, sizeof(line), "\n");
+  index->write(reinterpret_cast<const uint8_t*>(line), strlen(line));
+  index->flush();
+  index->close();
+}
+
+void Sync::prune_withdrawn() {
+  File* index = storage_.open(kIndexPath, OpenMode::kRead);
+  if (!index) return;
+  char temp[sizeof(kIndexPath) + 1];
+  copy_text(temp, sizeof(temp), kIndexPath);
+  append_text(temp, sizeof(temp), "~");
+  File* kept = storage_.open(temp, OpenMode::kWrite);
+  if (!kept) {
+    index->close();
+    return;
+  }
+  char line[sizeof(file_.id) + sizeof(file_.path) + 1];
+  bool changed = false;
+  while (read_line(index, line, sizeof(line))) {
+    char* space = strchr(line, ' ');
+    if (!space) continue;
+    *space = '\0';
+    if (listed(line)) {
+      *space = ' ';
+      append_text(line, sizeof(line), "\n");
+      kept->write(reinterpret_cast<const uint8_t*>(line), strlen(line));
+      continue;
+    }
+    changed = true;
+    char path[sizeof(file_.path) + 1] = "/";
+    append_text(path, sizeof(path), space + 1);
+    if (!is_firmware(space + 1)) storage_.remove(path);  // an image is not a file here
+    state_path(path, sizeof(path), "have", line);
+    storage_.remove(path);
+    char text[sizeof(line) + 12];
+    copy_text(text, sizeof(text), "withdrawn ");
+    append_text(text, sizeof(text), line);
+    append_text(text, sizeof(text), " ");
+    append_text(text, sizeof(text), space + 1);
+    log_.line(text);
+  }
+  index->close();
+  kept->flush();
+  kept->close();
+  if (changed) storage_.rename(temp, kIndexPath);
+  else storage_.remove(temp);
 }
 
 bool Sync::up_to_date(const ManifestFile& file) {
@@ -240,7 +335,7 @@ Sync::FileResult Sync::sync_file(const ManifestFile& file, SyncStats& stats) {
     char have_path[64];
     state_path(have_path, sizeof(have_path), "have", file.id);
     storage_.make_dirs(have_path);
-    write_small(storage_, have_path, file.sha256);
+    if (write_small(storage_, have_path, file.sha256)) remember(file);
     report(file, "applied", file.size, "");
     note("applied", file, file.size, file.path);
   }

@@ -7,6 +7,9 @@
 // Files below firmware/ ending in .bin are firmware images: their verified chunks stream
 // into the board's FirmwareSink (Update, which checks the MD5) instead of a file.
 //
+// After a sync in which every listed file is on flash, files this node synced earlier that
+// the manifest no longer lists (withdrawn on the hub) are deleted (have.idx lists them).
+//
 // State kept on flash under /.dropsync/: manifest.etag (the list last fully applied),
 // have/<package> (the SHA-256 on flash), dl/<package> (version, SHA-256, chunks verified)
 // and dl/<package>.part (the bytes so far).
@@ -83,6 +86,9 @@ class Sync {
                   SyncStats& stats);
   bool file_sha256_matches(const char* path, long size, const char* expected);
   bool up_to_date(const ManifestFile& file);
+  bool listed(const char* id);                  // in the manifest on flash
+  void remember(const ManifestFile& file);      // into the index of synced files
+  void prune_withdrawn();                       // deletes synced files no longer listed
   bool report(const ManifestFile& file, const char* state, long received, const char* reason);
   void note(const char* what, const ManifestFile& file, long number, const char* detail = "");
   void state_path(char* out, size_t size, const char* folder, const char* id,
