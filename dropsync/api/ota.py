@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from ..devices import authenticate_device
 from ..errors import Conflict, Forbidden, NotFound
 from ..firmware_images import AmbiguousImage, appended_digest, choose_image, is_running
+from . import accel
 from .context import current_hub, device_token
 from .contract import contract
 from .files import OCTET_STREAM, send_stored_file
@@ -93,6 +94,9 @@ def firmware_image(device_id: str):
         note_state(image, "applied")
         return Response(status=304, headers=headers)
     note_state(image, "downloading")
+    accel_prefix = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
+    if accel_prefix:  # nginx sends the bytes (with Content-Length, as the updaters need)
+        return accel.whole_file(accel_prefix, image["sha256"], image["size"], headers)
     response = send_stored_file(blob_path, etag=image["sha256"],
                                 download_name=image["path"].rsplit("/", 1)[-1])
     response.headers.update(headers)

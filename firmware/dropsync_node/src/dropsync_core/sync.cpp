@@ -348,7 +348,7 @@ int Sync::fetch_chunk(const ManifestFile& file, long index, File* out, uint8_t* 
   append_text(hub_.path(), HubClient::kPathSize, "/");
   append_number(hub_.path(), HubClient::kPathSize, index);
   int status = hub_.get();
-  if (status != 200) {
+  if (status != 200 && status != 206) {  // 206: nginx sends chunks for the hub (X-Accel)
     hub_.close();
     return status;
   }
