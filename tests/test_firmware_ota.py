@@ -8,12 +8,13 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import socket
 
 import pytest
 import requests
-from firmware_support import ADMIN, admin_get
-from support import ADMIN_TOKEN, assert_error
+from firmware_support import ADMIN, HostClient, admin_get
+from support import ADMIN_TOKEN, NginxFront, assert_error
 from sync_support import wait_until
 
 pytestmark = pytest.mark.slow
@@ -236,3 +237,32 @@ def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
     assert problem in health["staging"]["problems"]
     packages = admin_get(hub, "/packages", target="esp-ota")["packages"]
     assert [p["path"] for p in packages] == ["notes/app.bin"]
+
+
+def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_path):
+    """Behind nginx with DOWNLOAD_ACCEL_PREFIX, chunks come from nginx as 206 and images
+    from its internal location: the firmware core and the stock updater both take them."""
+    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.skip("nginx is not installed (tests/system-deps.sh installs it)")
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_STAGING_WATCH": "false",
+                       "DROPSYNC_DOWNLOAD_ACCEL_PREFIX": "/_blobs/",
+                       "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1"})
+    nginx = NginxFront(tmp_path / "nginx", hub.port, hub.data_dir).start()
+    try:
+        token = register(hub, "esp-ngx", "esp8266")
+        content, image = os.urandom(3 * 4096 + 10), firmware(5000)
+        assert stage(hub, "esp-ngx", "data/blob.bin", content).status_code in (200, 201)
+        node = HostClient(firmware_build["client"], nginx.url, "esp-ngx", token,
+                          tmp_path / "flash", "--exit-after-sync")
+        assert node.wait(60) == 0, node.output
+        assert "chunks=4 rejected=0" in node.output, node.output
+        assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+
+        assert stage(hub, "esp-ngx", "firmware/app.bin", image).status_code in (200, 201)
+        answer = esp8266_request(nginx.port, "/api/v1/ota/esp-ngx",
+                                 basic("esp-ngx", token), sketch_md5="0" * 32)
+        assert answer.status_code == 200 and answer.body == image
+        assert answer.headers["Server"].startswith("nginx")
+        assert answer.headers["x-MD5"] == hashlib.md5(image).hexdigest()
+    finally:
+        nginx.stop()
