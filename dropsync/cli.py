@@ -22,6 +22,7 @@ from . import __version__
 from .config import load_config
 from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
+from .jsonbounds import loads_bounded
 from .store import current_holder
 
 
@@ -232,7 +233,7 @@ def device_delete(ctx, device_id, yes) -> None:
 def device_import(ctx, path) -> None:
     """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed."""
     try:
-        tokens = json.loads(Path(path).read_text())
+        tokens = loads_bounded(Path(path).read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(tokens, dict):
@@ -263,7 +264,7 @@ COMMAND_COLUMNS = [("ID", "id"), ("NAME", "name"), ("STATE", "state"),
 def send(ctx, target, command, args_json, priority, expires, as_json) -> None:
     """Queue COMMAND for TARGET: a device id, group:<name>, or all."""
     try:
-        args = json.loads(args_json)
+        args = loads_bounded(args_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
     body = {"target": target, "name": command, "args": args, "priority": priority}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ from marshmallow import (
 
 from .commands import STATES
 from .devices import DEVICE_ID_RE, GROUP_RE
+from .jsonbounds import JSONTooDeep, loads_bounded
 from .messages import LEVELS
 
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
@@ -198,15 +198,22 @@ class StatsSchema(Schema):
 
 # -- fields shared by the command and message schemas -----------------------------------
 class JSONObject(fields.Field):
-    """A JSON object; form posts send it as a JSON string."""
+    """A JSON object; form posts send it as a JSON string. ``null`` means none: ``{}``."""
+
+    def deserialize(self, value: Any, attr=None, data=None, **kwargs) -> dict:
+        return super().deserialize({} if value is None else value, attr, data, **kwargs)
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
         if isinstance(value, str):
             try:
-                value = json.loads(value) if value.strip() else {}
+                value = loads_bounded(value) if value.strip() else {}
+            except JSONTooDeep as exc:
+                raise ValidationError(f"{exc}") from None
             except ValueError:
                 raise ValidationError("must be a JSON object (form posts: a JSON string)") \
                     from None
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise ValidationError("must be a JSON object")
         return value

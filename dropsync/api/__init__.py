@@ -15,6 +15,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     health,
     limits,
     openapi,
+    parsing,
 )
 
 
@@ -30,6 +31,7 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
+    app.request_class = parsing.BoundedRequest  # the size limit for chunked bodies too
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)
