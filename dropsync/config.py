@@ -99,6 +99,14 @@ def parse_extension_list(text: str) -> str:
     return ",".join(items)
 
 
+def parse_networks(text: str) -> tuple:
+    """Comma-separated addresses or networks (``127.0.0.1, 10.0.0.0/8``)."""
+    from ipaddress import ip_network
+
+    return tuple(ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
+
+
 def parse_accel_prefix(text: str) -> str:
     prefix = text.strip()
     if not prefix.startswith("/") or not prefix.endswith("/"):
@@ -175,7 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_FILES", "6000/minute", parse_rate_limit,
             "Requests per device on the files API (a 1 MiB file is 256 chunks of 4 KiB)."),
     Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
-            "Refused (401/403) requests per client address before it is refused outright."),
+            "Refused (401/403) requests per client address and credential; past it that "
+            "credential gets 429 from that address, and so does every credential the "
+            "address gets wrong, while good ones still work."),
     # -- staging and file sync ---------------------------------------------------------
     Setting("STAGING_WATCH", True, parse_bool,
             "Watch `STAGING_DIR` while serving (off: files are taken in only through the "
@@ -201,6 +211,10 @@ SETTINGS: tuple[Setting, ...] = (
             "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
             "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
             "`DATA_DIR/blobs/`."),
+    # -- hardening (issue 8) -----------------------------------------------------------
+    Setting("TRUSTED_PROXIES", None, parse_networks,
+            "Addresses or networks (comma-separated) of reverse proxies whose "
+            "`X-Forwarded-For` names the client; from any other peer it is ignored."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
