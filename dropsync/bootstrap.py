@@ -97,7 +97,9 @@ def import_seed_device_auth(stores: Stores, candidates: list[Path]) -> None:
             tokens = loads_bounded(raw)
             if not isinstance(tokens, dict):
                 raise ValueError("expected an object of device id to token")
-            result = import_device_tokens(stores, tokens, actor=f"seed:{path.name}")
+            # the file changed since its last import: the operator's edit is meant
+            result = import_device_tokens(stores, tokens, replace=True,
+                                          actor=f"seed:{path.name}")
         except (ValueError, DropSyncError) as exc:
             log.error("Not importing %s: %s", path, getattr(exc, "message", exc))
             continue

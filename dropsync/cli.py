@@ -229,16 +229,23 @@ def device_delete(ctx, device_id, yes) -> None:
 
 @device.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True,
+              help="Replace the tokens of devices that already exist (default: skip them).")
+@click.option("--force", is_flag=True,
+              help="Accept tokens shorter than 16 characters (they can be guessed).")
 @click.pass_context
-def device_import(ctx, path) -> None:
-    """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed."""
+def device_import(ctx, path, replace, force) -> None:
+    """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed.
+
+    Devices that already exist keep their token unless --replace is given."""
     try:
         tokens = loads_bounded(Path(path).read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(tokens, dict):
         raise click.ClickException(f"{path} must hold an object of device id to token")
-    result = admin_api(ctx, "POST", "/devices/import", {"tokens": tokens})
+    result = admin_api(ctx, "POST", "/devices/import",
+                       {"tokens": tokens, "replace": replace, "force": force})
     click.echo(f"Imported {path}: {result['summary']}.")
     click.echo(f"The hub stores only hashes; {path} still holds plaintext tokens.")
 

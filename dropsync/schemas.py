@@ -111,6 +111,11 @@ class DeviceWithTokenSchema(DeviceSchema):
 
 class DeviceImportSchema(Schema):
     tokens = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    replace = fields.Boolean(load_default=False, metadata={
+        "description": "replace the tokens of devices that already exist (default: skip "
+                       "them)"})
+    force = fields.Boolean(load_default=False, metadata={
+        "description": "accept tokens shorter than 16 characters"})
 
 
 class AdminTokenCreateSchema(Schema):
@@ -147,6 +152,8 @@ class DeviceListSchema(Schema):
 class DeviceImportResultSchema(Schema):
     added = fields.List(fields.String())
     updated = fields.List(fields.String())
+    skipped = fields.List(fields.String(), metadata={
+        "description": "existing devices with another token, left alone (see replace)"})
     unchanged = fields.List(fields.String())
     weak = fields.List(fields.String())
     summary = fields.String()
