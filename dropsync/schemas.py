@@ -273,7 +273,9 @@ class NameList(fields.Field):
     """A list of strings; query strings and forms may send them comma-separated."""
 
     def __init__(self, choices: tuple[str, ...] | None = None, **kwargs):
-        super().__init__(**kwargs)
+        items = {"type": "string", **({"enum": list(choices)} if choices else {})}
+        metadata = {"type": "array", "items": items, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
         self.choices = choices
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
@@ -304,7 +306,8 @@ class DeviceCommandCreateSchema(Schema):
                               metadata={"description": "0-100; higher is handed out first"})
     expires_in_s = fields.Float(validate=validate.Range(min=0, max=MAX_EXPIRY_S,
                                                         min_inclusive=False),
-                                metadata={"description": "seconds; at most ten years"})
+                                metadata={"description": "seconds, more than 0; at most "
+                                          "ten years", "exclusiveMinimum": True})
     expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
 
     @pre_load

@@ -289,3 +289,73 @@ def test_health_without_credentials_shows_no_paths(client, admin, tmp_path):
     stats = admin.get("/system/stats").get_json()
     assert stats["store"]["data_dir"] == str((tmp_path / "data").resolve())
     assert admin.get("/staging").get_json()["staging_dir"] == str(tmp_path / "staging")
+
+
+# -- 9: what schemathesis found --------------------------------------------------------
+def test_null_args_mean_no_args_in_json_and_forms(admin, device_headers):
+    for sent in ({"json": {"target": "esp001", "name": "a", "args": None}},
+                 {"data": {"target": "esp001", "name": "b", "args": "null"}}):
+        created = admin.post("/commands", **sent)
+        assert created.status_code == 201, created.get_json()
+        assert created.get_json()["args"] == {}
+
+
+def test_the_document_says_what_is_refused(client, admin, device_headers):
+    document = client.get("/api/v1/openapi.json").get_json()
+    expiry = document["components"]["schemas"]["CommandCreate"]["properties"]["expires_in_s"]
+    assert expiry["minimum"] == 0 and expiry["exclusiveMinimum"] is True
+    assert_error(admin.post("/commands", json={"target": "esp001", "name": "x",
+                                               "expires_in_s": 0.0}), 400)
+    (state,) = [p for p in document["paths"]["/api/v1/admin/devices/{device_id}/commands"]
+                ["get"]["parameters"] if p["name"] == "state"]
+    assert state["schema"] == {"type": "array", "items": {"type": "string", "enum": [
+        "pending", "delivered", "completed", "failed", "expired", "cancelled"]}}
+    for path, headers in (("/api/v1/device/commands/esp001", device_headers),
+                          ("/api/v1/files/sync-history/esp001", device_headers),
+                          ("/api/v1/admin/devices/esp001/commands", ADMIN),
+                          ("/api/v1/admin/messages", ADMIN)):
+        assert_error(client.get(path + "?limit=1&limit=2", headers=headers), 400)
+
+
+def test_options_lists_only_the_methods_of_the_named_route(app, client):
+    assert set(client.options("/api/v1/admin/devices/register", headers=ADMIN)
+               .headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(("device.", "files.", "static")):
+            continue  # device routes answer 401 before OPTIONS; static is Flask's
+        path = rule.rule
+        for name in rule.arguments:
+            path = path.replace(f"<{name}>", "x").replace(f"<int:{name}>", "1") \
+                .replace(f"<path:{name}>", "x")
+        allowed = set(client.options(path, headers=ADMIN).headers["Allow"].split(", "))
+        expected = set().union(*(r.methods for r in app.url_map.iter_rules()
+                                 if r.rule == rule.rule))
+        assert allowed == expected, path
+
+
+def test_tokens_match_compares_the_whole_hash():
+    """The mutant that compared only a prefix of the two hashes passed every test."""
+    from dropsync.credentials import hash_token, tokens_match
+
+    token = "secure-token-esp001-0123456789"
+    stored = hash_token(token)
+    assert tokens_match(stored, token)
+    assert not tokens_match(stored[:8] + "0" * 56, token)  # same prefix only
+    last = "0" if stored[-1] != "0" else "1"
+    assert not tokens_match(stored[:-1] + last, token)  # all but the last character
+
+
+def test_a_device_whose_stored_hash_differs_in_the_last_character_is_refused(client, admin,
+                                                                             stores):
+    from dropsync.credentials import hash_token
+
+    admin.register_device("esp001")
+    token = "secure-token-esp001-0123456789"
+    stored = hash_token(token)
+    near = stored[:-1] + ("0" if stored[-1] != "0" else "1")
+    stores.devices.update("esp001", {"token_hash": near})
+    assert_error(client.get("/api/v1/device/ping/esp001",
+                            headers={"Authorization": f"Bearer {token}"}), 401)
+    stores.devices.update("esp001", {"token_hash": stored[:8] + near[8:]})
+    assert_error(client.get("/api/v1/device/ping/esp001",
+                            headers={"Authorization": f"Bearer {token}"}), 401)
