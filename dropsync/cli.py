@@ -73,6 +73,14 @@ def echo_rows(rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+def confirm(question: str) -> None:
+    """Ask before a destructive command; with no terminal to ask on, say to pass --yes
+    (click alone would print a bare "Aborted!")."""
+    if not sys.stdin.isatty():
+        raise click.UsageError("no terminal to confirm on: pass --yes to go ahead")
+    click.confirm(question, abort=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               envvar="DROPSYNC_CONFIG", help="TOML settings file (also DROPSYNC_CONFIG).")
@@ -180,9 +188,15 @@ def device_show(ctx, device_id, as_json) -> None:
     if as_json:
         echo_json(found)
         return
+    width = max(len(key) for key in found) + 2
     for key, value in found.items():
+        if isinstance(value, dict):  # the inventory: one indented line per attribute
+            click.echo(f"{key}:" if value else f"{key + ':':{width}}(none reported)")
+            for name, item in value.items():
+                click.echo(f"  {name + ':':{width - 2}}{item}")
+            continue
         shown = ",".join(value) if isinstance(value, list) else value
-        click.echo(f"{key + ':':18}{'' if shown is None else shown}")
+        click.echo(f"{key + ':':{width}}{'' if shown is None else shown}".rstrip())
 
 
 def set_enabled(ctx: click.Context, device_id: str, enabled: bool) -> None:
@@ -222,7 +236,7 @@ def device_rotate_token(ctx, device_id) -> None:
 def device_delete(ctx, device_id, yes) -> None:
     """Remove a device and its token."""
     if not yes:
-        click.confirm(f"Delete device {device_id}?", abort=True)
+        confirm(f"Delete device {device_id}?")
     admin_api(ctx, "DELETE", f"/devices/{device_id}")
     click.echo(f"Deleted {device_id}.")
 
@@ -339,6 +353,10 @@ def messages(ctx, device_id, level, limit, follow, interval, as_json) -> None:
             return hub.request("GET", f"/api/v1/admin{path}?{urlencode(query)}")
 
         newest = page(**base)["messages"]
+        if not newest and not as_json:
+            level_text = f" at level {level}" if level else ""
+            click.echo(f"No messages from {device_id}{level_text}"
+                       + (" yet; waiting for new ones (Ctrl-C ends)." if follow else "."))
         show(list(reversed(newest)))
         last = newest[0]["seq"] if newest else 0
         while follow:
@@ -507,8 +525,7 @@ def packages(ctx, target, as_json) -> None:
 def withdraw(ctx, package_id, yes) -> None:
     """Withdraw a package: its staged file is deleted and devices stop getting it."""
     if not yes:
-        click.confirm(f"Withdraw package {package_id} and delete its staged file?",
-                      abort=True)
+        confirm(f"Withdraw package {package_id} and delete its staged file?")
     gone = admin_api(ctx, "DELETE", f"/packages/{quote(package_id, safe='')}")
     click.echo(f"Withdrew {gone['target']}/{gone['path']} (package {gone['withdrawn']}).")
 

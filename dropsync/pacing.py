@@ -42,10 +42,13 @@ class Pacing:
         group_intervals = [i for i in group_intervals if i]
         return min(group_intervals) if group_intervals else self.default_interval_s
 
-    def next_poll_s(self, device: Document) -> int:
+    def next_poll_s(self, device: Document) -> float:
+        """The interval, spread by the jitter, to the millisecond: rounded to whole
+        seconds, a 5 s interval's 10% spread was always exactly 5, and a fleet powered
+        up together stayed in step."""
         interval = self.interval_s(device)
         spread = interval * self.jitter
-        return max(1, round(interval + random.uniform(-spread, spread)))
+        return max(1.0, round(interval + random.uniform(-spread, spread), 3))
 
     def connection(self, device: Document, last_seen: float | None,
                    now: float | None = None) -> str:

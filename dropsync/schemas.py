@@ -16,6 +16,7 @@ from marshmallow import (
     validate,
 )
 
+from .clock import unix_seconds
 from .commands import STATES
 from .devices import DEVICE_ID_RE, GROUP_RE
 from .jsonbounds import JSONTooDeep, loads_bounded
@@ -181,10 +182,22 @@ class RevokedSchema(Schema):
     revoked = fields.String()
 
 
+class UnixSeconds(fields.Field):
+    """A time in a device-facing answer: whole Unix seconds (stored as ISO 8601)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"type": "integer", "description": "Unix seconds",
+                                   **kwargs.pop("metadata", {})}, **kwargs)
+
+    def _serialize(self, value: Any, attr, obj, **kwargs) -> int | None:
+        return unix_seconds(value)
+
+
 class PingSchema(Schema):
     status = fields.String()
     device_id = fields.String()
-    server_time = fields.String()
+    server_time = UnixSeconds(metadata={"description": "Unix seconds: a clock for nodes "
+                                        "with no NTP"})
 
 
 class HealthSchema(Schema):
@@ -396,16 +409,22 @@ class HandoutSchema(Schema):
     name = fields.String()
     args = fields.Dict()
     priority = fields.Integer()
-    attempt = fields.Integer()
+    attempt = fields.Integer(metadata={"description": "1 the first time this device got "
+                                       "it; kept across hub restarts"})
     lease_s = fields.Float()
-    expires_at = fields.String(allow_none=True)
+    expires_at = UnixSeconds(allow_none=True)
+
+
+#: Seconds until the next poll: a number with millisecond resolution, spread by
+#: POLL_JITTER (whole seconds would round a 5 s interval's spread away).
+NEXT_POLL = {"description": "seconds until the next poll (milliseconds resolution)"}
 
 
 class PollSchema(Schema):
     commands = fields.List(fields.Nested(HandoutSchema))
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer(metadata={"description": "Unix seconds: a clock for "
-                                           "nodes with no NTP"})
+    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    server_time = UnixSeconds(metadata={"description": "Unix seconds: a clock for nodes "
+                                        "with no NTP"})
 
 
 class CompleteSchema(Schema):
@@ -429,7 +448,7 @@ class CompletionSchema(Schema):
     command_id = fields.Integer()
     state = fields.String()
     duplicate = fields.Boolean(metadata={"description": "already recorded; nothing changed"})
-    ended_at = fields.String()
+    ended_at = UnixSeconds()
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -461,7 +480,7 @@ class MessageCreateSchema(Schema):
 
 class MessageStoredSchema(Schema):
     seq = fields.Integer()
-    received_at = fields.String()
+    received_at = UnixSeconds()
 
 
 class MessageSchema(Schema):
@@ -529,8 +548,8 @@ class HeartbeatSchema(Schema):
 
 class HeartbeatAckSchema(Schema):
     status = fields.String()
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer()
+    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    server_time = UnixSeconds()
 
 
 class DeviceStatusSchema(Schema):
@@ -538,10 +557,13 @@ class DeviceStatusSchema(Schema):
     name = fields.String()
     groups = GroupList()
     connection = fields.String()
-    last_seen = fields.String(allow_none=True)
-    pending_commands = fields.Integer()
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer()
+    last_seen = UnixSeconds(allow_none=True)
+    pending_commands = fields.Integer(metadata={"description": "waiting to be handed out"})
+    leased_commands = fields.Integer(metadata={
+        "description": "handed out (delivered), not yet completed; handed out again if "
+                       "their lease lapses"})
+    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    server_time = UnixSeconds()
 
 
 # -- groups ------------------------------------------------------------------------------

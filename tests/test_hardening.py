@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import time
 
 import pytest
 import requests
@@ -359,3 +360,141 @@ def test_a_device_whose_stored_hash_differs_in_the_last_character_is_refused(cli
     stores.devices.update("esp001", {"token_hash": stored[:8] + near[8:]})
     assert_error(client.get("/api/v1/device/ping/esp001",
                             headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+# -- found when tried as a new user would ----------------------------------------------
+def is_unix_seconds(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) \
+        and abs(value - time.time()) < 7 * 86_400
+
+
+def test_every_device_facing_time_is_unix_seconds(client, admin, device_headers):
+    def device(method, path, **kwargs):
+        response = client.open(path, method=method, headers=device_headers, **kwargs)
+        assert response.status_code < 300, response.get_json()
+        return response.get_json()
+
+    admin.post("/commands", json={"target": "esp001", "name": "x", "expires_in_s": 3600})
+    assert admin.put("/staging/esp001/a.txt", data=b"hello").status_code == 200
+    times = [device("GET", "/api/v1/device/ping/esp001")["server_time"]]
+    polled = device("GET", "/api/v1/device/commands/esp001")
+    times += [polled["server_time"], polled["commands"][0]["expires_at"]]
+    times.append(device("POST", "/api/v1/device/commands/esp001/complete",
+                        json={"command_id": polled["commands"][0]["id"]})["ended_at"])
+    times.append(device("POST", "/api/v1/device/messages/esp001",
+                        json={"text": "hi"})["received_at"])
+    times.append(device("POST", "/api/v1/device/heartbeat/esp001", json={})["server_time"])
+    status = device("GET", "/api/v1/device/status/esp001")
+    times += [status["server_time"], status["last_seen"]]
+    package = device("GET", "/api/v1/files/sync-packages/esp001")["packages"][0]
+    times.append(package["created"])
+    times.append(device("POST", "/api/v1/files/sync-status/esp001", json={
+        "package": package["id"], "version": package["version"], "state": "applied"})["at"])
+    times.append(device("GET", "/api/v1/files/sync-history/esp001")["history"][0]["at"])
+    times.append(device("POST", "/api/v1/files/upload/esp001?filename=a.log",
+                        data=b"log")["uploaded_at"])
+    times.append(device("GET", "/api/v1/files/list/esp001")["uploads"][0]["uploaded_at"])
+    assert len(times) == 13 and all(is_unix_seconds(t) for t in times), times
+
+
+def test_device_status_counts_pending_and_leased_commands(client, admin, device_headers):
+    for name in ("a", "b", "c"):
+        admin.post("/commands", json={"target": "esp001", "name": name})
+    client.get("/api/v1/device/commands/esp001?limit=2", headers=device_headers)
+    status = client.get("/api/v1/device/status/esp001", headers=device_headers).get_json()
+    assert (status["pending_commands"], status["leased_commands"]) == (1, 2)
+
+
+def test_next_poll_s_varies_for_one_device_at_short_intervals(settings):
+    app = create_app({**settings, "POLL_INTERVAL_S": 5})
+    client = app.test_client()
+    token = client.post("/api/v1/admin/devices/register", json={"id": "esp001"},
+                        headers=ADMIN).get_json()["token"]
+    device = {"Authorization": f"Bearer {token}"}
+    answers = [client.get("/api/v1/device/commands/esp001", headers=device)
+               .get_json()["next_poll_s"] for _ in range(40)]
+    answers += [client.post("/api/v1/device/heartbeat/esp001", json={}, headers=device)
+                .get_json()["next_poll_s"] for _ in range(10)]
+    assert all(4.5 <= answer <= 5.5 for answer in answers), answers
+    assert len(set(answers)) >= 25, answers  # spread to the millisecond, not rounded away
+    app.extensions["dropsync"].close()
+
+
+def poll_until_handed_out(client, headers, timeout_s: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        handed = client.get("/api/v1/device/commands/esp001", headers=headers) \
+            .get_json()["commands"]
+        if handed:
+            return handed
+        time.sleep(0.05)
+    raise AssertionError("the lease never lapsed")
+
+
+def data_files(folder) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_attempts_of_a_leased_command_survive_restarts(settings, tmp_path):
+    config = {**settings, "COMMAND_LEASE_S": 0.5, "COMMAND_MAX_ATTEMPTS": 2}
+    app = create_app(config)
+    client = app.test_client()
+    token = client.post("/api/v1/admin/devices/register", json={"id": "esp001"},
+                        headers=ADMIN).get_json()["token"]
+    device = {"Authorization": f"Bearer {token}"}
+    command_id = client.post("/api/v1/admin/commands", json={"target": "esp001",
+                             "name": "reboot"}, headers=ADMIN).get_json()["id"]
+    before = data_files(tmp_path / "data")
+    (first,) = client.get("/api/v1/device/commands/esp001", headers=device) \
+        .get_json()["commands"]
+    assert first["attempt"] == 1
+    assert data_files(tmp_path / "data") == before  # a hand-out writes nothing
+    app.extensions["dropsync"].close()
+
+    app = create_app(config)
+    client = app.test_client()
+    (second,) = poll_until_handed_out(client, device)  # only once the lease lapsed
+    assert second["attempt"] == 2
+    app.extensions["dropsync"].close()
+
+    app = create_app(config)
+    client = app.test_client()
+    deadline = time.monotonic() + 20
+    while True:  # out of attempts: once the last lease lapses it fails, never a third
+        assert client.get("/api/v1/device/commands/esp001", headers=device) \
+            .get_json()["commands"] == []
+        (delivery,) = client.get(f"/api/v1/admin/commands/{command_id}",
+                                 headers=ADMIN).get_json()["deliveries"]
+        if delivery["state"] == "failed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (delivery["state"], delivery["reason"], delivery["attempts"]) == \
+        ("failed", "timeout", 2)
+    app.extensions["dropsync"].close()
+
+
+def test_cli_says_when_there_is_nothing_and_how_to_confirm(cli):
+    cli("device", "add", "esp001")
+    assert cli("messages", "esp001", "--level", "error").output.strip() == \
+        "No messages from esp001 at level error."
+    assert "--yes" in cli("withdraw", "0123456789ab", expect=2).output
+    assert "--yes" in cli("device", "delete", "esp001", expect=2).output
+
+
+def test_device_show_prints_inventory_readably(cli, app, client, admin):
+    token = admin.register_device("esp009")
+    client.post("/api/v1/device/heartbeat/esp009", json={"rssi": -61, "sensor": "bme280"},
+                headers={"Authorization": f"Bearer {token}"})
+    app.extensions["dropsync"].close()  # the CLI opens the stores itself
+    shown = cli("device", "show", "esp009").output.splitlines()
+    assert "inventory:" in shown
+    assert any(line.split() == ["rssi:", "-61"] for line in shown), shown
+    assert any(line.split() == ["sensor:", "bme280"] for line in shown), shown
+    assert any(line.split() == ["effective_poll_interval_s:", "30"] for line in shown)
+    assert not any("{" in line for line in shown), shown
+
+
+def test_readme_says_how_to_withdraw_without_a_prompt():
+    from support import ROOT
+
+    assert "dropsync withdraw 1cff6733c9e4 --yes" in (ROOT / "README.md").read_text()
