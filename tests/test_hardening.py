@@ -26,8 +26,9 @@ def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def json_routes(app) -> list[tuple[str, str, str]]:
-    """(method, concrete path, blueprint) of every route that takes a JSON body."""
+def json_routes(app) -> list[tuple[str, str, str, list[str]]]:
+    """(method, concrete path, blueprint, body field names) of every route that takes a
+    JSON body."""
     routes = []
     for rule in app.url_map.iter_rules():
         declared = getattr(app.view_functions[rule.endpoint], "contract", None)
@@ -37,7 +38,8 @@ def json_routes(app) -> list[tuple[str, str, str]]:
         for name, value in PATH_VALUES.items():
             path = path.replace(f"<{name}>", value).replace(f"<int:{name}>", value)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            routes.append((method, path, rule.endpoint.partition(".")[0]))
+            routes.append((method, path, rule.endpoint.partition(".")[0],
+                           sorted(declared.body.fields)))
     return routes
 
 
@@ -56,7 +58,7 @@ def device_headers(admin):
 def test_deep_json_answers_400_on_every_json_route(app, client, device_headers, body):
     routes = json_routes(app)
     assert len(routes) >= 10
-    for method, path, blueprint in routes:
+    for method, path, blueprint, _ in routes:
         headers = ADMIN if blueprint == "admin" else device_headers
         response = client.open(path, method=method, data=body, headers=headers,
                                content_type="application/json")
