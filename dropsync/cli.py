@@ -74,11 +74,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def confirm(question: str) -> None:
-    """Ask before a destructive command; with no terminal to ask on, say to pass --yes
-    (click alone would print a bare "Aborted!")."""
-    if not sys.stdin.isatty():
-        raise click.UsageError("no terminal to confirm on: pass --yes to go ahead")
-    click.confirm(question, abort=True)
+    """Ask before a destructive command. With no answer to read (a script, cron), say to
+    pass --yes: click alone would print a bare "Aborted!"."""
+    try:
+        agreed = click.confirm(question)
+    except click.Abort:  # end of input (or Ctrl-C) before any answer
+        raise click.UsageError("no answer to confirm with: pass --yes to go ahead") \
+            from None
+    if not agreed:
+        raise click.Abort()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,25 +1,27 @@
 """JSON from outside the hub, parsed with a bound on how deeply it nests.
 
 Python's ``json`` parses (and the store copies) nested containers by recursion: a body
-nested a thousand levels deep raises ``RecursionError`` (a 500), and one nested a few
+nested a thousand levels deep raised ``RecursionError`` (a 500), and one nested a few
 hundred levels, stored as a command's ``args``, used to make the store unloadable at the
 next start. No device or operator needs more than a few levels, so every JSON input
 (request bodies, JSON strings in form posts, seed token files, the CLI's ``--args``) goes
-through ``loads_bounded``, which measures the nesting without recursing and refuses more
-than ``MAX_JSON_DEPTH`` levels before ``json`` ever sees it.
+through ``loads_bounded``: deeper than ``MAX_JSON_DEPTH`` levels is a ``JSONTooDeep``.
+
+The parse comes first and the depth is measured on the result, level by level without
+recursion: json's C parser stops cleanly (``RecursionError``) long before the C stack is
+at risk, and measuring a parsed tree costs a fraction of the parse, where scanning the
+text for brackets measured at two to five times it.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 #: Containers (objects and arrays) nested deeper than this are refused.
 MAX_JSON_DEPTH = 32
-
-#: A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+#: A tuple, not ``dict | list``: isinstance with a union measured several times slower.
+CONTAINERS = (dict, list)
 
 
 class JSONTooDeep(ValueError):
@@ -30,34 +32,29 @@ class JSONTooDeep(ValueError):
         self.max_depth = max_depth
 
 
-def check_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Raise ``JSONTooDeep`` if ``text`` opens more than ``max_depth`` nested containers.
-
-    A scan, not a parse: unbalanced or otherwise broken JSON is left for ``json`` to
-    refuse. Text with too few brackets to be too deep is not scanned at all.
-    """
-    if text.count("[") + text.count("{") <= max_depth:
-        return
-    depth = 0
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        if token in "[{":
-            depth += 1
-            if depth > max_depth:
-                raise JSONTooDeep(max_depth)
-        elif token in "]}":
-            depth -= 1
+def nests_deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether the JSON tree ``value`` has more than ``max_depth`` levels of containers;
+    walked a level at a time, so any depth is measured without recursion."""
+    level = [value]  # after n rounds: what the containers n levels deep hold
+    for _ in range(max_depth):
+        level = [child for item in level if isinstance(item, CONTAINERS)
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, CONTAINERS) for item in level)
 
 
 def loads_bounded(data: str | bytes | bytearray, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` for input from outside: too deep is a ``JSONTooDeep``, and every
     other failure (bad UTF, bad syntax) a ``ValueError``; never a ``RecursionError``."""
-    if isinstance(data, bytes | bytearray):
+    if isinstance(data, (bytes, bytearray)):
         # the same encoding detection json.loads applies to bytes (UTF-8, -16 or -32)
         data = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
-    check_depth(data, max_depth)
     try:
-        return json.loads(data)
-    except RecursionError:  # the scan should make this impossible; never a 500 regardless
+        value = json.loads(data)
+    except RecursionError:
         raise JSONTooDeep(max_depth) from None
-
+    # too few brackets to be too deep: nothing to walk (most bodies)
+    if data.count("[") + data.count("{") > max_depth and nests_deeper_than(value, max_depth):
+        raise JSONTooDeep(max_depth)
+    return value

@@ -1,8 +1,8 @@
 """Turning a request body or query string into validated data, through a schema.
 
 Every JSON body goes through ``loads_bounded`` (``dropsync.jsonbounds``): nesting deeper
-than ``MAX_JSON_DEPTH`` is a 400 before ``json`` recurses into it. Every body, however it
-is framed, is held to the size limit by ``BoundedRequest``.
+than ``MAX_JSON_DEPTH`` is a 400, never a ``RecursionError``. Every body, however it is
+framed, is held to the size limit by ``BoundedRequest``.
 """
 
 from __future__ import annotations
