@@ -415,14 +415,15 @@ class HandoutSchema(Schema):
     expires_at = UnixSeconds(allow_none=True)
 
 
-#: Seconds until the next poll: a number with millisecond resolution, spread by
-#: POLL_JITTER (whole seconds would round a 5 s interval's spread away).
-NEXT_POLL = {"description": "seconds until the next poll (milliseconds resolution)"}
+#: Seconds until the next poll: whole seconds, the POLL_JITTER spread kept by rounding
+#: up or down at random (plain rounding took a 5 s interval's spread away).
+NEXT_POLL = {"description": "whole seconds until the next poll, spread by the hub's "
+                            "jitter"}
 
 
 class PollSchema(Schema):
     commands = fields.List(fields.Nested(HandoutSchema))
-    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
     server_time = UnixSeconds(metadata={"description": "Unix seconds: a clock for nodes "
                                         "with no NTP"})
 
@@ -548,7 +549,7 @@ class HeartbeatSchema(Schema):
 
 class HeartbeatAckSchema(Schema):
     status = fields.String()
-    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
     server_time = UnixSeconds()
 
 
@@ -562,7 +563,7 @@ class DeviceStatusSchema(Schema):
     leased_commands = fields.Integer(metadata={
         "description": "handed out (delivered), not yet completed; handed out again if "
                        "their lease lapses"})
-    next_poll_s = fields.Float(metadata=NEXT_POLL)
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
     server_time = UnixSeconds()
 
 
