@@ -120,6 +120,8 @@ def test_a_deeply_nested_stored_command_loads_and_the_hub_and_cli_work(hub_proce
     assert_error(padded, 413)
     commands = requests.get(hub.url + "/api/v1/admin/commands", headers=ADMIN, timeout=10)
     assert [c["name"] for c in commands.json()["commands"]] == ["deep"]
+    hub.stop()
+    assert "deep" in hub.cli("commands", "esp001").stdout  # no hub: the CLI opens the store
 
 
 def test_stored_documents_copy_however_deep(stores):
