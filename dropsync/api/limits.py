@@ -7,7 +7,8 @@ the address as a whole, every credential it gets wrong answers 429 too (no more 
 401 from 403 to a guesser), but a good token from that address is still served: one
 misconfigured node behind a NAT, or behind a reverse proxy, never locks out the others.
 Behind a proxy, list it in ``TRUSTED_PROXIES`` so its ``X-Forwarded-For`` names the
-client; from any other peer that header is ignored, or a guesser could name anyone.
+client (``ops.requestlog.TrustedProxyFix``); from any other peer that header is ignored,
+or a guesser could name anyone.
 
 Counts live in this process's memory: the hub runs one gunicorn worker, so they are exact.
 Every 429 carries ``Retry-After`` and the one JSON error shape. ``RateLimits.limit()``
@@ -32,10 +33,9 @@ import hashlib
 import math
 import threading
 import time
-from ipaddress import ip_address
 from typing import NoReturn
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, request
 from limits import RateLimitItem, parse
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
@@ -102,40 +102,11 @@ class LazyMemoryStorage(Storage):
             del self._windows[key]
 
 
-def forwarded_client(peer: str, forwarded_for: list[str], trusted: tuple) -> str:
-    """The client's address: ``peer``, or, when ``peer`` is a trusted proxy, the nearest
-    address in ``X-Forwarded-For`` that is not one (read from the right: each proxy
-    appends the address it saw; anything further left could be made up)."""
-    if not trusted or not _is_trusted(peer, trusted):
-        return peer
-    client = peer
-    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
-    for hop in reversed(hops):
-        try:
-            ip_address(hop)
-        except ValueError:
-            break  # garbage from the proxy's own client: stop at the proxy
-        client = hop
-        if not _is_trusted(hop, trusted):
-            break
-    return client
-
-
-def _is_trusted(address: str, trusted: tuple) -> bool:
-    try:
-        ip = ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
-
-
 def client_address() -> str:
-    """The address this request comes from, honouring only trusted proxies."""
-    peer = request.remote_addr or "unknown"
-    trusted = current_app.config.get("TRUSTED_PROXIES") or ()
-    if not trusted:
-        return peer
-    return forwarded_client(peer, request.headers.getlist("X-Forwarded-For"), trusted)
+    """The address this request comes from. Behind a proxy named in ``TRUSTED_PROXIES``
+    it is the one the proxy forwarded: ``ops.requestlog.TrustedProxyFix`` has already put
+    it in ``REMOTE_ADDR``, and from any other peer ``X-Forwarded-For`` is ignored."""
+    return request.remote_addr or "unknown"
 
 
 def presented_credential() -> str:
