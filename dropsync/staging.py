@@ -381,7 +381,7 @@ class Staging:
         """
         slot = f"{target}/{rel}"
         with self.catalog.changing():
-            with open(incoming.temp, "rb") as reader:
+            with open(incoming.temp, "rb") as reader, timings.timed("ingest"):
                 stamp = file_stamp(os.fstat(reader.fileno()))
                 blob = self.catalog.blobs.add_stream(reader)
             try:
