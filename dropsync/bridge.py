@@ -20,6 +20,7 @@ Headers are granian's: it cuts a client that does not finish them within
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
@@ -40,12 +41,19 @@ STREAM_ABOVE_BYTES = 1 << 20
 #: page-cached blob, never write, never wait.
 LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/", "/health")
 
+#: A request line longer than this gets 414, a header section larger than this 431, both
+#: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
+#: ~400 KiB of headers): past them, and for bytes that are not HTTP at all, granian answers
+#: the same statuses (or 400) itself, with an empty body.
+MAX_URI_BYTES = 8192
+MAX_HEADER_BYTES = 32768
+
 JSON_HEADERS = [("content-type", "application/json")]
+CLOSE_JSON_HEADERS = [*JSON_HEADERS, ("connection", "close")]
 
 
 def error_body(code: str, message: str) -> bytes:
-    import json
-
+    """The one JSON error shape, for answers given before (or instead of) the app."""
     return json.dumps({"error": {"code": code, "message": message, "details": None}},
                       separators=(",", ":")).encode()
 
@@ -135,7 +143,9 @@ class RSGIBridge:
     async def __rsgi__(self, scope, proto) -> None:
         if scope.proto != "http":  # websockets: not served
             return
-        environ = self.environ(scope)
+        environ = self.environ(scope, proto)
+        if environ is None:
+            return
         has_body = environ.get("CONTENT_LENGTH", "0") not in ("", "0") \
             or "HTTP_TRANSFER_ENCODING" in environ
         if not has_body and scope.method in ("GET", "HEAD") \
@@ -147,11 +157,11 @@ class RSGIBridge:
             try:
                 environ["wsgi.input"] = await self.receive_body(proto, environ)
             except BodyTimeout:
-                proto.response_bytes(408, [*JSON_HEADERS, ("connection", "close")], error_body(
+                proto.response_bytes(408, CLOSE_JSON_HEADERS, error_body(
                     "request_timeout", "the request body did not arrive in time"))
                 return
             except BodyTooLarge:
-                proto.response_bytes(413, [*JSON_HEADERS, ("connection", "close")], error_body(
+                proto.response_bytes(413, CLOSE_JSON_HEADERS, error_body(
                     "payload_too_large", "the request body is larger than the hub accepts"))
                 return
         else:
@@ -160,9 +170,14 @@ class RSGIBridge:
             self.pool, self.call_app_buffered, environ)
         await self.respond(proto, status, headers, result)
 
-    def environ(self, scope) -> dict[str, Any]:
-        environ = dict(self.base_environ)
+    def environ(self, scope, proto) -> dict[str, Any] | None:
+        """The WSGI environ, or None after answering a request line or headers too large."""
         path = scope.path
+        if len(path) + len(scope.query_string) > MAX_URI_BYTES:
+            proto.response_bytes(414, CLOSE_JSON_HEADERS, error_body(
+                "uri_too_long", f"the request target is longer than {MAX_URI_BYTES} bytes"))
+            return None
+        environ = dict(self.base_environ)
         environ["REQUEST_METHOD"] = scope.method
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path \
             else path
@@ -173,7 +188,9 @@ class RSGIBridge:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = host, port
         client, _, client_port = scope.client.rpartition(":")
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client, client_port
+        header_bytes = 0
         for name, value in scope.headers.items():
+            header_bytes += len(name) + len(value) + 4
             if name == "content-type":
                 environ["CONTENT_TYPE"] = value
             elif name == "content-length":
@@ -181,6 +198,11 @@ class RSGIBridge:
             else:
                 key = "HTTP_" + name.upper().replace("-", "_")
                 environ[key] = f"{environ[key]},{value}" if key in environ else value
+        if header_bytes > MAX_HEADER_BYTES:
+            proto.response_bytes(431, CLOSE_JSON_HEADERS, error_body(
+                "request_header_fields_too_large",
+                f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
+            return None
         return environ
 
     async def receive_body(self, proto, environ: dict[str, Any]):

@@ -25,7 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from .errors import DataDirBusy, StartupError
 
@@ -73,7 +75,7 @@ def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "bind": [bind_address(settings["HOST"], settings["PORT"])],
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": "dropsync.server.JSONErrorThreadWorker",
         "threads": settings["THREADS"],
         "timeout": 60,
         "graceful_timeout": 10,
@@ -88,6 +90,46 @@ def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
         "on_starting": one_worker_only,
         "worker_exit": worker_exit,
     }
+
+
+class JSONErrorThreadWorker(ThreadWorker):
+    """gthread, answering the errors gunicorn raises itself (a request line too long: 414,
+    headers too large: 431, a malformed request: 400) in the hub's JSON error shape."""
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        captured = _CapturedSocket(client)
+        super().handle_error(req, captured, addr, exc)  # logs, and writes its HTML to us
+        status_line = captured.data.split(b"\r\n", 1)[0].decode("latin-1")
+        _, status, reason = (status_line.split(" ", 2) + ["", ""])[:3]
+        if not status.isdigit():
+            return
+        from .bridge import error_body
+
+        code = reason.lower().replace(" ", "_").replace("-", "_") or "error"
+        body = error_body(code, reason)
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        try:
+            gunicorn_util.write_nonblock(client, head.encode("latin-1") + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+
+class _CapturedSocket:
+    """Stands in for the client socket while gunicorn writes its HTML error page."""
+
+    def __init__(self, client):
+        self.client = client
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
 
 
 class HubServer(BaseApplication):
@@ -193,6 +235,7 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
     """In granian's worker: create the hub (it takes the data directory here) and wrap it."""
     from .bridge import RSGIBridge
 
+    stop_with_parent()
     app = create_app_or_exit(overrides)
     settings = app.config
     hub = app.extensions["dropsync"]
@@ -202,6 +245,19 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
                         spool_dir=hub.stores.data_dir, on_close=hub.close)
     log.info("%s", listening_message(settings["HOST"], settings["PORT"]))
     return bridge
+
+
+def stop_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when granian's main process dies, however it dies,
+    so an orphaned worker never keeps the data directory (SIGTERM closes the hub)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except (OSError, AttributeError):  # not Linux: systemd or the shell stops both anyway
+        pass
 
 
 def run_granian(overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> None:

@@ -50,7 +50,8 @@ def readme_command(index: int) -> str:
 
 
 class HubProcess:
-    """A real hub, started as ``dropsync serve`` (gunicorn) on a free loopback port."""
+    """A real hub, started as ``dropsync serve`` (granian, or ``DROPSYNC_SERVER``) on a free
+    loopback port."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
                  serve_args: tuple[str, ...] = ()):
@@ -80,7 +81,7 @@ class HubProcess:
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine
                 pass
             time.sleep(0.1)
         self.stop()
