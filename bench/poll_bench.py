@@ -95,6 +95,8 @@ CASE_SERVERS = {"poll": ("hub", "peer", "hub-gunicorn", "bare"),
 RSS_TARGET_MIB = 150
 STALLED_P99_RATIO = 2.0
 STALLED_MAX_MS = 1000
+CAPACITY_CONNECTIONS = 100
+CAPACITY_P99_MS = 100
 
 
 # -- the baseline: a bare Flask route ----------------------------------------------------------
@@ -380,7 +382,7 @@ def ensure_wrk() -> str:
 
 
 def write_wrk_script(path: Path, credentials: list[tuple[str, str]], threads: int,
-                     path_for=None, extra_headers=None) -> None:
+                     path_for=None, extra_headers=None, delay_ms: float = 0) -> None:
     """A wrk Lua script: each request polls the next device with that device's token.
 
     ``path_for(index, device_id)`` and ``extra_headers(index)`` (a dict) make other rotating
@@ -421,7 +423,11 @@ function request()
   position = position % count + 1
   return requests[position]
 end
-""")
+""" + (f"""
+function delay()
+  return {delay_ms:g}
+end
+""" if delay_ms else ""))
 
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -856,6 +862,15 @@ def target_table(summary: dict, runs: list[WrkRun]) -> list[dict[str, Any]]:
                      "met": stalled["p99_ms"] <= STALLED_P99_RATIO * quiet["p99_ms"]})
         rows.append({"measure": "slowest poll with them open", "value": f"{worst:.0f} ms",
                      "target": f"< {STALLED_MAX_MS} ms", "met": worst < STALLED_MAX_MS})
+    paced = [r for r in runs if r.case.startswith("poll@") and r.kind == "round"]
+    if paced:
+        p99 = statistics.median(r.p99_ms for r in paced)
+        rate = statistics.median(r.requests_per_s for r in paced)
+        errors = sum(r.non_2xx + sum(r.socket_errors.values()) for r in paced)
+        rows.append({"measure": f"paced polls ({paced[0].case}, 10,000 devices at 10 s)",
+                     "value": f"{rate:.0f}/s served, p99 {p99:.1f} ms, {errors} errors",
+                     "target": f"p99 < {CAPACITY_P99_MS} ms, 0 errors",
+                     "met": p99 < CAPACITY_P99_MS and errors == 0})
     rss = max((r.worker_rss_mib for r in runs if r.server == "hub"), default=float("nan"))
     rows.append({"measure": "hub worker RSS (devices, history as seeded)",
                  "value": f"{rss:.0f} MiB", "target": f"<= {RSS_TARGET_MIB} MB",
@@ -988,6 +1003,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "<tmp>/peer-venv/bin/python or ../peer-venv/bin/python)")
     parser.add_argument("--no-gunicorn", action="store_true",
                         help="leave out the same hub under gunicorn (SERVER=gunicorn)")
+    parser.add_argument("--capacity-rate", type=int, default=1000,
+                        help="paced polls per second for the capacity runs (default: 1000, "
+                        "10,000 devices at a 10 s interval; 0 skips them)")
     parser.add_argument("--stalled", type=int, default=200,
                         help="idle and trickling connections each for the slow-client runs "
                         "(default: 200 + 200; 0 skips them)")
@@ -1259,9 +1277,9 @@ def run_bench(args: argparse.Namespace, wrk: str, py_spy: str | None, work: Path
         ranges = package["size"] // RANGE_BYTES
         peer_credentials = [(f"dev-{i:05d}", f"tok-{i:05d}") for i in range(args.devices)]
 
-        def script(name: str, creds, path_for=None, extra=None) -> Path:
+        def script(name: str, creds, path_for=None, extra=None, delay_ms: float = 0) -> Path:
             path = work / f"{name}.lua"
-            write_wrk_script(path, creds, args.wrk_threads, path_for, extra)
+            write_wrk_script(path, creds, args.wrk_threads, path_for, extra, delay_ms)
             return path
 
         url = package["url"].replace(sample_device, "{device}")
@@ -1320,6 +1338,20 @@ def run_bench(args: argparse.Namespace, wrk: str, py_spy: str | None, work: Path
                               sample_token) as stallers:
                     runs.append(stalled_load.run(servers["hub"], "round", round_no))
                 print(f"    ({stallers.reopened} stalled connections were cut and reopened)")
+
+        if args.capacity_rate:
+            # A fleet polling at a fixed pace rather than as fast as it can: each of
+            # CAPACITY_CONNECTIONS connections waits so that together they ask about
+            # --capacity-rate polls a second (10,000 devices at a 10 s interval: 1,000/s).
+            delay_ms = 1000 * CAPACITY_CONNECTIONS / args.capacity_rate
+            paced = Load(wrk, script("poll-paced", credentials, delay_ms=delay_ms),
+                         argparse.Namespace(**{**vars(args),
+                                               "connections": CAPACITY_CONNECTIONS}),
+                         f"poll@{args.capacity_rate}/s")
+            print(f"\npaced polls: about {args.capacity_rate}/s over {CAPACITY_CONNECTIONS} "
+                  f"connections ({args.rounds} rounds)", flush=True)
+            for round_no in range(1, args.rounds + 1):
+                runs.append(paced.run(servers["hub"], "round", round_no))
 
         if py_spy:
             print("\nprofiling the hub's worker under the poll load (py-spy, GIL holder, "
