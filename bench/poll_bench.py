@@ -1003,6 +1003,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "<tmp>/peer-venv/bin/python or ../peer-venv/bin/python)")
     parser.add_argument("--no-gunicorn", action="store_true",
                         help="leave out the same hub under gunicorn (SERVER=gunicorn)")
+    parser.add_argument("--seed-cache", type=Path,
+                        help="keep the seeded data directory here and reuse it on later runs "
+                        "with the same --devices and --history (seeding 100,000 fsynced "
+                        "history records takes minutes)")
     parser.add_argument("--capacity-rate", type=int, default=1000,
                         help="paced polls per second for the capacity runs (default: 1000, "
                         "10,000 devices at a 10 s interval; 0 skips them)")
@@ -1186,8 +1190,19 @@ def run_bench(args: argparse.Namespace, wrk: str, py_spy: str | None, work: Path
           f"{', uncommitted changes' if fingerprint['dirty_files'] else ''}); "
           f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
 
-    print("seeding the data directory through dropsync's own code...", flush=True)
-    credentials, seed_timings = seed_data_dir(data_dir, args.devices, args.history)
+    cache = args.seed_cache / f"{args.devices}-devices-{args.history}-history" \
+        if args.seed_cache else None
+    if cache is not None and (cache / "credentials.json").exists():
+        print(f"copying the seeded data directory from {cache}", flush=True)
+        shutil.copytree(cache / "data", data_dir)
+        credentials = [tuple(c) for c in json.loads((cache / "credentials.json").read_text())]
+        seed_timings = {"copied_from": str(cache)}
+    else:
+        print("seeding the data directory through dropsync's own code...", flush=True)
+        credentials, seed_timings = seed_data_dir(data_dir, args.devices, args.history)
+        if cache is not None:
+            shutil.copytree(data_dir, cache / "data")
+            (cache / "credentials.json").write_text(json.dumps(credentials))
     peer_seed: dict[str, Any] = {}
     if peer_python is not None and PEER_DIR.exists():
         print(f"seeding the seed-stack peer ({PEER_DIR}, {peer_python})...", flush=True)
