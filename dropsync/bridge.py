@@ -59,15 +59,21 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class ServerFile:
-    """``wsgi.file_wrapper``: remembers the file so granian can send it by path."""
+    """``wsgi.file_wrapper``: remembers the file so granian can send it (or the range
+    werkzeug cut from it) by path. Seekable, so werkzeug seeks to a range's start."""
 
     def __init__(self, file: Any, block_size: int = 65536):
         self.file = file
         self.block_size = block_size
 
-    def __iter__(self):
-        while block := self.file.read(self.block_size):
-            yield block
+    def __iter__(self) -> ServerFile:
+        return self
+
+    def __next__(self) -> bytes:
+        block = self.file.read(self.block_size)
+        if not block:
+            raise StopIteration
+        return block
 
     def seekable(self) -> bool:
         return True
@@ -257,7 +263,7 @@ class RSGIBridge:
         """In a pool thread: run the app and read a small answer while still here."""
         try:
             status, headers, result = self.call_app(environ)
-            if isinstance(result, list | ServerFile):
+            if isinstance(result, list) or file_path(result) is not None:
                 return status, headers, result
             length = content_length(headers)
             if length is not None and length <= STREAM_ABOVE_BYTES:
@@ -276,11 +282,14 @@ class RSGIBridge:
             proto.response_bytes(status, headers, result[0] if len(result) == 1
                                  else b"".join(result))
             return
-        if isinstance(result, ServerFile) and isinstance(getattr(result.file, "name", None),
-                                                         str):
-            path = result.file.name
-            result.close()
-            proto.response_file(status, headers, path)
+        path = file_path(result)
+        if path is not None:
+            if isinstance(result, ServerFile):
+                proto.response_file(status, headers, path)
+            else:  # werkzeug's range of a ServerFile: start and end (exclusive) bytes
+                proto.response_file_range(status, headers, path, result.start_byte,
+                                          result.end_byte)
+            close_result(result)
             return
         try:
             length = content_length(headers)
@@ -293,6 +302,17 @@ class RSGIBridge:
                     await transport.send_bytes(block)
         finally:
             close_result(result)
+
+
+def file_path(result: Any) -> str | None:
+    """The path granian can send for a whole ``ServerFile`` or werkzeug's range of one."""
+    found = result if isinstance(result, ServerFile) else getattr(result, "iterable", None)
+    if not isinstance(found, ServerFile):
+        return None
+    if found is not result and getattr(result, "end_byte", None) is None:
+        return None
+    name = getattr(found.file, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def content_length(headers: list[tuple[str, str]]) -> int | None:
