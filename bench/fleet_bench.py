@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                    "DROPSYNC_DATA_DIR": str(round_dir / "data"),
                    "DROPSYNC_STAGING_DIR": str(round_dir / "staging"),
                    "DROPSYNC_ADMIN_TOKEN": admin_token,
-                   "DROPSYNC_POLL_INTERVAL_S": str(args.poll_interval)}
+                   "DROPSYNC_POLL_INTERVAL_S": str(max(1, round(args.poll_interval)))}
             hub = Server("hub", [venv_tool("dropsync"), "serve"], env, round_dir, port,
                          round_dir / "hub.log")
             hub.start(120)
