@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("dropsync")
 
@@ -185,8 +184,8 @@ class RSGIBridge:
             return None
         environ = dict(self.base_environ)
         environ["REQUEST_METHOD"] = scope.method
-        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path \
-            else path
+        # granian gives the path percent-decoded, as text; WSGI wants its bytes as latin-1
+        environ["PATH_INFO"] = path if path.isascii() else path.encode().decode("latin-1")
         environ["QUERY_STRING"] = scope.query_string
         environ["SERVER_PROTOCOL"] = "HTTP/" + scope.http_version
         environ["wsgi.url_scheme"] = scope.scheme

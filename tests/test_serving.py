@@ -192,6 +192,14 @@ def test_esp_http10_download_and_http11_keep_alive_polls(hub_process):
     assert answers[2][2] == data[entry["chunk_size"]:2 * entry["chunk_size"]]
     assert answers[2][1]["x-chunk-sha256"] == hashlib.sha256(answers[2][2]).hexdigest()
 
+    # the path is percent-decoded exactly once, as every WSGI server does
+    ping = hub.url + "/api/v1/device/ping/"
+    device = {"Authorization": f"Bearer {token}"}
+    assert requests.get(ping + "%65sp001", headers=device, timeout=10).status_code == 200
+    twice = requests.get(ping + "esp%2530%2530%2531", headers=device, timeout=10)
+    assert twice.status_code != 200  # "esp%30%30%31", not esp001
+    assert_error(twice, twice.status_code)
+
 
 # -- errors the HTTP layer answers -----------------------------------------------------------
 
