@@ -41,16 +41,17 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listening_message(host: str, port: int) -> str:
+def listening_message(host: str, port: int, scheme: str = "http") -> str:
     everywhere = host in ("0.0.0.0", "::", "")
-    lan = f" (ESP nodes on the LAN: http://{socket.gethostname()}:{port})" if everywhere else ""
-    return f"DropSync hub listening on http://{bind_address(host, port)}{lan}"
+    lan = f" (ESP nodes on the LAN: {scheme}://{socket.gethostname()}:{port})" \
+        if everywhere else ""
+    return f"DropSync hub listening on {scheme}://{bind_address(host, port)}{lan}"
 
 
-def announce_address(host: str, port: int):
+def announce_address(host: str, port: int, scheme: str = "http"):
     """A gunicorn ``when_ready`` hook that says where the hub listens."""
     def when_ready(server) -> None:
-        server.log.info("%s", listening_message(host, port))
+        server.log.info("%s", listening_message(host, port, scheme))
     return when_ready
 
 
@@ -72,7 +73,11 @@ def worker_exit(server, worker) -> None:
 
 
 def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    from .ops.tls import tls_files
+
+    tls = tls_files(settings)  # HTTPS when `dropsync tls init` made a certificate
     return {
+        **({"certfile": str(tls[0]), "keyfile": str(tls[1])} if tls else {}),
         "bind": [bind_address(settings["HOST"], settings["PORT"])],
         "workers": 1,
         "worker_class": "dropsync.server.JSONErrorThreadWorker",
@@ -86,7 +91,8 @@ def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
         "control_socket_disable": True,
         "errorlog": "-",
         "loglevel": settings["LOG_LEVEL"].lower(),
-        "when_ready": announce_address(settings["HOST"], settings["PORT"]),
+        "when_ready": announce_address(settings["HOST"], settings["PORT"],
+                                       "https" if tls else "http"),
         "on_starting": one_worker_only,
         "worker_exit": worker_exit,
     }
@@ -243,7 +249,10 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
                         body_timeout_s=settings["REQUEST_BODY_TIMEOUT_S"],
                         max_body_bytes=largest_body(settings),
                         spool_dir=hub.stores.data_dir, on_close=hub.close)
-    log.info("%s", listening_message(settings["HOST"], settings["PORT"]))
+    from .ops.tls import tls_files
+
+    scheme = "https" if tls_files(settings) else "http"
+    log.info("%s", listening_message(settings["HOST"], settings["PORT"], scheme))
     return bridge
 
 
@@ -262,18 +271,24 @@ def stop_with_parent() -> None:
 
 def run_granian(overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     """granian with one worker process; the hub is created in it, never in this process."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import MPServer
 
+    from .ops.tls import tls_files
+
+    tls = tls_files(settings)  # HTTPS when `dropsync tls init` made a certificate
     server = MPServer(
         "dropsync", address=settings["HOST"], port=settings["PORT"],
         interface=Interfaces.RSGI, workers=1, http=HTTPModes.http1, websockets=False,
         http1_settings=HTTP1Settings(
             header_read_timeout=int(settings["REQUEST_HEADER_TIMEOUT_S"] * 1000)),
         log_level=LogLevels(settings["LOG_LEVEL"].lower()),
-        respawn_failed_workers=False)
+        respawn_failed_workers=False,
+        # TLS 1.2 too: an ESP8266's BearSSL speaks nothing newer
+        **({"ssl_cert": Path(tls[0]), "ssl_key": Path(tls[1]),
+            "ssl_protocol_min": SSLProtocols.tls12} if tls else {}))
     from granian.server.mp import WorkerProcess
 
     server.serve(spawn_target=WorkerProcess.wrap_target(serve_hub_worker), wrap_loader=False,
