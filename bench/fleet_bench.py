@@ -147,7 +147,7 @@ async def drive(url: str, admin_token: str, credentials, args) -> dict:
     data = os.urandom(args.size)
     async with aiohttp.ClientSession() as admin:
         dropped = time.monotonic()
-        async with admin.put(f"{url}/api/v1/admin/staging/all/firmware/fw.bin", data=data,
+        async with admin.put(f"{url}/api/v1/admin/staging/all/data/fw.bin", data=data,
                              headers={"Authorization": f"Bearer {admin_token}"}) as answer:
             if answer.status not in (200, 201):
                 raise RuntimeError(f"staging the file answered {answer.status}")

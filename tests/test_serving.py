@@ -135,7 +135,7 @@ def test_stalled_clients_hold_nothing_and_are_cut_at_the_deadline(hub_process):
 # -- what ESP clients depend on --------------------------------------------------------------
 
 def stage_file(hub, token: str, data: bytes) -> dict:
-    staged = requests.put(hub.url + "/api/v1/admin/staging/esp001/firmware/app.bin",
+    staged = requests.put(hub.url + "/api/v1/admin/staging/esp001/data/blob.bin",
                           data=data, headers=ADMIN, timeout=30)
     assert staged.status_code in (200, 201), staged.text
     manifest = requests.get(hub.url + "/api/v1/files/manifest/esp001", timeout=10,
