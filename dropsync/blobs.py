@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 COPY_BUFFER = 1024 * 1024
 #: Chunk-hash tables kept in memory (a 50 MiB blob in 4 KiB chunks holds 12,800 hashes).
 CACHED_TABLES = 64
+#: Blob files kept open for chunk reads, so a chunk is one ``pread`` (no open, no close).
+OPEN_BLOBS = 64
 SHA256_HEX_LENGTH = 64
 
 
@@ -112,6 +114,7 @@ class BlobStore:
         root.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[str, int], BlobInfo] = OrderedDict()
+        self._open: OrderedDict[str, _OpenBlob] = OrderedDict()
 
     # -- paths -------------------------------------------------------------------------
     def path_of(self, sha256: str) -> Path:
@@ -165,6 +168,7 @@ class BlobStore:
         with self._lock:
             for key in [k for k in self._tables if k[0] == sha256]:
                 del self._tables[key]
+            self._open.pop(sha256, None)  # closed once no read holds it
         for path in blob.parent.glob(f"{sha256}*"):
             path.unlink(missing_ok=True)
         try:
@@ -241,10 +245,33 @@ class BlobStore:
             self._tables.popitem(last=False)
 
     def read_chunk(self, info: BlobInfo, index: int) -> bytes:
-        """The bytes of one chunk, read with a single ``pread``."""
+        """The bytes of one chunk, read with a single ``pread`` of a kept-open file."""
         offset, length = info.chunk_span(index)
-        fd = os.open(self.path_of(info.sha256), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        blob = self._opened(info.sha256)  # held here, so it stays open for the read
+        return os.pread(blob.fd, length, offset)
+
+    def _opened(self, sha256: str) -> _OpenBlob:
+        with self._lock:
+            blob = self._open.get(sha256)
+            if blob is not None:
+                self._open.move_to_end(sha256)
+                return blob
+        blob = _OpenBlob(self.path_of(sha256))
+        with self._lock:
+            blob = self._open.setdefault(sha256, blob)
+            while len(self._open) > OPEN_BLOBS:
+                self._open.popitem(last=False)  # closed once no read holds it
+        return blob
+
+
+class _OpenBlob:
+    """A read-only descriptor closed when the last reference goes: a read in flight keeps
+    its blob open even if the blob is evicted or removed meanwhile (never a reused fd)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def __del__(self) -> None:
+        os.close(self.fd)

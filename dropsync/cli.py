@@ -106,10 +106,10 @@ def main(ctx: click.Context, config_file: str | None, data_dir: str | None) -> N
 @main.command()
 @click.option("--host", help="Address to listen on (overrides DROPSYNC_HOST).")
 @click.option("--port", type=int, help="Port to listen on (overrides DROPSYNC_PORT).")
-@click.option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
+@click.option("--dev", is_flag=True, help="Use Flask's development server instead.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> None:
-    """Run the hub (gunicorn: one worker, threads)."""
+    """Run the hub (granian, or gunicorn with SERVER=gunicorn: one worker process)."""
     overrides = dict(ctx.obj)
     if host:
         overrides["HOST"] = host
@@ -127,9 +127,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> 
             return
     except StartupError as exc:
         raise click.ClickException(exc.message) from None
-    from .server import HubServer
+    from .server import serve as run_server
 
-    HubServer(overrides, settings).run()
+    run_server(overrides, settings)
 
 
 def run_dev_server(overrides: dict[str, Any], settings: dict[str, Any]) -> None:

@@ -99,6 +99,20 @@ def parse_extension_list(text: str) -> str:
     return ",".join(items)
 
 
+def parse_server(text: str) -> str:
+    name = text.strip().lower()
+    if name not in ("granian", "gunicorn"):
+        raise ValueError("expected granian or gunicorn")
+    return name
+
+
+def parse_header_timeout(text: str) -> float:
+    seconds = parse_positive_float(text)
+    if seconds > 60:
+        raise ValueError("expected at most 60 seconds (granian's limit)")
+    return seconds
+
+
 def parse_accel_prefix(text: str) -> str:
     prefix = text.strip()
     if not prefix.startswith("/") or not prefix.endswith("/"):
@@ -157,7 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "INFO", parse_log_level,
             "DEBUG, INFO, WARNING, ERROR or CRITICAL."),
     Setting("THREADS", 8, parse_positive_int,
-            "Threads of the single gunicorn worker (gthread)."),
+            "Threads for requests that carry a body or may wait on the disk (granian); "
+            "threads of the single worker under gunicorn (gthread)."),
     Setting("ADMIN_TOKEN", None, str,
             "An admin API token accepted besides stored ones; when set, none is generated "
             "at first start."),
@@ -251,6 +266,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MDNS", True, parse_bool,
             "While serving, advertise the hub as `_dropsync._tcp` over mDNS (port, API "
             "path) so nodes find it without a fixed address."),
+    # -- serving (issue 11) --
+    Setting("SERVER", "granian", parse_server,
+            "`granian` (Rust HTTP, the hub on one asyncio loop plus `THREADS` threads) or "
+            "`gunicorn` (one gthread worker): what `dropsync serve` runs."),
+    Setting("REQUEST_HEADER_TIMEOUT_S", 10.0, parse_header_timeout,
+            "Seconds a client has to send a request's headers before it is cut (granian; "
+            "at most 60)."),
+    Setting("REQUEST_BODY_TIMEOUT_S", 10.0, parse_positive_float,
+            "Seconds a request body may stall before the request gets 408 and its "
+            "connection is cut (also cut below 1 KiB/s on average); a partial body is "
+            "never stored."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

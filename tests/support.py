@@ -51,7 +51,8 @@ def readme_command(index: int) -> str:
 
 
 class HubProcess:
-    """A real hub, started as ``dropsync serve`` (gunicorn) on a free loopback port."""
+    """A real hub, started as ``dropsync serve`` (granian, or ``DROPSYNC_SERVER``) on a free
+    loopback port."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
                  serve_args: tuple[str, ...] = ()):

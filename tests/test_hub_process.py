@@ -1,4 +1,4 @@
-"""End to end: real gunicorn hubs on loopback, the real CLI, real files."""
+"""End to end: real hubs (`dropsync serve`) on loopback, the real CLI, real files."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_hub_starts_as_the_readme_says_and_serves_devices(hub_process, tmp_path)
     health = requests.get(hub.url + "/health", timeout=5).json()
     assert health["status"] == "ok" and health["store"]["state"] == "ok"
     assert "data_dir" not in health["store"]  # no paths for anonymous callers
-    assert "Using worker: gthread" in hub.log
+    assert "Starting granian" in hub.log  # what `dropsync serve` runs (SERVER)
     assert f"listening on http://127.0.0.1:{hub.port}" in hub.log
 
     # the first admin credential: told once in the log, and in a 0600 file
@@ -77,8 +77,9 @@ def test_second_hub_on_the_same_data_dir_refuses_at_once(hub_process, tmp_path):
     assert requests.get(hub.url + "/health", timeout=5).status_code == 200
 
 
-def test_cli_never_writes_behind_a_running_hub(hub_process, tmp_path):
-    hub = hub_process({"DROPSYNC_LIVENESS_CHECKPOINT_S": "3600"})
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_cli_never_writes_behind_a_running_hub(hub_process, tmp_path, server):
+    hub = hub_process({"DROPSYNC_LIVENESS_CHECKPOINT_S": "3600", "DROPSYNC_SERVER": server})
     token = hub.cli("device", "add", "esp001").stdout.strip().rsplit(" ", 1)[-1]
     hub.cli("device", "add", "esp002")
     hub.cli("device", "disable", "esp002")

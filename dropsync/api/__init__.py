@@ -27,7 +27,8 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
     session cookie; API requests never do, and the poll route should not pay for it."""
 
     def open_session(self, app: Flask, request: Request):
-        if self.get_cookie_name(app) not in request.cookies:
+        if "HTTP_COOKIE" not in request.environ \
+                or self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
 
@@ -44,11 +45,30 @@ def options_for_the_named_route() -> Response:
     return response
 
 
+def sync_views_only(app: Flask) -> None:
+    """Flask asks ``inspect`` whether every hook and view is a coroutine on every request
+    (4% of a poll); the hub has none, so each function is checked once."""
+    checked: dict = {}
+    ensure_sync = app.ensure_sync
+
+    def ensure_sync_once(func):
+        try:
+            return checked[func]
+        except KeyError:
+            checked[func] = found = ensure_sync(func)
+            return found
+        except TypeError:  # an unhashable callable: ask every time
+            return ensure_sync(func)
+
+    app.ensure_sync = ensure_sync_once
+
+
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
     ops.init_app(app)  # first: its request timer starts before auth and rate limits
     app.request_class = parsing.BoundedRequest  # the size limit for chunked bodies too
     app.make_default_options_response = options_for_the_named_route
+    sync_views_only(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)

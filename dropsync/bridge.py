@@ -1,0 +1,356 @@
+"""The hub's WSGI app served over granian's RSGI interface, so slow clients cost no thread.
+
+granian parses HTTP in Rust and hands each request to this bridge on one asyncio loop:
+
+- A request with no body to a fast, memory-only route (device polls, manifests, chunk and
+  Range downloads, ``/health``) runs the Flask app right there on the loop: no hand-off to
+  a thread, no GIL contention between threads (the peer's "tuned" mode, for WSGI).
+- Any other request runs in a pool of ``THREADS`` threads (writes fsync; admin pages read
+  history from disk) once its whole body has arrived. The body is received on the loop,
+  so a client that sends it slowly holds a coroutine, never a thread; one that stops
+  (``REQUEST_BODY_TIMEOUT_S`` without a byte, or slower than ``MIN_BODY_BYTES_PER_S`` on
+  the whole) gets 408 and its connection is closed. The app never sees a partial body,
+  so a partial upload is never stored.
+- A whole file (``send_file`` without ``Range``) is sent by granian itself from the path.
+
+Headers are granian's: it cuts a client that does not finish them within
+``REQUEST_HEADER_TIMEOUT_S`` before any Python runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dropsync")
+
+#: Request bodies up to this size are kept in memory; larger ones are spooled to a file.
+SPOOL_IN_MEMORY_BYTES = 1 << 20
+#: A body must arrive at least this fast on average (after its first timeout window).
+MIN_BODY_BYTES_PER_S = 1024
+#: Answers larger than this are streamed rather than sent as one piece.
+STREAM_ABOVE_BYTES = 1 << 20
+#: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
+#: page-cached blob, never write, never wait.
+LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/", "/health")
+
+#: A request line longer than this gets 414, a header section larger than this 431, both
+#: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
+#: ~400 KiB of headers): past them, and for bytes that are not HTTP at all, granian answers
+#: the same statuses (or 400) itself, with an empty body.
+MAX_URI_BYTES = 8192
+MAX_HEADER_BYTES = 32768
+
+JSON_HEADERS = [("content-type", "application/json")]
+CLOSE_JSON_HEADERS = [*JSON_HEADERS, ("connection", "close")]
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The one JSON error shape, for answers given before (or instead of) the app."""
+    return json.dumps({"error": {"code": code, "message": message, "details": None}},
+                      separators=(",", ":")).encode()
+
+
+class ServerFile:
+    """``wsgi.file_wrapper``: remembers the file so granian can send it (or the range
+    werkzeug cut from it) by path. Seekable, so werkzeug seeks to a range's start."""
+
+    def __init__(self, file: Any, block_size: int = 65536):
+        self.file = file
+        self.block_size = block_size
+
+    def __iter__(self) -> ServerFile:
+        return self
+
+    def __next__(self) -> bytes:
+        block = self.file.read(self.block_size)
+        if not block:
+            raise StopIteration
+        return block
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StartResponse:
+    __slots__ = ("status", "headers")
+
+    def __init__(self):
+        self.status = 500
+        self.headers: list[tuple[str, str]] = []
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+        self.status = int(status[:3])
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:  # pragma: no cover - Flask never calls it
+        raise RuntimeError("the legacy WSGI write() callable is not supported")
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RSGIBridge:
+    """An RSGI application (``__rsgi__``) serving a WSGI app."""
+
+    def __init__(self, wsgi_app: Callable, *, threads: int, body_timeout_s: float,
+                 max_body_bytes: int, spool_dir: str | Path | None = None,
+                 on_close: Callable[[], None] | None = None,
+                 loop_prefixes: tuple[str, ...] = LOOP_PREFIXES):
+        self.wsgi_app = wsgi_app
+        self.spool_dir = spool_dir
+        self.on_close = on_close
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dropsync-request")
+        self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.loop_prefixes = loop_prefixes
+        self.base_environ = {
+            "SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": _Errors(),
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.input_terminated": True, "wsgi.file_wrapper": ServerFile,
+            "SERVER_SOFTWARE": "granian (dropsync bridge)",
+        }
+
+    def __rsgi_init__(self, loop) -> None:
+        self.loop = loop
+
+    def close(self) -> None:
+        """Let requests in the threads finish, then close the app (``on_close``)."""
+        self.pool.shutdown(wait=True)
+        if self.on_close is not None:
+            self.on_close()
+
+    # -- the request ---------------------------------------------------------------------
+    async def __rsgi__(self, scope, proto) -> None:
+        if scope.proto != "http":  # websockets: not served
+            return
+        environ = self.environ(scope, proto)
+        if environ is None:
+            return
+        has_body = environ.get("CONTENT_LENGTH", "0") not in ("", "0") \
+            or "HTTP_TRANSFER_ENCODING" in environ
+        if not has_body and scope.method in ("GET", "HEAD") \
+                and scope.path.startswith(self.loop_prefixes):
+            environ["wsgi.input"] = _EMPTY
+            await self.respond(proto, *self.call_app(environ))
+            return
+        if has_body:
+            try:
+                environ["wsgi.input"] = await self.receive_body(proto, environ)
+            except BodyTimeout:
+                proto.response_bytes(408, CLOSE_JSON_HEADERS, error_body(
+                    "request_timeout", "the request body did not arrive in time"))
+                return
+            except BodyTooLarge:
+                proto.response_bytes(413, CLOSE_JSON_HEADERS, error_body(
+                    "payload_too_large", "the request body is larger than the hub accepts"))
+                return
+        else:
+            environ["wsgi.input"] = _EMPTY
+        status, headers, result = await self.loop.run_in_executor(
+            self.pool, self.call_app_buffered, environ)
+        await self.respond(proto, status, headers, result)
+
+    def environ(self, scope, proto) -> dict[str, Any] | None:
+        """The WSGI environ, or None after answering a request line or headers too large."""
+        path = scope.path
+        if len(path) + len(scope.query_string) > MAX_URI_BYTES:
+            proto.response_bytes(414, CLOSE_JSON_HEADERS, error_body(
+                "uri_too_long", f"the request target is longer than {MAX_URI_BYTES} bytes"))
+            return None
+        environ = dict(self.base_environ)
+        environ["REQUEST_METHOD"] = scope.method
+        # granian gives the path percent-decoded, as text; WSGI wants its bytes as latin-1
+        environ["PATH_INFO"] = path if path.isascii() else path.encode().decode("latin-1")
+        environ["QUERY_STRING"] = scope.query_string
+        environ["SERVER_PROTOCOL"] = "HTTP/" + scope.http_version
+        environ["wsgi.url_scheme"] = scope.scheme
+        host, _, port = scope.server.rpartition(":")
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = host, port
+        client, _, client_port = scope.client.rpartition(":")
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client, client_port
+        header_bytes = 0
+        for name, value in scope.headers.items():
+            header_bytes += len(name) + len(value) + 4
+            if name == "content-type":
+                environ["CONTENT_TYPE"] = value
+            elif name == "content-length":
+                environ["CONTENT_LENGTH"] = value
+            else:
+                key = "HTTP_" + name.upper().replace("-", "_")
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
+        if header_bytes > MAX_HEADER_BYTES:
+            proto.response_bytes(431, CLOSE_JSON_HEADERS, error_body(
+                "request_header_fields_too_large",
+                f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
+            return None
+        return environ
+
+    async def receive_body(self, proto, environ: dict[str, Any]):
+        """The whole body, within the deadlines; a file-like object for ``wsgi.input``."""
+        declared = environ.get("CONTENT_LENGTH")
+        try:
+            expected = int(declared) if declared else None
+        except ValueError:
+            expected = None
+        if expected is not None and expected > self.max_body_bytes:
+            raise BodyTooLarge
+        loop = self.loop
+        started = loop.time()
+        received = 0
+        # closed on failure here, else by call_app_buffered once the app has read it
+        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            SPOOL_IN_MEMORY_BYTES, dir=self.spool_dir)
+        chunks = proto.__aiter__()
+        try:
+            while True:
+                budget = self.body_timeout_s + received / MIN_BODY_BYTES_PER_S \
+                    - (loop.time() - started)
+                wait = min(self.body_timeout_s, budget)
+                if wait <= 0:
+                    raise BodyTimeout
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise BodyTimeout from None
+                received += len(chunk)
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge
+                spool.write(chunk)
+            if expected is not None and received < expected:
+                raise BodyTimeout  # the client went away mid-body
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        environ["CONTENT_LENGTH"] = str(received)
+        return spool
+
+    # -- running the app -----------------------------------------------------------------
+    def call_app(self, environ: dict[str, Any]) -> tuple[int, list, Any]:
+        start = StartResponse()
+        result = self.wsgi_app(environ, start)
+        return start.status, start.headers, result
+
+    def call_app_buffered(self, environ: dict[str, Any]) -> tuple[int, list, Any]:
+        """In a pool thread: run the app and read a small answer while still here."""
+        try:
+            status, headers, result = self.call_app(environ)
+            if isinstance(result, list) or file_path(result) is not None:
+                return status, headers, result
+            length = content_length(headers)
+            if length is not None and length <= STREAM_ABOVE_BYTES:
+                try:
+                    return status, headers, [b"".join(result)]
+                finally:
+                    close_result(result)
+            return status, headers, result
+        finally:
+            input_stream = environ.get("wsgi.input")
+            if input_stream is not None and input_stream is not _EMPTY:
+                input_stream.close()
+
+    async def respond(self, proto, status: int, headers: list, result: Any) -> None:
+        if isinstance(result, list):
+            proto.response_bytes(status, headers, result[0] if len(result) == 1
+                                 else b"".join(result))
+            return
+        path = file_path(result)
+        if path is not None:
+            if isinstance(result, ServerFile):
+                proto.response_file(status, headers, path)
+            else:  # werkzeug's range of a ServerFile: start and end (exclusive) bytes
+                proto.response_file_range(status, headers, path, result.start_byte,
+                                          result.end_byte)
+            close_result(result)
+            return
+        try:
+            length = content_length(headers)
+            if length is not None and length <= STREAM_ABOVE_BYTES:
+                proto.response_bytes(status, headers, b"".join(result))
+                return
+            transport = proto.response_stream(status, headers)
+            for block in result:
+                if block:
+                    await transport.send_bytes(block)
+        finally:
+            close_result(result)
+
+
+def file_path(result: Any) -> str | None:
+    """The path granian can send for a whole ``ServerFile`` or werkzeug's range of one."""
+    found = result if isinstance(result, ServerFile) else getattr(result, "iterable", None)
+    if not isinstance(found, ServerFile):
+        return None
+    if found is not result and getattr(result, "end_byte", None) is None:
+        return None
+    name = getattr(found.file, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def content_length(headers: list[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def close_result(result: Iterable) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Empty:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def __iter__(self):
+        return iter(())
+
+
+_EMPTY = _Empty()
+
+
+class _Errors:
+    def write(self, text: str) -> None:
+        log.error("%s", text.rstrip())
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
