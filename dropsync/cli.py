@@ -22,6 +22,7 @@ from . import __version__
 from .config import load_config
 from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
+from .simulator.cli import demo, simulate
 from .store import current_holder
 
 
@@ -503,6 +504,11 @@ def withdraw(ctx, package_id, yes) -> None:
                       abort=True)
     gone = admin_api(ctx, "DELETE", f"/packages/{quote(package_id, safe='')}")
     click.echo(f"Withdrew {gone['target']}/{gone['path']} (package {gone['withdrawn']}).")
+
+
+# -- simulator (dropsync/simulator/) -----------------------------------------------------
+main.add_command(simulate)
+main.add_command(demo)
 
 
 if __name__ == "__main__":
