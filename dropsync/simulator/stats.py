@@ -26,42 +26,41 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[rank - 1]
 
 
-def spread_threshold(mean: float) -> float:
-    """The busiest second a *randomly* spread fleet shows: mean + 3 sigma + 1.
+def spread_band(rate: float) -> tuple[float, float]:
+    """Poll counts per second a *randomly* spread fleet stays within: rate -/+ (3 sigma + 1).
 
     Polls arriving independently at random moments give Poisson counts per second
-    (sigma = sqrt(mean)); a fleet still polling in step exceeds this by far.
+    (sigma = sqrt(rate)); a fleet still polling in step leaves this band by far, above
+    (the seconds it polls in) and below (the gaps between).
     """
-    return mean + 3 * math.sqrt(mean) + 1
+    margin = 3 * math.sqrt(rate) + 1
+    return rate - margin, rate + margin
 
 
 def time_until_spread(polls_per_second: list[int], window_s: int) -> dict[str, Any]:
     """How long until polls were spread evenly, and stayed so.
 
-    Polls are *spread* over a window of ``window_s`` seconds (the poll interval) when its
-    busiest second holds no more than ``spread_threshold(mean)`` polls, mean being the
-    window's polls per second. The answer is the start of the first window from which
-    every later full window is spread; ``None`` when the run never got there (or was
-    shorter than two windows).
+    A window of ``window_s`` seconds (the poll interval) is *spread* when every second in
+    it lies within ``spread_band(rate)``, rate being the mean polls per second from the
+    window's start to the end of the run (the pace the fleet settles to). The answer is
+    the start of the first window from which every later full window is spread; ``None``
+    when the run never got there (or was shorter than two windows).
     """
     window_s = max(1, int(window_s))
-    last_start = len(polls_per_second) - window_s
-    verdicts = []
-    for start in range(max(0, last_start + 1)):
-        window = polls_per_second[start:start + window_s]
-        mean = sum(window) / window_s
-        verdicts.append((start, max(window), mean, max(window) <= spread_threshold(mean)))
+    counts = polls_per_second
+    starts = range(max(0, len(counts) - window_s + 1))
     spread_from = None
-    for start, _, _, spread in reversed(verdicts):
-        if not spread:
+    for start in reversed(starts):
+        low, high = spread_band(sum(counts[start:]) / (len(counts) - start))
+        if not all(low <= c <= high for c in counts[start:start + window_s]):
             break
         spread_from = start
-    busiest = max(verdicts[-1][1], 0) if verdicts else None
-    mean = round(verdicts[-1][2], 1) if verdicts else None
-    if len(verdicts) < 2:
+    if len(starts) < 2:
         spread_from = None
+    last = counts[-window_s:] if len(counts) >= window_s else counts
     return {"spread_after_s": spread_from, "window_s": window_s,
-            "last_window_busiest_second": busiest, "last_window_mean_per_s": mean}
+            "last_window_busiest_second": max(last, default=None),
+            "last_window_mean_per_s": round(sum(last) / len(last), 1) if last else None}
 
 
 @dataclass
@@ -161,7 +160,9 @@ class FleetStats:
                        "explained_failures": dict(self.explained)},
             "errors": {"unexplained": self.unexplained, "by_reason": dict(self.errors),
                        "samples": self.error_samples},
-            "spread": time_until_spread(self.polls_per_second, round(interval_s or 10)),
+            # whole seconds only: the last one was cut short by the end of the run
+            "spread": time_until_spread(self.polls_per_second[:int(elapsed)],
+                                        round(interval_s or 10)),
         }
 
 
