@@ -59,10 +59,15 @@ class AdminAPI:
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str):
         self.session, self.url, self.token = session, url.rstrip("/"), token
 
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
+    async def request(self, method: str, path: str, body: Any = None,
+                      data: bytes | None = None) -> Any:
+        """JSON ``body`` (or raw ``data``) to an admin route; the answer, or HubError."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/octet-stream"
         async with self.session.request(
-                method, f"{self.url}/api/v1/admin{path}", json=body,
-                headers={"Authorization": f"Bearer {self.token}"}) as response:
+                method, f"{self.url}/api/v1/admin{path}", json=body, data=data,
+                headers=headers) as response:
             payload = await response.json(content_type=None)
             if response.status >= 400:
                 error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
