@@ -117,3 +117,33 @@ def test_polls_in_step_are_not_spread_until_they_fan_out():
     assert time_until_spread(in_step, window)["spread_after_s"] is None
     low, high = spread_band(20)
     assert 0 < low <= 20 <= high < 200
+
+
+def test_fleet_from_a_token_file_survives_stalls_outages_and_wrong_tokens(hub_process,
+                                                                          tmp_path):
+    """The other fault kinds, a fleet that powers up in the same second, and devices
+    registered beforehand (ids and tokens from a file, as a site would have them)."""
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_POLL_INTERVAL_S": "2",
+                       "DROPSYNC_LOG_LEVEL": "WARNING"})
+    tokens = {f"node-{i:02d}": admin(hub, "POST", "/devices/register",
+                                     json={"id": f"node-{i:02d}"})["token"]
+              for i in range(30)}
+    tokens_file = tmp_path / "device_auth.json"
+    tokens_file.write_text(json.dumps(tokens))
+    result = subprocess.run(
+        [str(BIN / "dropsync"), "simulate", "--hub", hub.url, "--tokens", str(tokens_file),
+         "--start", "together", "--duration", "12", "--stall-s", "1", "--seed", "3",
+         "--fault", "offline=0.05,stall=0.1,bad-token=0.2", "--json", "--quiet"],
+        cwd=hub.workdir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["devices"] == 30
+    assert summary["errors"]["unexplained"] == 0, summary["errors"]
+    injected = summary["faults"]["injected"]
+    assert {"offline", "stall", "bad-token"} <= set(injected), injected
+    # Every wrong token was refused (401, or 429 once its address was shut out).
+    assert summary["faults"]["caught"]["bad-token"] == injected["bad-token"]
+    # Each device spoke from its own address, so one's wrong tokens never shut out another.
+    devices = admin(hub, "GET", "/devices")["devices"]
+    addresses = {d["address"] for d in devices}
+    assert len(addresses) == 30 and all(a.startswith("127.1.") for a in addresses)
