@@ -80,7 +80,7 @@ class HubProcess:
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
                 pass
             time.sleep(0.1)
         self.stop()

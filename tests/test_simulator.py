@@ -47,6 +47,7 @@ def test_fleet_with_faults_syncs_every_file_and_completes_every_command(hub_proc
         [str(BIN / "dropsync"), "simulate", "--hub", hub.url, "--admin-token", ADMIN_TOKEN,
          "--devices", str(DEVICES), "--group", "east", "--group", "west", "--ramp", "4",
          "--duration", str(RUN_S), "--fault", "drop=0.05,corrupt=0.1", "--seed", "7",
+         "--manifest-every", "10", "--heartbeat-every", "5",
          "--json", "--progress-every", "5"],
         cwd=hub.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -102,6 +102,11 @@ def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
               help='Use registered devices from a {"id": "token"} JSON file instead.')
 @click.option("--save-tokens", type=click.Path(dir_okay=False),
               help="Write the registered devices' ids and tokens there (mode 0600).")
+@click.option("--heartbeat-every", "heartbeat_s", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, help="Seconds between a device's heartbeats.")
+@click.option("--manifest-every", "manifest_s", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, help="Seconds between a device's manifest checks (also "
+              "at boot and on a sync command).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=30.0, show_default=True, help="Seconds before a request fails.")
 @click.option("--progress-every", type=click.FloatRange(min=0.1),
@@ -112,7 +117,7 @@ def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
 @click.pass_context
 def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix, groups,
              device_type, fault_spec, stall_s, admin_token, tokens_file, save_tokens,
-             timeout_s, progress_every, quiet, seed, as_json) -> None:
+             heartbeat_s, manifest_s, timeout_s, progress_every, quiet, seed, as_json) -> None:
     """Run N virtual devices against a hub, as the firmware behaves on the wire.
 
     Exits 1 if any request failed that no injected fault explains.
@@ -135,6 +140,7 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix
     options = FleetOptions(devices=count, prefix=prefix, groups=tuple(groups),
                            device_type=device_type, start=start, ramp_s=ramp_s,
                            duration_s=duration, faults=faults, request_timeout_s=timeout_s,
+                           heartbeat_every_s=heartbeat_s, manifest_every_s=manifest_s,
                            seed=seed)
     show, every_s = progress_printer(quiet, progress_every)
 

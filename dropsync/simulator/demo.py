@@ -140,8 +140,10 @@ class Demo:
 
     # -- the fleet ---------------------------------------------------------------------
     async def live(self, workdir: Path) -> None:
+        # Livelier than the firmware's defaults, so a newcomer sees things happen.
         options = FleetOptions(devices=self.devices, prefix="demo-", groups=GROUPS,
-                               ramp_s=min(self.poll_s, 3))
+                               ramp_s=min(self.poll_s, 3), heartbeat_every_s=4 * self.poll_s,
+                               manifest_every_s=2 * self.poll_s)
         credentials = await prepare_credentials(self.url, self.admin_token, options, None)
         async with aiohttp.ClientSession() as session:
             admin = AdminAPI(session, self.url, self.admin_token)

@@ -1,12 +1,14 @@
 """One virtual device: what the firmware does on the wire, as an asyncio task.
 
-The cycle follows the firmware: poll for commands at the ``next_poll_s`` the hub sends
-(plus a little jitter of its own), run and complete each command once (ids are deduped,
-as a delivery may repeat), check the manifest with ``If-None-Match``, download what is
-new chunk by chunk verifying every chunk and then the whole file, report progress and the
-outcome, heartbeat now and then with drifting RSSI, free heap and uptime, and log a
-message at some level once in a while. Each device keeps its own keep-alive connection
-(an aiohttp connector of one), so a fleet of thousands is one process and no threads.
+The cycle follows the firmware (``firmware/``, ``node.h``): poll for commands at the
+``next_poll_s`` the hub sends (plus a little jitter of its own), run and complete each
+command once (ids are deduped, as a delivery may repeat); every ``manifest_every_s``
+(300 s, as the firmware; at once after boot and on ``sync``) check the manifest with
+``If-None-Match`` and download what is new chunk by chunk, verifying every chunk and then
+the whole file, reporting progress and the outcome; every ``heartbeat_every_s`` (60 s)
+heartbeat with drifting RSSI, free heap and uptime; once in a while log a message. Each
+device keeps its own keep-alive connection (an aiohttp connector of one), so a fleet of
+thousands is one process and no threads.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ FIRMWARE_VERSION = f"sim-{__version__}"
 #: Seconds an idle connection is kept. Below the hub's own keep-alive (gunicorn: 5 s), so
 #: the device, not the hub, closes it: a request never races the hub's close.
 KEEPALIVE_S = 4.0
-#: A heartbeat every this many polls (about a minute at a 10 s poll).
-HEARTBEAT_EVERY = 6
+#: Seconds between heartbeats and between manifest checks (the firmware's defaults).
+HEARTBEAT_EVERY_S = 60.0
+MANIFEST_EVERY_S = 300.0
 #: Chance per poll of a log message.
 MESSAGE_CHANCE = 0.05
 #: The device's own spread around ``next_poll_s`` (the hub spreads it too).
@@ -83,6 +86,8 @@ class HubLink:
     request_timeout_s: float = 30.0
     #: When devices share one source address, a refused token counts against them all.
     shared_address: bool = True
+    heartbeat_every_s: float = HEARTBEAT_EVERY_S
+    manifest_every_s: float = MANIFEST_EVERY_S
     last_bad_token_at: float = -1e9
 
 
@@ -107,8 +112,8 @@ class VirtualDevice:
         self.rssi = self.rng.randint(-82, -48)
         self.free_heap = self.rng.randint(*self.heap_range)
         self.booted_at = time.monotonic()
+        self.next_heartbeat_at = self.next_manifest_at = 0.0
         self.interval_s: float | None = None
-        self.polls = 0
         self.done: OrderedDict[int, tuple[bool, Any]] = OrderedDict()
         self.manifest_etag: str | None = None
         self.manifest_version: int | None = None
@@ -134,6 +139,7 @@ class VirtualDevice:
 
     async def boot(self, reason: str) -> None:
         self.booted_at = time.monotonic()
+        self.next_manifest_at = self.booted_at  # the first cycle checks it
         self.connect()
         try:
             await self.heartbeat()
@@ -164,13 +170,13 @@ class VirtualDevice:
                 return
             reply = await self.call("poll", "GET", f"/api/v1/device/commands/{self.id}")
             self.stats.record_poll()
-            self.polls += 1
             answer = reply.json()
             self.interval_s = answer["next_poll_s"]
             self.stats.online.add(self.id)
             reboot_in = await self.run_commands(answer["commands"])
-            await self.check_manifest()
-            if self.polls % HEARTBEAT_EVERY == 0:
+            if time.monotonic() >= self.next_manifest_at:
+                await self.check_manifest()
+            if time.monotonic() >= self.next_heartbeat_at:
                 await self.heartbeat()
             if self.rng.random() < MESSAGE_CHANCE:
                 await self.send_message(*self.some_message())
@@ -306,6 +312,7 @@ class VirtualDevice:
 
     # -- files -------------------------------------------------------------------------
     async def check_manifest(self) -> None:
+        self.next_manifest_at = time.monotonic() + self.link.manifest_every_s
         headers = {"If-None-Match": self.manifest_etag} if self.manifest_etag else {}
         reply = await self.call("manifest", "GET", f"/api/v1/files/manifest/{self.id}",
                                 headers=headers, ok=(200, 304))
@@ -391,6 +398,7 @@ class VirtualDevice:
 
     # -- reports -----------------------------------------------------------------------
     async def heartbeat(self) -> None:
+        self.next_heartbeat_at = time.monotonic() + self.link.heartbeat_every_s
         self.rssi = min(-35, max(-95, self.rssi + self.rng.choice((-2, -1, 0, 0, 1, 2))))
         low, high = self.heap_range
         self.free_heap = min(high, max(low, self.free_heap + self.rng.randint(-800, 800)))

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from ..hubclient import HubError
-from .device import HubLink, VirtualDevice
+from .device import HEARTBEAT_EVERY_S, MANIFEST_EVERY_S, HubLink, VirtualDevice
 from .faults import FaultPlan
 from .stats import FleetStats
 
@@ -47,6 +47,8 @@ class FleetOptions:
     duration_s: float | None = None     # None: until stopped
     faults: FaultPlan = field(default_factory=FaultPlan)
     request_timeout_s: float = 30.0
+    heartbeat_every_s: float = HEARTBEAT_EVERY_S
+    manifest_every_s: float = MANIFEST_EVERY_S
     seed: int | None = None
     #: Give each device its own loopback source address (None: when the hub is on an
     #: IPv4 loopback address).
@@ -133,7 +135,9 @@ class Fleet:
         self.stats = FleetStats()
         self.link = HubLink(self.url, parts.hostname or "127.0.0.1",
                             parts.port or (443 if parts.scheme == "https" else 80),
-                            self.stats, options.faults, options.request_timeout_s)
+                            self.stats, options.faults, options.request_timeout_s,
+                            heartbeat_every_s=options.heartbeat_every_s,
+                            manifest_every_s=options.manifest_every_s)
         addresses = loopback_addresses(self.link.host, len(credentials),
                                        options.own_addresses)
         self.link.shared_address = addresses[0] is None if addresses else True
@@ -161,6 +165,7 @@ class Fleet:
         for signum in stop_on_signals:
             loop.add_signal_handler(signum, self.stop.set)
         self.stats.started = time.monotonic()
+        cpu_started = time.process_time()
         tasks = [asyncio.create_task(self.run_device(device, delay))
                  for device, delay in zip(self.devices, self.start_delays(), strict=True)]
         reporter = asyncio.create_task(self.report_progress(progress, progress_every_s)) \
@@ -177,7 +182,10 @@ class Fleet:
                 task.cancel()
             await asyncio.gather(*tasks, *([reporter] if reporter else []),
                                  return_exceptions=True)
-        return self.summary()
+        summary = self.summary()
+        # The simulator's own cost, to tell its limits from the hub's.
+        summary["simulator_cpu_s"] = round(time.process_time() - cpu_started, 2)
+        return summary
 
     async def run_device(self, device: VirtualDevice, delay: float) -> None:
         try:

@@ -69,6 +69,7 @@ class FleetStats:
     requests: Counter = field(default_factory=Counter)        # by kind of request
     statuses: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    latencies_by_kind: dict[str, list[float]] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
     errors: Counter = field(default_factory=Counter)          # unexplained, by reason
@@ -99,6 +100,7 @@ class FleetStats:
         self.statuses[status] += 1
         ms = latency_s * 1000
         self.latencies_ms.append(ms)
+        self.latencies_by_kind.setdefault(kind, []).append(ms)
         self._window_latencies.append(ms)
         self._window_requests += 1
         self.bytes_out += sent
@@ -150,6 +152,9 @@ class FleetStats:
                 ("p90", percentile(self.latencies_ms, 0.90)),
                 ("p99", percentile(self.latencies_ms, 0.99)),
                 ("max", max(self.latencies_ms, default=None)))},
+            "latency_ms_by_kind": {kind: {"p50": round(percentile(values, 0.50), 2),
+                                          "p99": round(percentile(values, 0.99), 2)}
+                                   for kind, values in sorted(self.latencies_by_kind.items())},
             "bytes": {"in": self.bytes_in, "out": self.bytes_out},
             "commands": {"run": dict(self.commands), "duplicates_ignored": self.duplicates},
             "files": {"verified": self.files_verified, "chunks": self.chunks,
