@@ -122,6 +122,8 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix
 
     Exits 1 if any request failed that no injected fault explains.
     """
+    import aiohttp
+
     from .fleet import Fleet, FleetOptions, load_tokens, prepare_credentials
     from .stats import format_summary
 
@@ -149,6 +151,7 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix
         if save_tokens:
             path = Path(save_tokens)
             path.touch(mode=0o600, exist_ok=True)
+            path.chmod(0o600)
             path.write_text(json.dumps(credentials, indent=1))
         if show:
             show(f"{len(credentials)} devices, {start} start, faults: {faults.describe()}, "
@@ -161,7 +164,7 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix
         summary = asyncio.run(main())
     except HubError as exc:
         raise click.ClickException(f"{exc.message} ({exc.code})") from None
-    except OSError as exc:
+    except (OSError, aiohttp.ClientError) as exc:
         raise click.ClickException(f"cannot reach the hub at {hub_url}: {exc}") from None
     if show and sys.stderr.isatty():
         sys.stderr.write("\n")

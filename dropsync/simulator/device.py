@@ -190,6 +190,10 @@ class VirtualDevice:
                 await self.reboot(reboot_in)
         except RequestFailed:
             self.stats.online.discard(self.id)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # An answer the firmware could not parse: an error, and the device carries on.
+            self.stats.error("unreadable answer", f"{self.id}: {exc!r}")
+            self.stats.online.discard(self.id)
 
     # -- HTTP --------------------------------------------------------------------------
     async def call(self, kind: str, method: str, path: str, *, body: Any = None,
