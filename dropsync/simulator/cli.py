@@ -86,6 +86,8 @@ def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
               "as after a power cut.")
 @click.option("--ramp", "ramp_s", type=click.FloatRange(min=0), default=10.0,
               show_default=True, help="Seconds over which staggered devices come up.")
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds at the start whose latencies the summary leaves out.")
 @click.option("--prefix", default="sim-", show_default=True, help="Device id prefix.")
 @click.option("--group", "groups", multiple=True,
               help="Put devices in this group (repeat: dealt in turn).")
@@ -115,8 +117,8 @@ def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
 @click.option("--seed", type=int, help="Random seed, for a repeatable run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix, groups,
-             device_type, fault_spec, stall_s, admin_token, tokens_file, save_tokens,
+def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, warmup_s, prefix,
+             groups, device_type, fault_spec, stall_s, admin_token, tokens_file, save_tokens,
              heartbeat_s, manifest_s, timeout_s, progress_every, quiet, seed, as_json) -> None:
     """Run N virtual devices against a hub, as the firmware behaves on the wire.
 
@@ -141,6 +143,7 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, prefix
             raise click.ClickException(f"{tokens_file}: {exc}") from None
     options = FleetOptions(devices=count, prefix=prefix, groups=tuple(groups),
                            device_type=device_type, start=start, ramp_s=ramp_s,
+                           warmup_s=warmup_s,
                            duration_s=duration, faults=faults, request_timeout_s=timeout_s,
                            heartbeat_every_s=heartbeat_s, manifest_every_s=manifest_s,
                            seed=seed)

@@ -45,6 +45,7 @@ class FleetOptions:
     start: str = "staggered"            # or "together": a site after a power cut
     ramp_s: float = 10.0                # staggered devices come up over this long
     duration_s: float | None = None     # None: until stopped
+    warmup_s: float = 0.0               # latencies before this are not summarised
     faults: FaultPlan = field(default_factory=FaultPlan)
     request_timeout_s: float = 30.0
     heartbeat_every_s: float = HEARTBEAT_EVERY_S
@@ -132,7 +133,7 @@ class Fleet:
         parts = urlsplit(hub_url)
         self.url = hub_url.rstrip("/")
         self.options = options
-        self.stats = FleetStats()
+        self.stats = FleetStats(warmup_s=options.warmup_s)
         self.link = HubLink(self.url, parts.hostname or "127.0.0.1",
                             parts.port or (443 if parts.scheme == "https" else 80),
                             self.stats, options.faults, options.request_timeout_s,

@@ -66,6 +66,8 @@ def time_until_spread(polls_per_second: list[int], window_s: int) -> dict[str, A
 @dataclass
 class FleetStats:
     started: float = field(default_factory=time.monotonic)
+    #: Latencies of the first seconds (a fleet coming up) are left out of the summary.
+    warmup_s: float = 0.0
     requests: Counter = field(default_factory=Counter)        # by kind of request
     statuses: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
@@ -99,8 +101,9 @@ class FleetStats:
         self.requests[kind] += 1
         self.statuses[status] += 1
         ms = latency_s * 1000
-        self.latencies_ms.append(ms)
-        self.latencies_by_kind.setdefault(kind, []).append(ms)
+        if time.monotonic() - self.started >= self.warmup_s:
+            self.latencies_ms.append(ms)
+            self.latencies_by_kind.setdefault(kind, []).append(ms)
         self._window_latencies.append(ms)
         self._window_requests += 1
         self.bytes_out += sent
@@ -147,6 +150,7 @@ class FleetStats:
             "requests": {"total": total, "per_s": round(total / max(elapsed, 1e-9), 1),
                          "by_kind": dict(self.requests),
                          "by_status": {str(k): v for k, v in sorted(self.statuses.items())}},
+            "latency_warmup_s": self.warmup_s,
             "latency_ms": {name: None if v is None else round(v, 2) for name, v in (
                 ("p50", percentile(self.latencies_ms, 0.50)),
                 ("p90", percentile(self.latencies_ms, 0.90)),
