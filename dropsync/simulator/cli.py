@@ -165,6 +165,8 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, warmup
 
     try:
         summary = asyncio.run(main())
+    except KeyboardInterrupt:  # before the fleet started: nothing to summarise
+        raise click.Abort() from None
     except HubError as exc:
         raise click.ClickException(f"{exc.message} ({exc.code})") from None
     except (OSError, aiohttp.ClientError) as exc:

@@ -36,6 +36,7 @@ SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "firmware/blink.bin"
 #: Seconds to wait for the hub to answer, and for it to stop.
 HUB_START_S, HUB_STOP_S = 30.0, 15.0
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def free_port() -> int:
@@ -62,8 +63,11 @@ def stop_with_parent() -> None:
 
 
 def say(text: str = "") -> None:
-    click.echo(text)
-    sys.stdout.flush()
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError:  # the terminal is gone (SIGHUP): clean up all the same
+        pass
 
 
 class Demo:
@@ -77,6 +81,9 @@ class Demo:
         self.hub: subprocess.Popen | None = None
 
     def run(self) -> int:
+        # SIGTERM and a closed terminal (SIGHUP) stop the demo as Ctrl-C does: cleanly.
+        for signum in STOP_SIGNALS[1:]:
+            signal.signal(signum, signal.default_int_handler)
         workdir = Path(tempfile.mkdtemp(prefix="dropsync-demo-"))
         try:
             self.start_hub(workdir)
@@ -88,8 +95,8 @@ class Demo:
             click.echo(f"Error: {exc}", err=True)
             return 1
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leave the clean-up half done
+            for signum in STOP_SIGNALS:  # a second Ctrl-C must not leave it half done
+                signal.signal(signum, signal.SIG_IGN)
             say("Stopping the demo hub...")
             self.stop_hub()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -177,7 +184,8 @@ class Demo:
         say(f"    DROPSYNC_DATA_DIR={workdir / 'data'} dropsync packages")
         say()
         show, every_s = progress_printer(False, None)
-        summary = await Fleet(self.url, credentials, options).run(show, every_s)
+        summary = await Fleet(self.url, credentials, options).run(
+            show, every_s, stop_on_signals=STOP_SIGNALS)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         say(f"The devices made {summary['requests']['total']} requests, verified "
