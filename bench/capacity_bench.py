@@ -238,6 +238,7 @@ def verdict(run: dict[str, Any], count: int, duration_s: float, ramp_s: float,
             "all_requests_p99_ms": summary["latency_ms"]["p99"],
             "req_per_s": summary["requests"]["per_s"], "errors": errors,
             "pace_kept": round(pace, 3),
+            "simulator_loop_lag_p99_ms": summary["loop_lag_ms"]["p99"],
             "held": p99 <= p99_limit_ms and errors == 0 and pace >= PACE_KEPT,
             "simulator_cpu_s": run["simulator_cpu_s"],
             "simulator_cpu_us_per_device_s": round(
@@ -252,7 +253,8 @@ def print_row(row: dict[str, Any]) -> None:
     print(f"  N={row['devices']:>6}  poll p50 {row['p50_ms'] or 0:6.1f} ms  p99 "
           f"{row['p99_ms']:7.1f} ms (all requests {row['all_requests_p99_ms']:7.1f})  "
           f"{row['req_per_s']:6.1f} req/s  errors {row['errors']}  pace "
-          f"{row['pace_kept']:.2f}  sim CPU {row['simulator_cpu_us_per_device_s']:6.1f} "
+          f"{row['pace_kept']:.2f}  sim loop lag p99 {row['simulator_loop_lag_p99_ms']:.0f} ms"
+          f"  sim CPU {row['simulator_cpu_us_per_device_s']:6.1f} "
           f"us/device-s ({row['simulator_cpu_share_of_a_core']:.0%} of a core)  hub CPU "
           f"{row['hub_cpu_share_of_a_core']:.0%}  hub RSS {row['hub_peak_rss_mb']} MB  "
           f"load {row['load_before']}->{row['load_after']}  "

@@ -169,8 +169,10 @@ class Fleet:
         cpu_started = time.process_time()
         tasks = [asyncio.create_task(self.run_device(device, delay))
                  for device, delay in zip(self.devices, self.start_delays(), strict=True)]
-        reporter = asyncio.create_task(self.report_progress(progress, progress_every_s)) \
-            if progress else None
+        helpers = [asyncio.create_task(self.watch_loop_lag())]
+        if progress:
+            helpers.append(asyncio.create_task(self.report_progress(progress,
+                                                                    progress_every_s)))
         try:
             await asyncio.wait_for(self.stop.wait(), self.options.duration_s)
         except TimeoutError:
@@ -179,10 +181,9 @@ class Fleet:
             self.stats.online_at_end = len(self.stats.online)
             for signum in stop_on_signals:
                 loop.remove_signal_handler(signum)
-            for task in [*tasks, *([reporter] if reporter else [])]:
+            for task in [*tasks, *helpers]:
                 task.cancel()
-            await asyncio.gather(*tasks, *([reporter] if reporter else []),
-                                 return_exceptions=True)
+            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
         summary = self.summary()
         # The simulator's own cost, to tell its limits from the hub's.
         summary["simulator_cpu_s"] = round(time.process_time() - cpu_started, 2)
@@ -195,6 +196,14 @@ class Fleet:
             raise
         except Exception as exc:  # a simulator bug must not pass for a quiet device
             self.stats.error("simulator", f"{device.id}: {exc!r}")
+
+    async def watch_loop_lag(self, every_s: float = 0.1) -> None:
+        """How late the event loop wakes up: when the simulator itself is short of CPU,
+        its latencies include this lag, not only the hub's."""
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(every_s)
+            self.stats.loop_lag_ms.append((time.monotonic() - asked - every_s) * 1000)
 
     async def report_progress(self, progress: Callable[[str], None], every_s: float) -> None:
         while True:

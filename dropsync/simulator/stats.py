@@ -89,6 +89,7 @@ class FleetStats:
     messages: int = 0
     heartbeats: int = 0
     polls_per_second: list[int] = field(default_factory=list)
+    loop_lag_ms: list[float] = field(default_factory=list)
     online: set = field(default_factory=set)
     online_at_end: int | None = None
     # the window the live progress line reports on
@@ -159,6 +160,9 @@ class FleetStats:
             "latency_ms_by_kind": {kind: {"p50": round(percentile(values, 0.50), 2),
                                           "p99": round(percentile(values, 0.99), 2)}
                                    for kind, values in sorted(self.latencies_by_kind.items())},
+            # the simulator's own event loop waking late: its latencies include this
+            "loop_lag_ms": {"p50": round(percentile(self.loop_lag_ms, 0.5) or 0, 2),
+                            "p99": round(percentile(self.loop_lag_ms, 0.99) or 0, 2)},
             "bytes": {"in": self.bytes_in, "out": self.bytes_out},
             "commands": {"run": dict(self.commands), "duplicates_ignored": self.duplicates},
             "files": {"verified": self.files_verified, "chunks": self.chunks,
