@@ -7,8 +7,9 @@ command once (ids are deduped, as a delivery may repeat); every ``manifest_every
 ``If-None-Match`` and download what is new chunk by chunk, verifying every chunk and then
 the whole file, reporting progress and the outcome; every ``heartbeat_every_s`` (60 s)
 heartbeat with drifting RSSI, free heap and uptime; once in a while log a message. Each
-device keeps its own keep-alive connection (an aiohttp connector of one), so a fleet of
-thousands is one process and no threads.
+device has its own connection (an aiohttp connector of one), kept alive through a
+wake-up and closed before it sleeps, so a fleet of thousands is one process, no threads,
+and holds sockets only for the devices awake.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from .faults import FaultPlan
 from .stats import FleetStats
 
 FIRMWARE_VERSION = f"sim-{__version__}"
-#: Seconds an idle connection is kept. Below the hub's own keep-alive (gunicorn: 5 s), so
-#: the device, not the hub, closes it: a request never races the hub's close.
+#: Seconds an idle connection is kept within a wake-up (it is closed before sleeping).
+#: Below the hub's own keep-alive (gunicorn: 5 s), so the device, not the hub, closes it.
 KEEPALIVE_S = 4.0
 #: Seconds between heartbeats and between manifest checks (the firmware's defaults).
 HEARTBEAT_EVERY_S = 60.0
@@ -194,6 +195,10 @@ class VirtualDevice:
             # An answer the firmware could not parse: an error, and the device carries on.
             self.stats.error("unreadable answer", f"{self.id}: {exc!r}")
             self.stats.online.discard(self.id)
+        finally:
+            # Asleep, a node holds no socket (the firmware closes it too): the hub's open
+            # connections follow the devices awake, not the size of the fleet.
+            await self.disconnect()
 
     # -- HTTP --------------------------------------------------------------------------
     async def call(self, kind: str, method: str, path: str, *, body: Any = None,
