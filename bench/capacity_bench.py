@@ -355,7 +355,7 @@ def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default="250,500,1000,2000,3000,4000,6000,8000,10000",
+    parser.add_argument("--steps", default="250,500,750,1000,1500,2000,3000,4000,6000,8000,10000",
                         help="device counts to step through, comma-separated")
     parser.add_argument("--duration", type=float, default=50.0, help="seconds per step")
     parser.add_argument("--warmup", type=float, default=20.0,
