@@ -21,7 +21,7 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -141,7 +141,6 @@ class VirtualDevice:
     async def boot(self, reason: str) -> None:
         self.booted_at = time.monotonic()
         self.next_manifest_at = self.booted_at  # the first cycle checks it
-        self.connect()
         try:
             await self.heartbeat()
             await self.send_message("info", f"booted ({reason}), firmware {FIRMWARE_VERSION}")
@@ -243,9 +242,8 @@ class VirtualDevice:
             fault = fault or "bad-token"
         self.fail(kind, f"http {status}", f"{method} {path} -> {status} {payload[:200]!r}",
                   fault)
-        raise AssertionError("unreachable")
 
-    def fail(self, kind: str, reason: str, detail: str, fault: str | None) -> None:
+    def fail(self, kind: str, reason: str, detail: str, fault: str | None) -> NoReturn:
         if fault:
             self.stats.explained[fault] += 1
         else:
