@@ -239,6 +239,9 @@ def verdict(run: dict[str, Any], count: int, duration_s: float, ramp_s: float,
             "req_per_s": summary["requests"]["per_s"], "errors": errors,
             "pace_kept": round(pace, 3),
             "simulator_loop_lag_p99_ms": summary["loop_lag_ms"]["p99"],
+            # When the simulator's own loop lag is half the measured p99 or more, the
+            # step measured the load generator's starvation as much as the hub.
+            "limited_by": "simulator" if summary["loop_lag_ms"]["p99"] >= p99 / 2 else "hub",
             "held": p99 <= p99_limit_ms and errors == 0 and pace >= PACE_KEPT,
             "simulator_cpu_s": run["simulator_cpu_s"],
             "simulator_cpu_us_per_device_s": round(
@@ -258,7 +261,8 @@ def print_row(row: dict[str, Any]) -> None:
           f"us/device-s ({row['simulator_cpu_share_of_a_core']:.0%} of a core)  hub CPU "
           f"{row['hub_cpu_share_of_a_core']:.0%}  hub RSS {row['hub_peak_rss_mb']} MB  "
           f"load {row['load_before']}->{row['load_after']}  "
-          f"{'held' if row['held'] else 'FAILED'}", flush=True)
+          f"{'held' if row['held'] else 'FAILED'} (limited by the {row['limited_by']})",
+          flush=True)
 
 
 def capacity(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
