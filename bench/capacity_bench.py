@@ -317,7 +317,7 @@ def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         tokens_file = hub_dir / "tokens.json"
         tokens_file.write_text(json.dumps(tokens))
         package, command = asyncio.run(admin_calls(hub, [
-            ("PUT", "/staging/all/firmware/app.bin", None, os.urandom(256 * 1024)),
+            ("PUT", "/staging/all/data/dataset.bin", None, os.urandom(256 * 1024)),
             ("POST", "/commands", {"target": "all", "name": "sync"}, None)]))
         def progress() -> tuple[dict, dict]:
             return tuple(asyncio.run(admin_calls(hub, [

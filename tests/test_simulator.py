@@ -55,7 +55,7 @@ def test_fleet_with_faults_syncs_every_file_and_completes_every_command(hub_proc
                    timeout=RUN_S, every=0.2, message="the fleet registered")
         wait_until(lambda: group_size(hub, "west") == DEVICES // 2,
                    timeout=RUN_S, every=0.2, message="the fleet joined its groups")
-        staged = [admin(hub, "PUT", "/staging/group-east/firmware/app.bin", data=GROUP_FILE),
+        staged = [admin(hub, "PUT", "/staging/group-east/data/model.bin", data=GROUP_FILE),
                   admin(hub, "PUT", "/staging/all/config/site.json", data=FLEET_FILE)]
         queued = [admin(hub, "POST", "/commands", json={"target": target, "name": name})
                   for target, name in (("group:west", "reboot"), ("group:east", "upload-log"),

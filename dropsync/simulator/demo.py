@@ -28,11 +28,12 @@ from pathlib import Path
 import aiohttp
 import click
 
+from ..hubclient import HubError
 from .cli import progress_printer
 from .fleet import AdminAPI, Fleet, FleetOptions, prepare_credentials
 
 GROUPS = ("greenhouse", "barn")
-SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "firmware/blink.bin"
+SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "data/calibration.bin"
 #: Seconds to wait for the hub to answer, and for it to stop.
 HUB_START_S, HUB_STOP_S = 30.0, 15.0
 PR_SET_PDEATHSIG = 1
@@ -46,7 +47,8 @@ def free_port() -> int:
 
 
 def sample_file() -> bytes:
-    """24 KiB of pretend firmware: six chunks for the devices to fetch and verify."""
+    """24 KiB of pretend calibration data: six chunks for the devices to fetch and verify
+    (not under ``firmware/``, where the hub accepts only real ESP images)."""
     blocks, seed = [], b"dropsync demo"
     while sum(map(len, blocks)) < 24 * 1024:
         seed = hashlib.sha256(seed).digest()
@@ -93,6 +95,10 @@ class Demo:
             return 0
         except HubStartFailed as exc:
             click.echo(f"Error: {exc}", err=True)
+            return 1
+        except HubError as exc:
+            click.echo(f"Error: the demo hub refused a request: {exc.message} ({exc.code})",
+                       err=True)
             return 1
         finally:
             for signum in STOP_SIGNALS:  # a second Ctrl-C must not leave it half done
