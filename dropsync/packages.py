@@ -27,6 +27,7 @@ from typing import Any
 
 from .blobs import BlobInfo, BlobStore
 from .clock import now_iso
+from .devices import record_event
 from .errors import Conflict, Forbidden, NotFound, ValidationFailed
 from .store import Document, Stores
 
@@ -187,6 +188,9 @@ class PackageCatalog:
                 self.drop_blob_if_unused(current["sha256"])
             log.info("package %s: %s version %d (%d bytes, sha256 %s, from %s)",
                      stored["id"], slot, stored["version"], blob.size, blob.sha256[:12], source)
+            record_event(self.stores, "package.published", None, source,
+                         package_id=stored["id"], target=target, path=path,
+                         version=stored["version"], size=blob.size)
             return stored, True
 
     def withdraw(self, package_id: str) -> Document:
@@ -197,6 +201,8 @@ class PackageCatalog:
             self.drop_blob_if_unused(package["sha256"])
             self.stores.sync_state.forget_package(package_id)
         log.info("package %s: %s withdrawn", package_id, package["slot"])
+        record_event(self.stores, "package.withdrawn", None, None, package_id=package_id,
+                     target=package["target"], path=package["path"])
         return package
 
     def remove_unreferenced_blobs(self) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Request
+from flask import Flask, Request, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
@@ -27,6 +27,11 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
             return self.session_class()
         return super().open_session(app, request)
 
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure whenever the request came over TLS (the dashboard's session cookie)."""
+        return has_request_context() and request.is_secure \
+            or super().get_cookie_secure(app)
+
 
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
@@ -36,6 +41,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin.bp)  # with the routes of admin_files
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
+    from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
+    init_dashboard(app)
     limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
                                         files.bp: app.config["RATE_LIMIT_FILES"]},
                     guarded_blueprints=[device.bp, files.bp, admin.bp])
