@@ -8,6 +8,7 @@ people, so they get werkzeug's slow salted hash instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -123,9 +124,12 @@ def remove_operator(stores: Stores, username: str) -> Document:
     return operator
 
 
-#: Checked when the username is unknown, so a miss costs what a wrong password costs and
-#: response times do not tell which usernames exist.
-_UNKNOWN_USER_HASH = generate_password_hash(secrets.token_urlsafe(16))
+@functools.cache
+def unknown_user_hash() -> str:
+    """Checked when the username is unknown, so a miss costs what a wrong password costs
+    and response times do not tell which usernames exist. Made on first need: hashing
+    takes a good fraction of a second, and start-up should not wait for it."""
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 def verify_operator(stores: Stores, username: str, password: str) -> Document:
@@ -133,7 +137,7 @@ def verify_operator(stores: Stores, username: str, password: str) -> Document:
         operator = stores.operators.get(username)
     except NotFound:
         operator = None
-    password_hash = operator["password_hash"] if operator else _UNKNOWN_USER_HASH
+    password_hash = operator["password_hash"] if operator else unknown_user_hash()
     if not check_password_hash(password_hash, password) or operator is None:
         raise Unauthorized("wrong username or password", code="invalid_login")
     return operator

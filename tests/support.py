@@ -80,8 +80,8 @@ class HubProcess:
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or the worker is still booting (a busy machine)
             time.sleep(0.1)
         self.stop()
         raise AssertionError(f"hub did not answer within {timeout}s:\n{self.log}")

@@ -196,7 +196,8 @@ def send_device_command(device_id: str):
     return done(f"Command {command['id']} ({command['name']}) queued.", back)
 
 
-@bp.post("/devices/<device_id>/<any(enable, disable):change>")
+@bp.post("/devices/<device_id>/enable", defaults={"change": "enable"})
+@bp.post("/devices/<device_id>/disable", defaults={"change": "disable"})
 def set_enabled(device_id: str, change: str):
     back = url_for(".device_detail", device_id=device_id)
     if change == "disable" and (page := confirmed(

@@ -43,11 +43,14 @@ class Series:
         self.sums = [0.0, 0.0]
         self.counts = [0, 0]
 
+    def open_means(self) -> list[int]:
+        return [round(s / n) if n else MISSING
+                for s, n in zip(self.sums, self.counts, strict=True)]
+
     def close_bucket(self) -> None:
         if self.open_start is None:
             return
-        means = [round(s / n) if n else MISSING
-                 for s, n in zip(self.sums, self.counts, strict=True)]
+        means = self.open_means()
         if self.starts and self.starts[-1] == self.open_start:  # reopened after a restart
             self.rssi[-1], self.heap[-1] = means
         else:
@@ -118,11 +121,9 @@ class HealthSeries:
             series = self._series.get(device_id)
             if series is None:
                 return []
-            rows = list(zip(series.starts, series.rssi, series.heap, strict=False))
+            rows = list(zip(series.starts, series.rssi, series.heap, strict=True))
             if series.open_start is not None:
-                rows.append((series.open_start, *(
-                    round(s / n) if n else MISSING for s, n in zip(series.sums,
-                                                                   series.counts, strict=False))))
+                rows.append((series.open_start, *series.open_means()))
         return [{"t": start, "rssi": None if rssi == MISSING else rssi,
                  "free_heap": None if heap == MISSING else heap}
                 for start, rssi, heap in rows if start >= oldest - self.bucket_s]
