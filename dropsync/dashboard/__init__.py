@@ -37,8 +37,8 @@ SECURITY_HEADERS = {
 def init_app(app: Flask) -> None:
     from . import auth, pages  # noqa: F401 (their routes join bp)
 
-    app.config.setdefault("SESSION_COOKIE_NAME", "dropsync_session")
     app.config.update(
+        SESSION_COOKIE_NAME="dropsync_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         # Checked by the dashboard itself, after the login check (auth.py): the API
