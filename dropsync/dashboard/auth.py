@@ -63,6 +63,8 @@ def require_session_and_checks():
         return redirect(url_for("dashboard.login", next=back))
     if request.method not in SAFE_METHODS:
         check_origin()
+        if request.endpoint == "dashboard.stage_file":  # a file, not a form: its own limit
+            request.max_content_length = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
         csrf.protect()
     return None
 

@@ -151,7 +151,7 @@ def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dic
             targets = counts["targets"]
             result.append({**package, "targets": targets, "have": counts["have"],
                            "downloading": counts["downloading"], "failed": counts["failed"],
-                           "percent": round(100 * sum(d["percent"] for d in counts["devices"])
+                           "percent": round(sum(d["percent"] for d in counts["devices"])
                                             / targets) if targets else 0,
                            "devices": sorted(counts["devices"],
                                              key=lambda d: d["device_id"])})
