@@ -86,7 +86,8 @@ def check_origin() -> None:
 @bp.after_request
 def add_security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+        if name not in response.headers:
+            response.headers[name] = value
     return response
 
 

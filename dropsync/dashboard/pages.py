@@ -7,7 +7,6 @@ fetch the same URL with ``?live=1`` and get those regions re-rendered as JSON.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import (
@@ -51,18 +50,33 @@ def hub():
     return current_hub()
 
 
+#: Live regions with nothing in them that depends on who asks (no forms, so no CSRF
+#: token): rendered once per refresh period and shared by every open page.
+SHARED_REGIONS = {"overview-live", "device-rows"}
+
+
 def render_page(template: str, regions: dict[str, str] | None = None, **context: Any):
     """The page, or with ``?live=1`` its live regions as JSON ``{"regions": {id: html}}``.
 
     The JSON is small and the request short: an open page costs one quick request every
-    few seconds, never a thread held open.
+    few seconds, never a thread held open. It carries an ETag, so a page whose regions
+    have not changed gets an empty 304.
     """
     context.setdefault("live_regions", regions or {})
-    if request.args.get("live") == "1":
-        return jsonify({"at": time.time(), "regions": {
-            region: render_template(partial, **context)
-            for region, partial in (regions or {}).items()}})
-    return render_template(template, **context)
+    if request.args.get("live") != "1":
+        return render_template(template, **context)
+    cache = views.recent(hub())
+    rendered = {}
+    for region, partial in (regions or {}).items():
+        if region in SHARED_REGIONS:
+            key = ("region", request.path, request.query_string, region)
+            rendered[region] = cache.get(key, lambda p=partial: render_template(p, **context))
+        else:
+            rendered[region] = render_template(partial, **context)
+    answer = jsonify({"regions": rendered})
+    answer.add_etag()
+    answer.headers["Cache-Control"] = "no-cache"  # revalidate every time: 304 if unchanged
+    return answer.make_conditional(request)
 
 
 def form_data(schema: Schema) -> dict[str, Any]:
