@@ -278,6 +278,21 @@ def test_live_regions_come_back_as_json(browser, dash_hub):
         assert set(answer.get_json()["regions"]) == regions
 
 
+def test_open_pages_grow_nothing_on_the_hub(browser, dash_hub):
+    """Refreshes with ever-new searches keep the shared figures to a bounded few."""
+    for n in range(100):
+        assert browser.get(f"/dashboard/devices?q=x{n}&live=1").status_code == 200
+        assert browser.get("/dashboard/?live=1").status_code == 200
+    cache = dash_hub._dashboard_recent
+    assert len(cache._values) <= cache.max_entries
+
+
+def test_an_unchanged_live_answer_is_a_304(browser):
+    first = browser.get("/dashboard/?live=1")
+    again = browser.get("/dashboard/?live=1", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+
+
 def test_the_activity_page_lists_events_and_filters_them(browser, dash_hub):
     devices.register_device(dash_hub.stores, "esp001", actor="test")
     token = page_token(browser)

@@ -74,9 +74,9 @@ def check_origin() -> None:
     Browsers send ``Origin`` on every cross-site post (and ``Sec-Fetch-Site``)."""
     origin = request.headers.get("Origin")
     if origin is not None:
-        ours = urlsplit(request.host_url)
-        theirs = urlsplit(origin)
-        if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+        # Host and port, not the scheme: behind a proxy that ends TLS the hub itself is
+        # asked over plain http by the same page.
+        if urlsplit(origin).netloc != urlsplit(request.host_url).netloc:
             raise Forbidden(f"refused a post from another site ({origin})",
                             code="foreign_origin")
     elif request.headers.get("Sec-Fetch-Site") == "cross-site":

@@ -7,6 +7,7 @@ fetch the same URL with ``?live=1`` and get those regions re-rendered as JSON.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from flask import (
@@ -174,11 +175,14 @@ def token_page(device: dict, token: str, what: str):
 
 def hub_url_for_devices() -> str:
     """The hub's URL as a node on the LAN reaches it: the host the operator's browser
-    used, unless that is a loopback name a node could not use."""
-    host = request.host
-    if host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
-        return local_url(current_app.config).replace("127.0.0.1", "HUB-ADDRESS")
-    return request.host_url.rstrip("/")
+    used, unless that is a loopback name a node could not use; then the machine's name,
+    as the start-up log gives it, when the hub listens on every interface."""
+    if request.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        return request.host_url.rstrip("/")
+    config = current_app.config
+    if config["HOST"] in ("", "0.0.0.0", "::"):
+        return f"http://{socket.gethostname()}:{config['PORT']}"
+    return local_url(config)
 
 
 @bp.get("/devices/<device_id>")
