@@ -79,10 +79,10 @@ class HubProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"hub exited with {self.process.returncode}:\n{self.log}")
             try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
                     return self
             except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or the worker is still booting (a busy machine)
+                pass  # still booting; on a loaded machine the first answer can be slow
             time.sleep(0.1)
         self.stop()
         raise AssertionError(f"hub did not answer within {timeout}s:\n{self.log}")
