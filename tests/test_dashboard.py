@@ -245,6 +245,59 @@ def test_destructive_posts_ask_first(browser, dash_hub):
     assert "esp001" not in dash_hub.stores.devices
 
 
+def test_rotate_disable_and_enable_from_the_device_page(browser, dash_hub, dash_app):
+    old_token = devices.register_device(dash_hub.stores, "esp001")[1]
+    token = page_token(browser)
+    response = browser.post("/dashboard/devices/esp001/rotate-token",
+                            data={"csrf_token": token, "confirm": "yes"})
+    new_token = re.search(r'id="device-token"[^>]*value="([^"]+)"',
+                          response.get_data(as_text=True))[1]
+    node = dash_app.test_client()
+    ping = "/api/v1/device/ping/esp001"
+    assert node.get(ping, headers={"Authorization": f"Bearer {old_token}"}).status_code == 401
+    assert node.get(ping, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+    browser.post("/dashboard/devices/esp001/disable", data={"csrf_token": token,
+                                                             "confirm": "yes"})
+    assert node.get(ping, headers={"Authorization": f"Bearer {new_token}"}).status_code == 403
+    browser.post("/dashboard/devices/esp001/enable", data={"csrf_token": token})
+    assert node.get(ping, headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+
+
+def test_operators_and_admin_tokens_are_managed_from_the_page(browser, dash_hub, dash_app):
+    token = page_token(browser)
+    assert browser.post("/dashboard/operators", data={
+        "username": "carol", "password": "carol-password-1", "csrf_token": token}
+    ).status_code == 302
+    carol = dash_app.test_client()
+    assert log_in(carol, "carol", "carol-password-1").status_code == 302
+    browser.post("/dashboard/operators/carol/revoke", data={"csrf_token": token,
+                                                            "confirm": "yes"})
+    assert "carol" not in dash_hub.stores.operators
+    assert carol.get("/dashboard/").status_code == 302  # revoked: logged out at once
+    # The last operator cannot be revoked, or nobody could log in again.
+    response = browser.post("/dashboard/operators/admin/revoke",
+                            data={"csrf_token": token, "confirm": "yes"}, follow_redirects=True)
+    assert "last operator" in response.get_data(as_text=True)
+
+    response = browser.post("/dashboard/tokens", data={"label": "backup", "csrf_token": token})
+    secret = re.search(r'id="admin-token"[^>]*value="([^"]+)"',
+                       response.get_data(as_text=True))[1]
+    api = dash_app.test_client()
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert api.get("/api/v1/admin/devices", headers=headers).status_code == 200
+    token_id = credentials.list_admin_tokens(dash_hub.stores)[0]["id"]
+    browser.post(f"/dashboard/tokens/{token_id}/revoke", data={"csrf_token": token,
+                                                              "confirm": "yes"})
+    assert api.get("/api/v1/admin/devices", headers=headers).status_code == 401
+
+
+def test_staging_folders_naming_no_target_are_warnings(browser, dashboard_settings):
+    (Path(dashboard_settings["STAGING_DIR"]) / "esp-unknown").mkdir(parents=True)
+    html = browser.get("/dashboard/packages").get_data(as_text=True)
+    assert "Staging warnings" in html and "esp-unknown" in html
+    assert "esp-unknown" in browser.get("/dashboard/").get_data(as_text=True)
+
+
 def test_the_devices_page_pages_and_filters_on_the_hub(browser, dash_hub):
     for n in range(120):
         devices.register_device(dash_hub.stores, f"node-{n:03d}",
