@@ -25,7 +25,7 @@ from . import charts
 REFRESH_S = 2.0
 PAGE_SIZE = 50
 #: Ended command deliveries the overview looks through for failures.
-RECENT_COMMANDS = 500
+RECENT_COMMANDS = 200
 #: Events one activity page looks through for matches before offering "older".
 ACTIVITY_SCAN = 20_000
 DEVICE_STATES = ("online", "overdue", "offline", "disabled")
@@ -144,7 +144,8 @@ def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dic
     def compute() -> list[dict[str, Any]]:
         catalog = hub.packages
         packages = catalog.list_packages()
-        status = catalog.status(hub.stores.devices.all(), [p["id"] for p in packages])
+        # The fleet's views are the devices (id, groups) already copied out of the store.
+        status = catalog.status(fleet(hub), [p["id"] for p in packages])
         result = []
         for package in packages:
             counts = status[package["id"]]
