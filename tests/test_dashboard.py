@@ -298,6 +298,37 @@ def test_staging_folders_naming_no_target_are_warnings(browser, dashboard_settin
     assert "esp-unknown" in browser.get("/dashboard/").get_data(as_text=True)
 
 
+def test_group_commands_from_the_commands_page_can_be_cancelled(browser, dash_hub):
+    for device_id in ("esp001", "esp002"):
+        devices.register_device(dash_hub.stores, device_id, groups=["field"])
+    token = page_token(browser)
+    response = browser.post("/dashboard/commands", data={
+        "target": "group:field", "name": "sync", "args": "{}", "csrf_token": token},
+        headers={"Accept": "application/json"})
+    assert response.status_code == 201
+    command = response.get_json()
+    assert [d["device_id"] for d in command["deliveries"]] == ["esp001", "esp002"]
+    html = browser.get("/dashboard/commands").get_data(as_text=True)
+    assert f'data-command="{command["id"]}"' in html and "2 pending" in html
+    browser.post(f"/dashboard/commands/{command['id']}/cancel", data={"csrf_token": token})
+    states = {d["state"] for d in dash_hub.commands.describe(command["id"])["deliveries"]}
+    assert states == {"cancelled"}
+
+
+def test_a_devices_upload_downloads_from_its_page(browser, dash_hub, dash_app):
+    token = devices.register_device(dash_hub.stores, "esp001")[1]
+    node = dash_app.test_client()
+    response = node.post("/api/v1/files/upload/esp001?filename=boot.log", data=b"booted\n",
+                         headers={"Authorization": f"Bearer {token}",
+                                  "Content-Type": "application/octet-stream"})
+    assert response.status_code == 201, response.get_json()
+    html = browser.get("/dashboard/devices/esp001").get_data(as_text=True)
+    assert 'href="/dashboard/uploads/esp001/boot.log"' in html
+    download = browser.get("/dashboard/uploads/esp001/boot.log")
+    assert download.status_code == 200 and download.data == b"booted\n"
+    download.close()
+
+
 def test_the_devices_page_pages_and_filters_on_the_hub(browser, dash_hub):
     for n in range(120):
         devices.register_device(dash_hub.stores, f"node-{n:03d}",
