@@ -97,7 +97,7 @@ def wait_for(url: str, timeout: float = 30.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):  # refused, or slow to answer yet
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None):
     from .hub import Hub
 
     overrides = dict(config or {})
-    settings = load_config(overrides, config_file=overrides.pop("CONFIG_FILE", None))
+    config_file = overrides.pop("CONFIG_FILE", None)
+    settings = load_config(overrides, config_file=config_file)
     configure_logging(settings["LOG_LEVEL"])
     hub = Hub(settings, serving=settings.pop("SERVING", True))
 
@@ -57,6 +59,8 @@ def create_app(config: Mapping[str, Any] | None = None):
     app = Flask(__name__, static_folder=str(assets / "static"),
                 template_folder=str(assets / "templates"))
     app.config.update(settings)
+    # Which settings file was read, so a backup can carry it.
+    app.config["CONFIG_FILE"] = config_file or os.environ.get("DROPSYNC_CONFIG")
     app.config.update(
         SECRET_KEY=hub.secret_key,
         MAX_CONTENT_LENGTH=settings["MAX_REQUEST_BYTES"],

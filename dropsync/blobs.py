@@ -108,7 +108,8 @@ class BlobStore:
     def __init__(self, root: Path, chunk_size: int):
         self.root = root
         self.chunk_size = chunk_size
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Group-readable, so nginx (in the hub's group) can send blobs via X-Accel-Redirect.
+        root.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[str, int], BlobInfo] = OrderedDict()
 
@@ -136,7 +137,7 @@ class BlobStore:
         is kept (its chunk table too, if it has one for this chunk size).
         """
         hasher = BlobHasher(chunk_size or self.chunk_size)
-        with AtomicFile(self.root, "incoming") as incoming:
+        with AtomicFile(self.root, "incoming", mode=0o640) as incoming:
             while data := source.read(COPY_BUFFER):
                 hasher.update(data)
                 incoming.write(data)

@@ -22,6 +22,7 @@ from . import __version__
 from .config import load_config
 from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
+from .ops import cli as ops_cli
 from .store import current_holder
 
 
@@ -107,6 +108,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, dev: bool) -> 
         holder = current_holder(data_dir)
         if holder is not None:
             raise DataDirBusy(data_dir, holder.get("pid"))
+        ops_cli.check_tls_files(settings)  # a TLS_CERT that is not there: say so, here
         if dev:
             run_dev_server(overrides, settings)
             return
@@ -504,6 +506,9 @@ def withdraw(ctx, package_id, yes) -> None:
     gone = admin_api(ctx, "DELETE", f"/packages/{quote(package_id, safe='')}")
     click.echo(f"Withdrew {gone['target']}/{gone['path']} (package {gone['withdrawn']}).")
 
+
+# -- operations: install-service, tls, backup, restore (dropsync/ops/cli.py) -------------
+ops_cli.register(main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -106,6 +106,16 @@ def parse_accel_prefix(text: str) -> str:
     return prefix
 
 
+def parse_address_list(text: str) -> str:
+    """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
+    import ipaddress
+
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    for item in items:
+        ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+    return ",".join(items)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -201,6 +211,21 @@ SETTINGS: tuple[Setting, ...] = (
             "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
             "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
             "`DATA_DIR/blobs/`."),
+    # -- operations (issue 13): request log, proxies, TLS, discovery ----------------------
+    Setting("REQUEST_LOG", True, parse_bool,
+            "Log one line per request (device id, route, status, latency; never a "
+            "credential) at INFO, for journald."),
+    Setting("TRUSTED_PROXIES", None, parse_address_list,
+            "Addresses (or networks) of reverse proxies whose `X-Forwarded-For` and "
+            "`X-Forwarded-Proto` are believed, e.g. `127.0.0.1` behind a local nginx."),
+    Setting("TLS_CERT", None, str,
+            "PEM certificate the hub serves HTTPS with (with `TLS_KEY`); when unset, "
+            "`DATA_DIR/tls/hub.crt` is used if `dropsync tls init` made it."),
+    Setting("TLS_KEY", None, str,
+            "PEM private key for `TLS_CERT`; when unset, `DATA_DIR/tls/hub.key`."),
+    Setting("MDNS", True, parse_bool,
+            "While serving, advertise the hub as `_dropsync._tcp` over mDNS (port, API "
+            "path) so nodes find it without a fixed address."),
     # -- dashboard (issue 9) -----------------------------------------------------------
     Setting("DASHBOARD_SESSION_S", 43_200, parse_positive_int,
             "Seconds a dashboard login lasts; logging out or a password change ends it "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ def local_url(settings: dict[str, Any]) -> str:
         host = "[::1]"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings['PORT']}"
+    from .ops.tls import tls_files
+
+    scheme = "https" if tls_files(settings) else "http"
+    return f"{scheme}://{host}:{settings['PORT']}"
 
 
 class Hub:
@@ -55,6 +59,8 @@ class Hub:
         """
         self.settings = settings
         self.serving = serving
+        #: Called at close, before the stores shut (e.g. stop advertising over mDNS).
+        self.on_close: list[Callable[[], None]] = []
         self.stores = Stores(
             settings["DATA_DIR"],
             history_segment_records=settings["HISTORY_SEGMENT_RECORDS"],
@@ -78,7 +84,8 @@ class Hub:
             self.pacing = Pacing(self.stores, settings)
             self._open_file_sync(settings)
             self.stores.lock.publish({"url": local_url(settings) if serving else None,
-                                      "cli_token": self.cli_token, "version": __version__})
+                                      "cli_token": self.cli_token, "version": __version__,
+                                      "tls_cert": self._tls_cert(settings)})
         except BaseException:
             self.stores.close()
             raise
@@ -91,12 +98,22 @@ class Hub:
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
 
+    @staticmethod
+    def _tls_cert(settings: dict[str, Any]) -> str | None:
+        """The certificate local CLI calls trust (the hub's own, pinned), when HTTPS."""
+        from .ops.tls import tls_files
+
+        found = tls_files(settings)
+        return str(found[0].resolve()) if found else None
+
     def uptime_s(self) -> float:
         return time.time() - self.started_at
 
     def close(self) -> None:
         if self.stores.closed:
             return
+        for stop in self.on_close:
+            stop()
         self.commands.stop()
         try:
             self.commands.tidy()

@@ -10,6 +10,7 @@ Either way every change goes through one code path.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,8 @@ from .store import current_holder
 
 #: How long to wait for a hub that holds the data directory but is still starting.
 CONNECT_PATIENCE_S = 10.0
+#: Bytes read at a time from a streamed answer (a backup).
+STREAM_READ = 256 * 1024
 
 
 class HubError(Exception):
@@ -62,9 +65,13 @@ class ProgressReader:
 class HttpHub:
     """The admin API of a hub process, over HTTP."""
 
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, tls_cert: str | None = None):
         self.url = url.rstrip("/")
         self.token = token
+        self.context = None
+        if tls_cert:  # trust exactly the hub's own certificate, whatever names it holds
+            self.context = ssl.create_default_context(cafile=tls_cert)
+            self.context.check_hostname = False
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -77,6 +84,27 @@ class HttpHub:
                           {"Content-Type": "application/octet-stream",
                            "Content-Length": str(size)})
 
+    @contextmanager
+    def stream(self, method: str, path: str) -> Iterator[tuple[Mapping[str, str],
+                                                               Iterator[bytes]]]:
+        """A response too large to hold: its headers and its body in pieces."""
+        req = urllib.request.Request(self.url + path, method=method, headers={
+            "Authorization": f"Bearer {self.token}"})
+        try:
+            response = urllib.request.urlopen(req, timeout=60, context=self.context)
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = json.loads(exc.read() or b"null")
+            except ValueError:
+                payload = None
+            _raise_for_error(exc.code, payload)
+            raise
+        except urllib.error.URLError as exc:
+            raise StartupError(f"the hub holding the data directory does not answer at "
+                               f"{self.url}: {exc.reason}") from None
+        with response:
+            yield response.headers, iter(lambda: response.read(STREAM_READ), b"")
+
     def _send(self, method: str, path: str, data: Any, headers: dict[str, str]) -> Any:
         req = urllib.request.Request(
             self.url + path, data=data, method=method,
@@ -85,7 +113,7 @@ class HttpHub:
         deadline = time.monotonic() + CONNECT_PATIENCE_S
         while True:
             try:
-                with urllib.request.urlopen(req, timeout=30) as response:
+                with urllib.request.urlopen(req, timeout=30, context=self.context) as response:
                     return json.loads(response.read() or b"null")
             except urllib.error.HTTPError as exc:
                 try:
@@ -114,6 +142,18 @@ class InProcessHub:
         response = self.client.open(path, method=method, json=body,
                                     headers={"Authorization": f"Bearer {self.token}"})
         return _raise_for_error(response.status_code, response.get_json(silent=True))
+
+    @contextmanager
+    def stream(self, method: str, path: str) -> Iterator[tuple[Mapping[str, str],
+                                                               Iterator[bytes]]]:
+        response = self.client.open(path, method=method, buffered=False,
+                                    headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            if response.status_code >= 400:
+                _raise_for_error(response.status_code, response.get_json(silent=True))
+            yield response.headers, response.iter_encoded()
+        finally:
+            response.close()
 
     def upload(self, method: str, path: str, source: BinaryIO, size: int,
                on_progress: Callable[[int], None] | None = None) -> Any:
@@ -155,4 +195,4 @@ def _hub_from_holder(data_dir: Path, holder: dict[str, Any]) -> HttpHub:
         pid = holder.get("pid", "?")
         raise StartupError(f"data directory {data_dir} is in use by another DropSync command "
                            f"(process {pid}); try again when it has finished")
-    return HttpHub(holder["url"], holder["cli_token"])
+    return HttpHub(holder["url"], holder["cli_token"], holder.get("tls_cert"))

@@ -25,13 +25,14 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def announce_address(host: str, port: int):
+def announce_address(host: str, port: int, scheme: str = "http"):
     """A gunicorn ``when_ready`` hook that says where the hub listens."""
     def when_ready(server) -> None:
         everywhere = host in ("0.0.0.0", "::", "")
-        lan = f" (ESP nodes on the LAN: http://{socket.gethostname()}:{port})" \
+        lan = f" (ESP nodes on the LAN: {scheme}://{socket.gethostname()}:{port})" \
             if everywhere else ""
-        server.log.info("DropSync hub listening on http://%s%s", bind_address(host, port), lan)
+        server.log.info("DropSync hub listening on %s://%s%s", scheme,
+                        bind_address(host, port), lan)
     return when_ready
 
 
@@ -44,7 +45,11 @@ def worker_exit(server, worker) -> None:
 
 
 def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    from .ops.tls import tls_files
+
+    tls = tls_files(settings)  # HTTPS when `dropsync tls init` made a certificate
     return {
+        **({"certfile": str(tls[0]), "keyfile": str(tls[1])} if tls else {}),
         "bind": [bind_address(settings["HOST"], settings["PORT"])],
         "workers": 1,
         "worker_class": "gthread",
@@ -58,7 +63,8 @@ def gunicorn_options(settings: Mapping[str, Any]) -> dict[str, Any]:
         "control_socket_disable": True,
         "errorlog": "-",
         "loglevel": settings["LOG_LEVEL"].lower(),
-        "when_ready": announce_address(settings["HOST"], settings["PORT"]),
+        "when_ready": announce_address(settings["HOST"], settings["PORT"],
+                                       "https" if tls else "http"),
         "worker_exit": worker_exit,
     }
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import timings
 from .devices import DEVICE_ID_RE, GROUP_RE
 from .errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
@@ -286,7 +287,8 @@ class Staging:
             if current is not None and current.get("staged") == before:
                 return dict(current), False
             with self.catalog.changing():
-                blob = self.catalog.blobs.add_stream(reader)
+                with timings.timed("ingest"):  # copy and hash: the part that grows with size
+                    blob = self.catalog.blobs.add_stream(reader)
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)

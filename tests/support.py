@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +64,7 @@ class HubProcess:
         self.log_path = workdir / f"hub-{self.port}.log"
         self.env = {**os.environ, "DROPSYNC_HOST": "127.0.0.1",
                     "DROPSYNC_PORT": str(self.port), "DROPSYNC_LOG_LEVEL": "INFO",
+                    "DROPSYNC_MDNS": "false",  # tests that want mDNS ask for it
                     **(env or {})}
         self.process: subprocess.Popen | None = None
 
@@ -111,3 +113,58 @@ class HubProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class NginxFront:
+    """A real nginx (foreground, everything under ``prefix``) in front of a hub, with the
+    site ``dropsync.ops.nginx.render_site`` makes: what deploy/nginx.conf is for a Pi."""
+
+    def __init__(self, prefix: Path, hub_port: int, data_dir: Path, *,
+                 tls: tuple[Path, Path] | None = None, settings: dict | None = None):
+        from dropsync.config import load_config
+        from dropsync.ops.nginx import Listen, Site, render_main, render_site
+
+        self.prefix = prefix
+        prefix.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        listens = [Listen(self.port, address="127.0.0.1")]
+        if tls:
+            self.tls_port = free_port()
+            self.tls_url = f"https://127.0.0.1:{self.tls_port}"
+            listens.append(Listen(self.tls_port, tls=True, address="127.0.0.1"))
+        config = load_config({"DATA_DIR": str(data_dir), **(settings or {})}, environ={})
+        site = Site.for_settings(config, hub=f"127.0.0.1:{hub_port}", listens=listens,
+                                 blob_socket=prefix / "blobs.sock",
+                                 cert=tls[0] if tls else None, key=tls[1] if tls else None)
+        self.conf = prefix / "nginx.conf"
+        self.conf.write_text(render_main(render_site(site), prefix,
+                                         user="root" if os.geteuid() == 0 else None))
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> NginxFront:
+        error_log = self.prefix / "error.log"
+        self.process = subprocess.Popen(
+            [shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") or "nginx",
+             "-p", str(self.prefix), "-c", str(self.conf), "-e", str(error_log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"nginx exited: {error_log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"nginx did not listen within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Flask, Request, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
+from ..ops import app as ops
 from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     admin,
     admin_files,
     admin_fleet,
+    admin_ops,
     device,
     errors,
     files,
@@ -35,12 +37,14 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
+    ops.init_app(app)  # first: its request timer starts before auth and rate limits
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)
     app.register_blueprint(admin.bp)  # with the routes of admin_files
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(admin_ops.bp)  # /metrics
     from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
     init_dashboard(app)
     limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],

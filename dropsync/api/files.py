@@ -25,6 +25,7 @@ from ..file_schemas import (
 from ..packages import Manifest
 from ..schemas import DeletedSchema
 from ..uploads import MULTIPART_OVERHEAD, READ_BUFFER
+from . import accel
 from .context import current_hub, require_device_token
 from .contract import contract
 
@@ -80,11 +81,9 @@ def download(device_id: str, package_id: str, version: int):
     package = hub.packages.authorize_download(g.device, package_id, version)
     headers = {"x-MD5": package["md5"], "X-Content-SHA256": package["sha256"],
                "X-Package-Version": str(package["version"])}
-    accel = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
-    if accel:  # nginx serves the bytes (and the Range) from DATA_DIR/blobs/
-        sha = package["sha256"]
-        return Response(status=200, mimetype=OCTET_STREAM, headers={
-            **headers, "X-Accel-Redirect": f"{accel}{sha[:2]}/{sha}"})
+    accel_prefix = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
+    if accel_prefix:  # nginx serves the bytes (and the Range) from DATA_DIR/blobs/
+        return accel.whole_file(accel_prefix, package["sha256"], package["size"], headers)
     response = send_stored_file(hub.blobs.path_of(package["sha256"]), etag=package["sha256"],
                                 download_name=package["path"].rsplit("/", 1)[-1])
     response.headers.update(headers)
@@ -117,10 +116,13 @@ def download_chunk(device_id: str, package_id: str, version: int, index: int):
     packages = current_hub().packages
     package = packages.authorize_download(g.device, package_id, version)
     blob = packages.blob_info(package)
-    data = current_hub().blobs.read_chunk(blob, index)
-    return Response(data, mimetype=OCTET_STREAM, headers={
-        "X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
-        "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)})
+    headers = {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
+               "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
+    accel_prefix = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
+    if accel_prefix and blob.size:  # nginx sends the chunk's bytes (as a 206)
+        return accel.chunk(accel_prefix, blob, index, headers)
+    return Response(current_hub().blobs.read_chunk(blob, index), mimetype=OCTET_STREAM,
+                    headers=headers)
 
 
 # -- sync state ------------------------------------------------------------------------

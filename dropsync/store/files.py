@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
+from .. import timings
 from ..errors import StorageFull
 
 #: Temp files are hidden and end in this suffix, so a crash leaves something recognisable.
@@ -32,7 +33,7 @@ def fsync_dir(folder: Path) -> None:
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    with AtomicFile(path.parent, path.name, mode) as incoming:
+    with timings.timed("store_write"), AtomicFile(path.parent, path.name, mode) as incoming:
         incoming.write(data)
         incoming.commit(path)
 

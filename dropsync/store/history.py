@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import timings
 from .files import fsync_dir, raise_if_disk_full
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class HistoryLog:
         On any failure the segment is cut back to its size before the append, so a record
         the caller was told failed is never found later.
         """
-        with self._lock:
+        with self._lock, timings.timed("history_append"):
             entry = {"seq": self._next_seq, **record}
             line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
             size_before = None

@@ -1,0 +1,176 @@
+"""A real nginx in front of a real hub, with the site deploy/nginx.conf is made from.
+
+The hub authorises every download and nginx sends the bytes (X-Accel-Redirect): the bytes
+must be the hub's, byte for byte; another device's paths stay refused; a Range is a 206
+(several ranges a 416, never the whole file); and the rate limits still count per device
+and per real client address, not per nginx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+
+import pytest
+import requests
+from support import ADMIN_TOKEN, HubProcess, NginxFront, assert_error
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FILES = "/api/v1/files"
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def fronted(tmp_path_factory):
+    """A hub set up for nginx (accel prefix, trusted proxy, tight limits), nginx in
+    front with plain HTTP and TLS, two devices and a 10,000-byte file for the first.
+    One for the module: each test uses its own device or client address for the limits."""
+    workdir = tmp_path_factory.mktemp("fronted")
+    hub = HubProcess(workdir, {"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+                               "DROPSYNC_DOWNLOAD_ACCEL_PREFIX": "/_blobs/",
+                               "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1",
+                               "DROPSYNC_RATE_LIMIT_FILES": "40/minute",
+                               "DROPSYNC_RATE_LIMIT_FAILED_AUTH": "8/minute"}).start()
+    nginx = None
+    try:
+        hub.cli("tls", "init", "--name", "localhost", "--address", "127.0.0.1", "--out",
+                str(workdir / "tls"))
+        tls = (workdir / "tls" / "hub.crt", workdir / "tls" / "hub.key")
+        nginx = NginxFront(workdir / "nginx", hub.port, hub.data_dir, tls=tls).start()
+        tokens = {}
+        for device in ("esp001", "esp002"):
+            response = requests.post(hub.url + "/api/v1/admin/devices/register",
+                                     json={"id": device}, headers=ADMIN, timeout=10)
+            tokens[device] = response.json()["token"]
+        content = os.urandom(10_000)
+        response = requests.put(hub.url + "/api/v1/admin/staging/esp001/fw/app.bin",
+                                data=content, headers=ADMIN, timeout=10)
+        assert response.status_code == 200, response.text
+        yield hub, nginx, tokens, content
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        hub.stop()
+
+
+def entry_of(url: str, token: str) -> dict:
+    response = requests.get(f"{url}{FILES}/manifest/esp001", headers=bearer(token), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["files"][0]
+
+
+def from_address(address: str, port: int, path: str, headers: dict) -> int:
+    """GET from a given loopback source address (127.0.0.2...): another 'client'."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                            source_address=(address, 0))
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_nginx_sends_the_hubs_bytes_once_the_hub_authorised(fronted):
+    hub, nginx, tokens, content = fronted
+    own = bearer(tokens["esp001"])
+    entry = entry_of(nginx.url, tokens["esp001"])
+    assert entry == entry_of(hub.url, tokens["esp001"])
+    chunks = []
+    for index in range(entry["chunks"]):
+        response = requests.get(f"{nginx.url}{entry['url']}/{index}", headers=own, timeout=10)
+        assert response.status_code == 206, response.text
+        assert response.headers["Server"].startswith("nginx")  # nginx sent the bytes
+        first = index * entry["chunk_size"]
+        last = min(first + entry["chunk_size"], len(content)) - 1
+        assert response.headers["Content-Range"] == f"bytes {first}-{last}/{len(content)}"
+        assert response.headers["X-Chunk-SHA256"] == \
+            hashlib.sha256(response.content).hexdigest()
+        assert response.headers["X-Chunk-Index"] == str(index)
+        assert response.content == content[first:last + 1]
+        chunks.append(response.content)
+    assert b"".join(chunks) == content
+
+    whole = requests.get(nginx.url + entry["url"], headers=own, timeout=10)
+    assert whole.status_code == 200 and whole.content == content
+    assert whole.headers["x-MD5"] == hashlib.md5(content).hexdigest()
+    assert whole.headers["X-Content-SHA256"] == entry["sha256"]
+
+    for header, start, end in (("bytes=100-199", 100, 200), ("bytes=9990-", 9990, 10000),
+                               ("bytes=-10", 9990, 10000)):
+        ranged = requests.get(nginx.url + entry["url"], headers={**own, "Range": header},
+                              timeout=10)
+        assert ranged.status_code == 206, header
+        assert ranged.content == content[start:end], header
+        assert ranged.headers["Content-Range"] == f"bytes {start}-{end - 1}/10000"
+    for header in ("bytes=0-1,5-6", "bytes=20000-", "bytes=abc"):
+        refused = requests.get(nginx.url + entry["url"], headers={**own, "Range": header},
+                               timeout=10)
+        assert_error(refused, 416, "requested_range_not_satisfiable")
+
+    # Through nginx's TLS, verified against the hub's own certificate.
+    secure = requests.get(nginx.tls_url + entry["url"], headers=own, timeout=10,
+                          verify=str(nginx.prefix.parent / "tls" / "hub.crt"))
+    assert secure.status_code == 200 and secure.content == content
+
+
+def test_other_devices_and_bad_tokens_get_nothing_through_nginx(fronted):
+    hub, nginx, tokens, content = fronted
+    entry = entry_of(nginx.url, tokens["esp001"])
+    other = bearer(tokens["esp002"])
+    for path in (entry["url"], f"{entry['url']}/0"):
+        response = requests.get(nginx.url + path, headers=other, timeout=10)
+        assert_error(response, 403, "wrong_device")
+        assert content[:64] not in response.content
+        theirs = path.replace("/esp001/", "/esp002/")
+        assert_error(requests.get(nginx.url + theirs, headers=other, timeout=10), 403,
+                     "not_in_manifest")
+        assert_error(requests.get(nginx.url + path, timeout=10), 401)
+    # The internal locations cannot be asked for directly.
+    sha = entry["sha256"]
+    for path in (f"/_blobs/{sha[:2]}/{sha}", f"/_blobs/range/0-9/{sha[:2]}/{sha}"):
+        response = requests.get(nginx.url + path, headers=other, timeout=10)
+        assert response.status_code == 404 and content[:64] not in response.content
+
+
+def test_rate_limits_count_per_device_and_per_real_client_behind_nginx(fronted):
+    hub, nginx, tokens, _ = fronted
+    # RATE_LIMIT_FILES=40/minute per device: esp002 uses its budget up...
+    statuses = [from_address("127.0.0.1", nginx.port, f"{FILES}/manifest/esp002",
+                             bearer(tokens["esp002"])) for _ in range(41)]
+    assert statuses.count(429) >= 1 and statuses[0] == 200, statuses
+    # ...and esp001, through the same nginx and address, still has its own.
+    entry = entry_of(nginx.url, tokens["esp001"])
+    assert from_address("127.0.0.1", nginx.port, f"{entry['url']}/0",
+                        bearer(tokens["esp001"])) == 206
+
+    # RATE_LIMIT_FAILED_AUTH=8/minute per client address: the hub sees each client's
+    # own address through nginx (TRUSTED_PROXIES), so one bad node shuts out only itself.
+    garbage = bearer("garbage-token-0123456789abcdef0123")
+    manifest = f"{FILES}/manifest/esp001"
+    refused = [from_address("127.0.0.2", nginx.port, manifest, garbage) for _ in range(10)]
+    assert refused[-1] == 429, refused
+    assert from_address("127.0.0.2", nginx.port, manifest, bearer(tokens["esp001"])) == 429
+    assert from_address("127.0.0.3", nginx.port, manifest, bearer(tokens["esp001"])) == 200
+    assert "client=127.0.0.2" in hub.log and "client=127.0.0.3" in hub.log
+
+
+def test_nginx_takes_uploads_up_to_the_hubs_limits_and_refuses_more_as_json(fronted):
+    hub, nginx, tokens, _ = fronted
+    own = bearer(tokens["esp001"])
+    body = os.urandom(2 * 1024 * 1024)  # above MAX_REQUEST_BYTES, within UPLOAD_MAX_BYTES
+    response = requests.post(f"{nginx.url}{FILES}/upload/esp001", params={"filename": "a.bin"},
+                             data=body, headers={**own, "Content-Type": "application/octet-stream"},
+                             timeout=30)
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256"] == hashlib.sha256(body).hexdigest()
+    too_big = requests.post(f"{nginx.url}{FILES}/sync-status/esp001", data=b"x" * 1_100_000,
+                            headers={**own, "Content-Type": "application/json"}, timeout=30)
+    error = assert_error(too_big, 413)
+    assert json.dumps(error)

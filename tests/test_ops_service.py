@@ -1,0 +1,98 @@
+"""The systemd units and the nginx site: what deploy/ ships is what the code writes, and
+the tools that will read them (systemd-analyze, nginx -t) accept them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT, free_port
+
+from dropsync.ops import service
+from dropsync.ops.nginx import Listen, Site, render_main, render_site
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
+
+
+def verify_units(*paths) -> subprocess.CompletedProcess:
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", *map(str, paths)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_deploy_folder_holds_what_the_code_writes_for_the_default_layout():
+    for name, text in service.render_units(service.Layout()).items():
+        assert (ROOT / "deploy" / name).read_text() == text, name
+    assert (ROOT / "deploy" / "dropsync.env").read_text() == service.env_file_template()
+    assert (ROOT / "deploy" / "nginx.conf").read_text() == render_site(Site())
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed "
+                    "(Debian package systemd; tests/system-deps.sh installs it)")
+def test_install_service_writes_units_that_systemd_accepts(cli, tmp_path):
+    out = tmp_path / "units"
+    result = cli("install-service", "--output", str(out), "--backup-dir",
+                 str(tmp_path / "backups"), "--env-file", str(tmp_path / "dropsync.env"))
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([service.SERVICE, service.BACKUP_SERVICE, service.BACKUP_TIMER])
+    for name in written:
+        assert f"write {out / name}" in result.output
+    unit = (out / service.SERVICE).read_text()
+    data_dir, staging = tmp_path / "data", Path("staging").absolute()  # the CLI's defaults
+    lines = unit.splitlines()
+    for line in ("User=dropsync", "Restart=always", "ProtectSystem=strict",
+                 "NoNewPrivileges=yes", "PrivateTmp=yes",
+                 f"EnvironmentFile=-{tmp_path / 'dropsync.env'}",
+                 f"ReadWritePaths={data_dir} {staging}",
+                 f"Environment=DROPSYNC_DATA_DIR={data_dir}",
+                 f"ExecStart={Path(sys.executable).parent / 'dropsync'} serve"):
+        assert line in lines, line
+    backup = (out / service.BACKUP_SERVICE).read_text()
+    assert f"backup --dir {tmp_path / 'backups'} --keep 7" in backup
+    assert "OnCalendar=" in (out / service.BACKUP_TIMER).read_text()
+
+    checked = verify_units(*(out / name for name in written))
+    assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), \
+        checked.stdout + checked.stderr
+    # The check can fail: a misspelt directive is reported.
+    broken = tmp_path / "broken" / service.SERVICE
+    broken.parent.mkdir()
+    broken.write_text(unit.replace("ProtectSystem=", "ProtectSystm="))
+    assert "Unknown key" in verify_units(broken).stderr
+
+
+def test_install_service_dry_run_says_what_it_would_do_and_does_nothing(cli, tmp_path):
+    unit_dir = tmp_path / "systemd"
+    result = cli("install-service", "--dry-run", "--unit-dir", str(unit_dir),
+                 "--env-file", str(tmp_path / "etc" / "dropsync.env"),
+                 "--backup-dir", str(tmp_path / "backups"))
+    assert f"would write {unit_dir / service.SERVICE}" in result.output
+    assert "would systemctl daemon-reload" in result.output
+    assert "systemctl enable --now dropsync.service dropsync-backup.timer" in result.output
+    assert not unit_dir.exists() and not (tmp_path / "etc").exists()
+    assert not (tmp_path / "backups").exists()
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian nginx-light; "
+                    "tests/system-deps.sh installs it)")
+def test_nginx_accepts_the_site(tmp_path):
+    cert, key = tmp_path / "hub.crt", tmp_path / "hub.key"
+    from dropsync.ops import tls
+
+    cert_pem, key_pem = tls.make_certificate(["localhost"], ["127.0.0.1"], 1)
+    tls.write_pair(cert, key, cert_pem, key_pem)
+    site = Site(blobs_dir=tmp_path / "blobs", blob_socket=tmp_path / "blobs.sock",
+                listens=[Listen(free_port(), address="127.0.0.1"),
+                         Listen(free_port(), tls=True, address="127.0.0.1")],
+                cert=cert, key=key)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_main(render_site(site), tmp_path))
+    checked = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e",
+                              str(tmp_path / "error.log")], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert "test is successful" in checked.stderr
