@@ -183,14 +183,15 @@ class PackageCatalog:
                 stored = self.stores.packages.insert(package)
             else:
                 stored = self.stores.packages.update(current["id"], package)
+            # Stored, not yet offered: whoever sees the new version can find its event.
+            record_event(self.stores, "package.published", None, source,
+                         package_id=stored["id"], target=target, path=path,
+                         version=stored["version"], size=blob.size)
             self._refresh()
             if current is not None:
                 self.drop_blob_if_unused(current["sha256"])
             log.info("package %s: %s version %d (%d bytes, sha256 %s, from %s)",
                      stored["id"], slot, stored["version"], blob.size, blob.sha256[:12], source)
-            record_event(self.stores, "package.published", None, source,
-                         package_id=stored["id"], target=target, path=path,
-                         version=stored["version"], size=blob.size)
             return stored, True
 
     def withdraw(self, package_id: str) -> Document:
