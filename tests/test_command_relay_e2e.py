@@ -3,6 +3,8 @@ all; polls, completions, a lapsed lease, an expired command, and devices kept ap
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
 import pytest
@@ -150,14 +152,24 @@ def test_cli_prints_and_follows_a_devices_messages(hub, tmp_path):
     follower = subprocess.Popen([str(BIN / "dropsync"), "messages", "esp-log", "--follow",
                                  "--interval", "0.2", "--limit", "1"], cwd=hub.workdir,
                                 env=hub.env, stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],
+                     daemon=True).start()
+    printed: list[str] = []
+
+    def read_until(text: str) -> None:
+        deadline = time.monotonic() + 30
+        while not printed or text not in printed[-1]:
+            printed.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+
     try:
-        time.sleep(1.0)
+        read_until("line 2")  # the follower is up (a loaded machine can take seconds)
         for i in range(3, 6):
             node.session.post(f"{hub.url}/api/v1/device/messages/esp-log",
                               json={"text": f"line {i}"})
-        time.sleep(1.0)
+        read_until("line 5")
     finally:
         follower.terminate()
-        output, _ = follower.communicate(timeout=10)
-    texts = [line.split(maxsplit=2)[2] for line in output.splitlines()]
+        follower.communicate(timeout=10)
+    texts = [line.split(maxsplit=2)[2].rstrip() for line in printed]
     assert texts == ["line 2", "line 3", "line 4", "line 5"]
