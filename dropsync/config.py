@@ -106,6 +106,25 @@ def parse_accel_prefix(text: str) -> str:
     return prefix
 
 
+def flash_limits_from(text: str) -> dict[str, int]:
+    """``esp8266=1044464,esp32=1310720``: the largest image each device type can take."""
+    limits = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        device_type, sep, size = item.partition("=")
+        if not sep or not device_type.strip() or not size.strip().isdigit() \
+                or int(size) <= 0:
+            raise ValueError("use <device type>=<bytes>, comma-separated "
+                             "(e.g. esp8266=1044464,esp32=1310720)")
+        limits[device_type.strip().lower()] = int(size)
+    if not limits:
+        raise ValueError("name at least one device type")
+    return limits
+
+
+def parse_flash_limits(text: str) -> str:
+    return ",".join(f"{kind}={size}" for kind, size in flash_limits_from(text).items())
+
+
 def parse_address_list(text: str) -> str:
     """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
     import ipaddress
@@ -211,6 +230,10 @@ SETTINGS: tuple[Setting, ...] = (
             "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
             "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
             "`DATA_DIR/blobs/`."),
+    # -- firmware images for stock updaters (issue 10) ----------------------------------
+    Setting("FIRMWARE_MAX_BYTES", "esp8266=1044464,esp32=1310720", parse_flash_limits,
+            "Largest firmware image per device type (`firmware/*.bin` in staging); larger "
+            "ones are refused at staging. A group or `all` takes its smallest device's."),
     # -- operations (issue 13): request log, proxies, TLS, discovery ----------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "

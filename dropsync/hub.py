@@ -22,6 +22,7 @@ from .bootstrap import (
 from .commands import CommandQueue
 from .commands import Settings as CommandSettings
 from .credentials import AdminAuthority, new_token
+from .firmware_images import FirmwareImages
 from .pacing import Pacing
 from .packages import PackageCatalog
 from .staging import Staging
@@ -130,6 +131,8 @@ class Hub:
         self.blobs = BlobStore(data_dir / "blobs", settings["CHUNK_SIZE"])
         self.packages = PackageCatalog(self.stores, self.blobs)
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
+        self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
+                                                      self.stores.devices).problem
         self.uploads = DeviceUploads(self.stores, data_dir / "uploads",
                                      max_bytes=settings["UPLOAD_MAX_BYTES"],
                                      allowed_types=settings["UPLOAD_ALLOWED_TYPES"])

@@ -27,7 +27,7 @@ import logging
 import os
 import string
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -252,6 +252,11 @@ class Staging:
         self._warned: set[tuple[str, str]] = set()
         #: Guards the two above: the settle thread and requests both note problems.
         self._problems_lock = threading.Lock()
+        #: Why a staged file's content cannot be taken in, or None; called with its
+        #: target, its path below it, its first 16 bytes and its size. The hub sets the
+        #: firmware image check (firmware_images.py) here.
+        self.content_problem: Callable[[str, str, bytes, int], str | None] = \
+            lambda target, rel, head, size: None
 
     @property
     def root(self) -> Path:
@@ -283,6 +288,11 @@ class Staging:
         self._clear_problems(staged.slot)
         with reader:
             before = file_stamp(os.fstat(reader.fileno()))
+            refused = self.content_problem(staged.target, staged.rel,
+                                           os.pread(reader.fileno(), 16, 0), before["size"])
+            if refused:
+                self._note(Problem("refused_content", staged.slot, refused))
+                return None, False
             current = self.catalog.catalog.by_slot.get(staged.slot)
             if current is not None and current.get("staged") == before:
                 return dict(current), False
@@ -327,11 +337,17 @@ class Staging:
             raise Forbidden(f"cannot create the folder for {target}/{rel}: {exc.strerror}",
                             code="outside_staging") from None
         with AtomicFile(destination.parent, destination.name, mode=0o644) as incoming:
+            head = b""
             while data := stream.read(COPY_BUFFER):
                 if incoming.size + len(data) > max_bytes:
                     raise PayloadTooLarge(f"a staged file may be at most {max_bytes} bytes "
                                           "(STAGING_UPLOAD_MAX_BYTES)")
+                head = head or data[:16]
                 incoming.write(data)
+            refused = self.content_problem(target, rel, head, incoming.size)
+            if refused:
+                raise ValidationFailed(refused, {"target": target, "path": rel},
+                                       code="refused_content")
             incoming.commit(destination)
         package, changed = self.ingest_staged_file(destination, source=source)
         if package is None:  # only if it vanished or was replaced by a link at once

@@ -163,3 +163,12 @@ def staging_cli(cli, tmp_path, monkeypatch):
     """``cli`` with the staging folder in tmp_path as well (the CLI default is ./staging)."""
     monkeypatch.setenv("DROPSYNC_STAGING_DIR", str(tmp_path / "staging"))
     return cli
+
+
+# -- firmware ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def firmware_build(tmp_path_factory):
+    """The host client and the JSON fuzz driver, compiled once per test session."""
+    from firmware_support import build_host
+
+    return build_host(tmp_path_factory.mktemp("firmware-build"))

@@ -10,6 +10,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have chromium || need+=(chromium)
 have nginx || need+=(nginx-light)
 have g++ || need+=(g++)
+have make || need+=(make)  # the firmware host client's Makefile
 have xtensa-lx106-elf-g++ || need+=(gcc-xtensa-lx106 binutils-xtensa-lx106)
 [ -d /usr/lib/xtensa-lx106-elf/include ] || need+=(picolibc-xtensa-lx106-elf)
 have systemd-analyze || need+=(systemd)

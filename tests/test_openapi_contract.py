@@ -54,7 +54,7 @@ WRONG_TOKEN = "wrong-token-0123456789abcdef0123456789"
 #: Examples per operation (valid and invalid requests drawn together).
 MAX_EXAMPLES = 25
 #: Tags (= blueprints) whose operations need the token of the device named in the path.
-DEVICE_TAGS = {"device", "files"}
+DEVICE_TAGS = {"device", "files", "ota"}
 ADMIN_TAGS = {"admin"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, negative_data_rejection, ignored_auth]

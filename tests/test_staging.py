@@ -250,8 +250,8 @@ def test_watcher_takes_in_a_dropped_file_once(watched_hub, settings):
     assert package["size"] == 5000 and package["version"] == 1
     # the hub's own read of the file and a touch-free wait must not make a second version
     wait_until(lambda: hub.watcher.state()["pending"] == 0, message="nothing pending")
-    # the count follows the publish by a moment on the watcher's thread
-    wait_until(lambda: hub.watcher.ingested >= 1, message="the ingest counted")
+    # the counter moves just after the package is published: wait for it, then it must be 1
+    wait_until(lambda: hub.watcher.ingested >= 1, message="ingest counted")
     assert hub.watcher.ingested == 1
 
 
@@ -264,9 +264,8 @@ def test_watcher_temp_then_rename_makes_exactly_one_package(watched_hub, setting
     temp.rename(staging / "esp001" / "app.bin")
     wait_until(lambda: hub.packages.catalog.by_slot.get("esp001/app.bin"), message="package")
     wait_until(lambda: hub.watcher.state()["pending"] == 0, message="nothing pending")
+    wait_until(lambda: hub.watcher.ingested >= 1, message="ingest counted")
     assert [p["slot"] for p in hub.packages.list_packages()] == ["esp001/app.bin"]
-    # the count follows the publish by a moment on the watcher's thread
-    wait_until(lambda: hub.watcher.ingested >= 1, message="the ingest counted")
     assert hub.watcher.ingested == 1
 
 

@@ -17,6 +17,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     health,
     limits,
     openapi,
+    ota,
 )
 
 
@@ -44,9 +45,11 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin.bp)  # with the routes of admin_files
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(ota.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
     from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
     init_dashboard(app)
     limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
-                                        files.bp: app.config["RATE_LIMIT_FILES"]},
-                    guarded_blueprints=[device.bp, files.bp, admin.bp])
+                                        files.bp: app.config["RATE_LIMIT_FILES"],
+                                        ota.bp: app.config["RATE_LIMIT_DEVICE"]},
+                    guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])

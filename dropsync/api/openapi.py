@@ -20,7 +20,7 @@ bp = Blueprint("docs", __name__, url_prefix="/api/v1")
 
 #: Which credential each blueprint's routes need; routes of other blueprints are public.
 SECURITY = {"device": "deviceToken", "files": "deviceToken", "admin": "adminToken",
-            "metrics": "adminToken"}
+            "ota": "deviceToken", "metrics": "adminToken"}
 #: Errors any route may answer: too large, rate limited, disk full.
 COMMON_ERRORS = (413, 429, 507)
 ERROR_TEXT = {

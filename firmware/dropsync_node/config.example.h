@@ -1,0 +1,36 @@
+// Copy this file to config.h (git-ignored) and fill it in. The sketch does not build
+// without config.h, so a real token never has to be committed.
+#ifndef DROPSYNC_CONFIG_H
+#define DROPSYNC_CONFIG_H
+
+// -- WiFi -----------------------------------------------------------------------------
+#define WIFI_SSID "my-network"
+#define WIFI_PASSWORD "my-password"
+
+// -- the hub --------------------------------------------------------------------------
+// Base URL only, no trailing slash. A name (http://raspberrypi.local:8000) needs mDNS or
+// DNS on the network; an address always works.
+#define HUB_URL "http://192.168.1.10:8000"
+
+// TLS placeholder: with an https:// HUB_URL, pin the hub's certificate by its SHA-1
+// fingerprint (ESP8266, BearSSL) or give its CA certificate (ESP32). Unset: plain HTTP.
+// #define HUB_TLS_FINGERPRINT "AA BB CC ..."    // ESP8266
+// #define HUB_TLS_CA_CERT "-----BEGIN CERTIFICATE-----\n..."  // ESP32
+
+// -- this node ------------------------------------------------------------------------
+// Empty: the WiFi MAC address (e.g. 5C:CF:7F:A1:49:8F), which the hub accepts as an id.
+#define DEVICE_ID ""
+// From `dropsync device add <id>` (shown once).
+#define DEVICE_TOKEN "paste-the-token-here"
+
+// Reported in heartbeats; bump it with every build you stage as firmware/<name>.bin.
+#define FIRMWARE_VERSION "1.0.0"
+
+// -- timing (the hub's next_poll_s overrides POLL_S once it answers) ------------------
+#define POLL_S 30
+#define HEARTBEAT_S 60
+#define MANIFEST_S 300
+#define BACKOFF_BASE_MS 1000
+#define BACKOFF_CAP_MS 300000
+
+#endif

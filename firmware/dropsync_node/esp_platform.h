@@ -1,0 +1,384 @@
+// The Arduino glue: the protocol core's interfaces over the ESP8266 and ESP32 cores
+// (ESP8266HTTPClient / HTTPClient, LittleFS, Update, bearssl / mbedtls, WiFi, RTC memory).
+// Everything the node does is in src/dropsync_core; this file only adapts.
+#ifndef DROPSYNC_ESP_PLATFORM_H
+#define DROPSYNC_ESP_PLATFORM_H
+
+#include <Arduino.h>
+#include <LittleFS.h>
+
+#if defined(ESP8266)
+#include <ESP8266HTTPClient.h>
+#include <ESP8266WiFi.h>
+#include <Updater.h>
+#include <bearssl/bearssl_hash.h>
+#if defined(HUB_TLS_FINGERPRINT)
+#include <WiFiClientSecureBearSSL.h>
+#endif
+#elif defined(ESP32)
+#include <HTTPClient.h>
+#include <Update.h>
+#include <WiFi.h>
+#include <esp_ota_ops.h>
+#if defined(HUB_TLS_CA_CERT)
+#include <WiFiClientSecure.h>
+#endif
+#include <mbedtls/sha256.h>
+#else
+#error "DropSync's sketch is for the ESP8266 and the ESP32"
+#endif
+
+#if defined(DROPSYNC_EMULATION)
+// The ESP8266 core's host emulation ships bearssl's headers but not its library.
+#include "../host/sha256.h"
+#endif
+#include "src/dropsync_core/hub_client.h"
+#include "src/dropsync_core/json_writer.h"
+#include "src/dropsync_core/platform.h"
+#include "src/dropsync_core/text.h"
+
+namespace dropsync_esp {
+
+using dropsync::BodySource;
+using dropsync::HttpRequest;
+using dropsync::OpenMode;
+
+// A request body read from the core's BodySource (an upload streamed from flash).
+class BodyStream : public Stream {
+ public:
+  explicit BodyStream(BodySource& source) : source_(source) {}
+  int available() override { return fill(); }
+  int read() override { return fill() ? buffer_[position_++] : -1; }
+  int peek() override { return fill() ? buffer_[position_] : -1; }
+  size_t write(uint8_t) override { return 0; }
+  void flush() override {}
+
+ private:
+  int fill() {
+    if (position_ == length_) {
+      int got = source_.read(buffer_, sizeof(buffer_));
+      length_ = got > 0 ? static_cast<size_t>(got) : 0;
+      position_ = 0;
+    }
+    return static_cast<int>(length_ - position_);
+  }
+  BodySource& source_;
+  uint8_t buffer_[128];
+  size_t length_ = 0;
+  size_t position_ = 0;
+};
+
+class ArduinoTransport : public dropsync::HttpTransport {
+ public:
+  explicit ArduinoTransport(const char* base_url) : base_(base_url) {}
+
+  void begin() {
+#if defined(HUB_TLS_FINGERPRINT) && defined(ESP8266)
+    secure_.setFingerprint(HUB_TLS_FINGERPRINT);
+#elif defined(HUB_TLS_CA_CERT) && defined(ESP32)
+    secure_.setCACert(HUB_TLS_CA_CERT);
+#endif
+  }
+
+  int send(const HttpRequest& request) override {
+    close();
+    String url = String(base_) + request.path;
+#if defined(HUB_TLS_FINGERPRINT) || defined(HUB_TLS_CA_CERT)
+    WiFiClient& client = url.startsWith("https://") ? secure_ : plain_;
+#else
+    WiFiClient& client = plain_;  // https:// needs a pinned certificate (config.h)
+#endif
+    if (!http_.begin(client, url)) return dropsync::kUnreachable;
+    http_.setTimeout(10000);
+    http_.useHTTP10(true);  // no chunked bodies: read() gets the bytes as the hub sent them
+    http_.setReuse(false);
+    http_.collectHeaders(const_cast<const char**>(dropsync::kCollectedHeaders),
+                         dropsync::kCollectedHeaderCount);
+    for (size_t i = 0; i < request.header_count; i++) {
+      if (request.headers[i].value[0]) http_.addHeader(request.headers[i].name,
+                                                       request.headers[i].value);
+    }
+    if (request.content_type) http_.addHeader("Content-Type", request.content_type);
+    int status;
+    if (request.body_source) {
+      BodyStream body(*request.body_source);
+      status = http_.sendRequest(request.method, &body,
+                                 static_cast<size_t>(request.body_source->size()));
+    } else {
+      status = http_.sendRequest(request.method, const_cast<uint8_t*>(request.body),
+                                 request.body_length);
+    }
+    if (status <= 0) {  // HTTPClient's own errors: refused, timeout, lost connection
+      http_.end();
+      return dropsync::kUnreachable;
+    }
+    open_ = true;
+    remaining_ = http_.getSize();
+    return status;
+  }
+
+  bool header(const char* name, char* out, size_t out_size) override {
+    if (!open_ || !http_.hasHeader(name)) return false;
+    return dropsync::copy_text(out, out_size, http_.header(name).c_str());
+  }
+
+  long content_length() override { return open_ ? http_.getSize() : -1; }
+
+  int read(uint8_t* buffer, size_t length) override {
+    if (!open_) return -1;
+    if (remaining_ == 0) return 0;
+    WiFiClient* stream = http_.getStreamPtr();
+    if (!stream) return -1;
+    uint32_t started = millis();
+    while (!stream->available()) {
+      if (!stream->connected()) return remaining_ < 0 ? 0 : -1;  // closed before the end
+      if (millis() - started > 10000) return -1;
+      delay(1);
+    }
+    if (remaining_ > 0 && length > static_cast<size_t>(remaining_)) {
+      length = static_cast<size_t>(remaining_);
+    }
+    int got = stream->read(buffer, length);
+    if (got > 0 && remaining_ > 0) remaining_ -= got;
+    return got;
+  }
+
+  void close() override {
+    if (open_) http_.end();
+    open_ = false;
+  }
+
+ private:
+  const char* base_;
+  HTTPClient http_;
+  WiFiClient plain_;
+#if defined(HUB_TLS_FINGERPRINT) && defined(ESP8266)
+  BearSSL::WiFiClientSecure secure_;
+#elif defined(HUB_TLS_CA_CERT) && defined(ESP32)
+  WiFiClientSecure secure_;
+#endif
+  bool open_ = false;
+  long remaining_ = 0;
+};
+
+class LittleFsStorage : public dropsync::Storage {
+ public:
+  dropsync::File* open(const char* path, OpenMode mode) override {
+    for (Slot& slot : slots_) {
+      if (slot.file) continue;
+      const char* how = mode == OpenMode::kRead    ? "r"
+                        : mode == OpenMode::kWrite  ? "w"
+                        : mode == OpenMode::kAppend ? "a"
+                                                    : "r+";
+      if (mode == OpenMode::kUpdate && !LittleFS.exists(path)) return nullptr;
+      slot.file = LittleFS.open(path, how);
+      return slot.file ? &slot : nullptr;
+    }
+    return nullptr;
+  }
+  bool exists(const char* path) override { return LittleFS.exists(path); }
+  bool remove(const char* path) override { return LittleFS.remove(path); }
+  bool rename(const char* from, const char* to) override {
+    if (LittleFS.exists(to)) LittleFS.remove(to);
+    return LittleFS.rename(from, to);
+  }
+  bool make_dirs(const char* path) override {
+    char folder[224];
+    dropsync::copy_text(folder, sizeof(folder), path);
+    for (char* p = folder + 1; *p; p++) {
+      if (*p != '/') continue;
+      *p = '\0';
+      if (!LittleFS.exists(folder)) LittleFS.mkdir(folder);
+      *p = '/';
+    }
+    return true;
+  }
+  long file_size(const char* path) override {
+    if (!LittleFS.exists(path)) return -1;
+    fs::File file = LittleFS.open(path, "r");
+    long size = file && !file.isDirectory() ? static_cast<long>(file.size()) : -1;
+    file.close();
+    return size;
+  }
+
+ private:
+  struct Slot : public dropsync::File {
+    fs::File file;
+    int read(uint8_t* buffer, size_t length) override {
+      return static_cast<int>(file.read(buffer, length));
+    }
+    int write(const uint8_t* data, size_t length) override {
+      return static_cast<int>(file.write(data, length));
+    }
+    bool seek(uint32_t position) override { return file.seek(position); }
+    uint32_t size() override { return static_cast<uint32_t>(file.size()); }
+    bool flush() override {
+      file.flush();
+      return true;
+    }
+    void close() override {
+      file.close();
+      file = fs::File();
+    }
+  };
+  Slot slots_[4];
+};
+
+class ArduinoClock : public dropsync::Clock {
+ public:
+  uint32_t millis() override { return ::millis(); }
+  void sleep_ms(uint32_t ms) override { delay(ms); }
+  void yield_now() override { yield(); }
+#if defined(ESP8266)
+  uint32_t random32() override { return ESP.random(); }
+#else
+  uint32_t random32() override { return esp_random(); }
+#endif
+};
+
+#if defined(DROPSYNC_EMULATION)
+using PlatformSha256 = HostSha256;
+#elif defined(ESP8266)
+class PlatformSha256 : public dropsync::Sha256 {
+ public:
+  void begin() override { br_sha256_init(&context_); }
+  void update(const uint8_t* data, size_t length) override {
+    br_sha256_update(&context_, data, length);
+  }
+  void finish(uint8_t digest[32]) override { br_sha256_out(&context_, digest); }
+ private:
+  br_sha256_context context_;
+};
+#else
+class PlatformSha256 : public dropsync::Sha256 {
+ public:
+  void begin() override {
+    mbedtls_sha256_init(&context_);
+    mbedtls_sha256_starts(&context_, 0);
+  }
+  void update(const uint8_t* data, size_t length) override {
+    mbedtls_sha256_update(&context_, data, length);
+  }
+  void finish(uint8_t digest[32]) override {
+    mbedtls_sha256_finish(&context_, digest);
+    mbedtls_sha256_free(&context_);
+  }
+ private:
+  mbedtls_sha256_context context_;
+};
+#endif
+
+// Verified chunks of a firmware package go to Update, which checks the image's MD5.
+class UpdateSink : public dropsync::FirmwareSink {
+ public:
+  bool begin(uint32_t size, const char* md5_hex) override {
+    return Update.begin(size) && Update.setMD5(md5_hex);
+  }
+  bool write(const uint8_t* data, size_t length) override {
+    return Update.write(const_cast<uint8_t*>(data), length) == length;
+  }
+  bool end() override { return Update.end(); }
+#if defined(ESP8266)
+  void abort() override { Update.end(true); }  // an incomplete image never boots
+#else
+  void abort() override { Update.abort(); }
+#endif
+};
+
+// Counts starts that never reached the hub. The ESP8266 has no rollback, so a new image
+// that crashes before talking to the hub boot-loops; whatever runs next reports the
+// count. RTC memory survives resets and watchdog restarts, not a power cycle.
+class BootGuard {
+ public:
+  void begin() {
+#if defined(ESP8266)
+    if (!ESP.rtcUserMemoryRead(0, reinterpret_cast<uint32_t*>(&record_), sizeof(record_)) ||
+        record_.magic != kMagic) {
+      record_ = Record{kMagic, 0};
+    }
+    record_.starts++;
+    ESP.rtcUserMemoryWrite(0, reinterpret_cast<uint32_t*>(&record_), sizeof(record_));
+#endif
+  }
+  // Starts before this one that ended before reaching the hub.
+  uint32_t failed_starts() const { return record_.starts ? record_.starts - 1 : 0; }
+  // The hub answered: this image works. On ESP32 it is marked valid only now, so an
+  // image that never reaches the hub is rolled back by the bootloader.
+  void reached_hub() {
+    if (reached_) return;
+    reached_ = true;
+#if defined(ESP32)
+    esp_ota_mark_app_valid_cancel_rollback();
+#else
+    record_.starts = 0;
+    ESP.rtcUserMemoryWrite(0, reinterpret_cast<uint32_t*>(&record_), sizeof(record_));
+#endif
+  }
+  bool rolled_back() const {
+#if defined(ESP32)
+    return esp_ota_get_last_invalid_partition() != nullptr;
+#else
+    return false;
+#endif
+  }
+
+ private:
+  static const uint32_t kMagic = 0x44534254;  // "DSBT"
+  struct Record {
+    uint32_t magic;
+    uint32_t starts;
+  };
+  Record record_{kMagic, 0};
+  bool reached_ = false;
+};
+
+class EspBoard : public dropsync::Board {
+ public:
+  EspBoard(const char* version, dropsync::FirmwareSink* sink, BootGuard& guard)
+      : version_(version), sink_(sink), guard_(guard) {}
+  const char* firmware_version() override { return version_; }
+  uint32_t free_heap() override { return ESP.getFreeHeap(); }
+  int rssi() override { return WiFi.RSSI(); }
+  void local_ip(char* out, size_t out_size) override {
+    dropsync::copy_text(out, out_size, WiFi.localIP().toString().c_str());
+  }
+  void restart() override {
+    delay(200);
+    ESP.restart();
+  }
+  dropsync::FirmwareSink* firmware_sink() override { return sink_; }
+  void log(const char* line) override {
+    Serial.println(line);
+    // Kept on flash for the upload-log command; one old generation at most 16 KiB.
+    fs::File file = LittleFS.open("/log.txt", "a");
+    if (!file) return;
+    file.println(line);
+    bool full = file.size() > 16 * 1024;
+    file.close();
+    if (full) {
+      LittleFS.remove("/log.old.txt");
+      LittleFS.rename("/log.txt", "/log.old.txt");
+    }
+  }
+  void extra_heartbeat(dropsync::JsonWriter& out) override {
+#if defined(ESP8266)
+    out.field("board", "esp8266").field("reset_reason", ESP.getResetReason().c_str())
+        .field("sketch_md5", ESP.getSketchMD5().c_str());
+#else
+    out.field("board", "esp32").field("reset_reason", static_cast<long long>(esp_reset_reason()));
+    if (guard_.rolled_back()) out.field_bool("rolled_back", true);
+#endif
+    if (guard_.failed_starts()) {
+      out.field("boot_failures", static_cast<long long>(guard_.failed_starts()));
+    }
+  }
+
+ private:
+  const char* version_;
+  dropsync::FirmwareSink* sink_;
+  BootGuard& guard_;
+};
+
+}  // namespace dropsync_esp
+
+#endif

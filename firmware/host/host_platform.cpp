@@ -1,0 +1,346 @@
+#include "host_platform.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dropsync_core/hub_client.h"
+#include "dropsync_core/text.h"
+
+using dropsync::copy_text;
+using dropsync::append_text;
+
+// -- HTTP over POSIX sockets (HTTP/1.0: one request per connection, no chunked bodies) ----
+bool PosixTransport::configure(const char* base) {
+  const char* p = base;
+  if (strncmp(p, "http://", 7) == 0) p += 7;
+  const char* colon = strchr(p, ':');
+  if (!colon || colon - p >= static_cast<long>(sizeof(host_))) return false;
+  memcpy(host_, p, colon - p);
+  host_[colon - p] = '\0';
+  port_ = atoi(colon + 1);
+  return port_ > 0;
+}
+
+bool PosixTransport::write_all(const void* data, size_t length) {
+  const char* p = static_cast<const char*>(data);
+  while (length) {
+    ssize_t n = ::send(socket_, p, length, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    p += n;
+    length -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+int PosixTransport::send(const dropsync::HttpRequest& request) {
+  close();
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port_));
+  if (inet_pton(AF_INET, host_, &address.sin_addr) != 1) return -2;
+  socket_ = socket(AF_INET, SOCK_STREAM, 0);
+  if (socket_ < 0) return -3;
+  timeval timeout{10, 0};
+  setsockopt(socket_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(socket_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  if (connect(socket_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close();
+    return dropsync::kUnreachable;
+  }
+  long body_length = request.body_source ? request.body_source->size()
+                                         : static_cast<long>(request.body_length);
+  char head[1024];
+  snprintf(head, sizeof(head), "%s %s HTTP/1.0\r\nHost: %s:%d\r\nUser-Agent: dropsync-host\r\n",
+           request.method, request.path, host_, port_);
+  for (size_t i = 0; i < request.header_count; i++) {
+    if (!request.headers[i].value[0]) continue;
+    append_text(head, sizeof(head), request.headers[i].name);
+    append_text(head, sizeof(head), ": ");
+    append_text(head, sizeof(head), request.headers[i].value);
+    append_text(head, sizeof(head), "\r\n");
+  }
+  if (request.content_type) {
+    append_text(head, sizeof(head), "Content-Type: ");
+    append_text(head, sizeof(head), request.content_type);
+    append_text(head, sizeof(head), "\r\n");
+  }
+  if (strcmp(request.method, "GET") != 0) {
+    char line[48];
+    snprintf(line, sizeof(line), "Content-Length: %ld\r\n", body_length);
+    append_text(head, sizeof(head), line);
+  }
+  append_text(head, sizeof(head), "\r\n");
+  bool ok = write_all(head, strlen(head));
+  if (ok && request.body) ok = write_all(request.body, request.body_length);
+  if (ok && request.body_source) {
+    uint8_t piece[512];
+    int n;
+    while (ok && (n = request.body_source->read(piece, sizeof(piece))) > 0) {
+      ok = write_all(piece, static_cast<size_t>(n));
+    }
+  }
+  if (!ok) {
+    close();
+    return dropsync::kUnreachable;
+  }
+  return read_head();
+}
+
+int PosixTransport::read_head() {
+  head_length_ = body_start_ = 0;
+  content_length_ = -1;
+  body_read_ = 0;
+  for (;;) {
+    if (head_length_ + 1 >= sizeof(head_)) break;
+    ssize_t n = recv(socket_, head_ + head_length_, sizeof(head_) - 1 - head_length_, 0);
+    if (n <= 0) break;
+    head_length_ += static_cast<size_t>(n);
+    head_[head_length_] = '\0';
+    char* end = strstr(head_, "\r\n\r\n");
+    if (end) {
+      body_start_ = static_cast<size_t>(end - head_) + 4;
+      break;
+    }
+  }
+  if (!body_start_ || strncmp(head_, "HTTP/1.", 7) != 0) {
+    close();
+    return dropsync::kUnreachable;
+  }
+  char length[24];
+  if (header("Content-Length", length, sizeof(length))) content_length_ = atol(length);
+  return atoi(head_ + 9);
+}
+
+bool PosixTransport::header(const char* name, char* out, size_t out_size) {
+  if (!body_start_) return false;
+  size_t name_length = strlen(name);
+  const char* line = strstr(head_, "\r\n");
+  while (line && line < head_ + body_start_ - 4) {
+    line += 2;
+    if (strncasecmp(line, name, name_length) == 0 && line[name_length] == ':') {
+      const char* value = line + name_length + 1;
+      while (*value == ' ') value++;
+      const char* end = strstr(value, "\r\n");
+      size_t length = static_cast<size_t>(end - value);
+      if (length >= out_size) length = out_size - 1;
+      memcpy(out, value, length);
+      out[length] = '\0';
+      return true;
+    }
+    line = strstr(line, "\r\n");
+  }
+  return false;
+}
+
+int PosixTransport::read(uint8_t* buffer, size_t length) {
+  if (socket_ < 0) return -1;
+  if (content_length_ >= 0 && body_read_ >= content_length_) return 0;
+  if (content_length_ >= 0 && static_cast<long>(length) > content_length_ - body_read_) {
+    length = static_cast<size_t>(content_length_ - body_read_);
+  }
+  if (body_start_ < head_length_) {  // body bytes that came with the head
+    size_t left = head_length_ - body_start_;
+    size_t n = left < length ? left : length;
+    memcpy(buffer, head_ + body_start_, n);
+    body_start_ += n;
+    body_read_ += static_cast<long>(n);
+    return static_cast<int>(n);
+  }
+  ssize_t n = recv(socket_, buffer, length, 0);
+  if (n < 0) return -1;
+  if (n == 0 && content_length_ >= 0) return -1;  // closed before the announced end
+  body_read_ += n;
+  return static_cast<int>(n);
+}
+
+void PosixTransport::close() {
+  if (socket_ >= 0) ::close(socket_);
+  socket_ = -1;
+}
+
+// -- a folder for flash -------------------------------------------------------------------
+FolderStorage::FolderStorage(const char* root) { copy_text(root_, sizeof(root_), root); }
+
+void FolderStorage::full_path(const char* path, char* out, size_t size) {
+  copy_text(out, size, root_);
+  append_text(out, size, path);
+}
+
+dropsync::File* FolderStorage::open(const char* path, dropsync::OpenMode mode) {
+  PosixFile* slot = nullptr;
+  for (PosixFile& file : files_) {
+    if (file.fd < 0) {
+      slot = &file;
+      break;
+    }
+  }
+  if (!slot) return nullptr;
+  char full[512];
+  full_path(path, full, sizeof(full));
+  int flags = mode == dropsync::OpenMode::kRead    ? O_RDONLY
+              : mode == dropsync::OpenMode::kWrite  ? O_WRONLY | O_CREAT | O_TRUNC
+              : mode == dropsync::OpenMode::kAppend ? O_WRONLY | O_CREAT | O_APPEND
+                                                    : O_RDWR;
+  slot->fd = ::open(full, flags | O_CLOEXEC, 0644);
+  return slot->fd >= 0 ? slot : nullptr;
+}
+
+bool FolderStorage::exists(const char* path) { return file_size(path) >= 0; }
+
+bool FolderStorage::remove(const char* path) {
+  char full[512];
+  full_path(path, full, sizeof(full));
+  return unlink(full) == 0;
+}
+
+bool FolderStorage::rename(const char* from, const char* to) {
+  char a[512], b[512];
+  full_path(from, a, sizeof(a));
+  full_path(to, b, sizeof(b));
+  return ::rename(a, b) == 0;
+}
+
+bool FolderStorage::make_dirs(const char* path) {
+  char full[512];
+  full_path(path, full, sizeof(full));
+  for (char* p = full + strlen(root_) + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(full, 0755) != 0 && errno != EEXIST) return false;
+    *p = '/';
+  }
+  return true;
+}
+
+long FolderStorage::file_size(const char* path) {
+  char full[512];
+  full_path(path, full, sizeof(full));
+  struct stat st;
+  return stat(full, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<long>(st.st_size) : -1;
+}
+
+int FolderStorage::PosixFile::read(uint8_t* buffer, size_t length) {
+  return static_cast<int>(::read(fd, buffer, length));
+}
+
+int FolderStorage::PosixFile::write(const uint8_t* data, size_t length) {
+  return static_cast<int>(::write(fd, data, length));
+}
+
+bool FolderStorage::PosixFile::seek(uint32_t position) {
+  return lseek(fd, position, SEEK_SET) == static_cast<off_t>(position);
+}
+
+uint32_t FolderStorage::PosixFile::size() {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? static_cast<uint32_t>(st.st_size) : 0;
+}
+
+bool FolderStorage::PosixFile::flush() { return fdatasync(fd) == 0; }
+
+void FolderStorage::PosixFile::close() {
+  ::close(fd);
+  fd = -1;
+}
+
+// -- clock ---------------------------------------------------------------------------------
+static uint64_t monotonic_ms() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000ULL + now.tv_nsec / 1000000;
+}
+
+HostClock::HostClock() : started_(monotonic_ms()) {
+  int fd = ::open("/dev/urandom", O_RDONLY);
+  state_ = 0x9e3779b97f4a7c15ULL;
+  if (fd >= 0) {
+    if (::read(fd, &state_, sizeof(state_)) != sizeof(state_)) state_ ^= getpid();
+    ::close(fd);
+  }
+  if (!state_) state_ = 1;
+}
+
+uint32_t HostClock::millis() {  // since start, like millis() on a node
+  return static_cast<uint32_t>(monotonic_ms() - started_);
+}
+
+void HostClock::sleep_ms(uint32_t ms) {
+  timespec wait{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000L};
+  nanosleep(&wait, nullptr);
+}
+
+uint32_t HostClock::random32() {  // xorshift64*
+  state_ ^= state_ >> 12;
+  state_ ^= state_ << 25;
+  state_ ^= state_ >> 27;
+  return static_cast<uint32_t>((state_ * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+// -- firmware: written to a file (the host has no second flash slot) -----------------------
+bool HostFirmwareSink::begin(uint32_t size, const char*) {
+  fd_ = ::open(path_, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  expected_ = size;
+  written_ = 0;
+  return fd_ >= 0;
+}
+
+bool HostFirmwareSink::write(const uint8_t* data, size_t length) {
+  ssize_t n = ::write(fd_, data, length);
+  written_ += n > 0 ? static_cast<uint32_t>(n) : 0;
+  return n == static_cast<ssize_t>(length);
+}
+
+bool HostFirmwareSink::end() {
+  ::close(fd_);
+  fd_ = -1;
+  return written_ == expected_;
+}
+
+void HostFirmwareSink::abort() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  unlink(path_);
+}
+
+// -- board ---------------------------------------------------------------------------------
+uint32_t HostBoard::free_heap() {
+  const size_t kEsp8266FreeHeap = 50 * 1024;  // what an ESP8266 has with WiFi up
+  size_t used = heap_in_use();
+  return used < kEsp8266FreeHeap ? static_cast<uint32_t>(kEsp8266FreeHeap - used) : 0;
+}
+
+void HostBoard::local_ip(char* out, size_t out_size) { copy_text(out, out_size, "127.0.0.1"); }
+
+void HostBoard::restart() {
+  printf("peak_heap_bytes %zu\nrestart requested\n", heap_peak());
+  fflush(stdout);
+  _exit(3);
+}
+
+void HostBoard::log(const char* line) {
+  printf("%s\n", line);
+  fflush(stdout);
+  // Also kept in flash's /log.txt, which the upload-log command sends.
+  char path[256];
+  copy_text(path, sizeof(path), flash_root_);
+  append_text(path, sizeof(path), "/log.txt");
+  int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  size_t length = strlen(line);
+  if (::write(fd, line, length) == static_cast<ssize_t>(length)) {
+    if (::write(fd, "\n", 1) != 1) {}
+  }
+  ::close(fd);
+}

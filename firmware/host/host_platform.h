@@ -1,0 +1,111 @@
+// The core's interfaces on Linux: POSIX sockets for HTTP, a folder for flash, the
+// monotonic clock, and a board that prints its log. Only loopback/LAN hubs by IP address.
+#ifndef DROPSYNC_HOST_PLATFORM_H
+#define DROPSYNC_HOST_PLATFORM_H
+
+#include "dropsync_core/json_writer.h"
+#include "dropsync_core/platform.h"
+
+class PosixTransport : public dropsync::HttpTransport {
+ public:
+  // base: http://<IPv4 address>:<port>
+  bool configure(const char* base);
+  int send(const dropsync::HttpRequest& request) override;
+  bool header(const char* name, char* out, size_t out_size) override;
+  long content_length() override { return content_length_; }
+  int read(uint8_t* buffer, size_t length) override;
+  void close() override;
+
+ private:
+  bool write_all(const void* data, size_t length);
+  int read_head();
+
+  char host_[64] = "";
+  int port_ = 0;
+  int socket_ = -1;
+  char head_[2048];
+  size_t head_length_ = 0;
+  size_t body_start_ = 0;   // leftover body bytes read with the head: head_[body_start_..]
+  long content_length_ = -1;
+  long body_read_ = 0;
+};
+
+class FolderStorage : public dropsync::Storage {
+ public:
+  explicit FolderStorage(const char* root);
+  dropsync::File* open(const char* path, dropsync::OpenMode mode) override;
+  bool exists(const char* path) override;
+  bool remove(const char* path) override;
+  bool rename(const char* from, const char* to) override;
+  bool make_dirs(const char* path) override;
+  long file_size(const char* path) override;
+
+ private:
+  class PosixFile : public dropsync::File {
+   public:
+    int read(uint8_t* buffer, size_t length) override;
+    int write(const uint8_t* data, size_t length) override;
+    bool seek(uint32_t position) override;
+    uint32_t size() override;
+    bool flush() override;
+    void close() override;
+    int fd = -1;
+  };
+  void full_path(const char* path, char* out, size_t size);
+  char root_[200];
+  PosixFile files_[4];
+};
+
+class HostClock : public dropsync::Clock {
+ public:
+  HostClock();
+  uint32_t millis() override;
+  void sleep_ms(uint32_t ms) override;
+  void yield_now() override {}
+  uint32_t random32() override;
+
+ private:
+  uint64_t started_;
+  uint64_t state_;
+};
+
+class HostFirmwareSink : public dropsync::FirmwareSink {
+ public:
+  explicit HostFirmwareSink(const char* path) : path_(path) {}
+  bool begin(uint32_t size, const char* md5_hex) override;
+  bool write(const uint8_t* data, size_t length) override;
+  bool end() override;
+  void abort() override;
+
+ private:
+  const char* path_;
+  int fd_ = -1;
+  uint32_t expected_ = 0;
+  uint32_t written_ = 0;
+};
+
+class HostBoard : public dropsync::Board {
+ public:
+  HostBoard(const char* version, const char* flash_root, HostFirmwareSink* sink)
+      : version_(version), flash_root_(flash_root), sink_(sink) {}
+  const char* firmware_version() override { return version_; }
+  uint32_t free_heap() override;
+  int rssi() override { return -55; }
+  void local_ip(char* out, size_t out_size) override;
+  void restart() override;
+  dropsync::FirmwareSink* firmware_sink() override { return sink_; }
+  void log(const char* line) override;
+  void extra_heartbeat(dropsync::JsonWriter& out) override { out.field("board", "host"); }
+
+ private:
+  const char* version_;
+  const char* flash_root_;
+  HostFirmwareSink* sink_;
+};
+
+// The counting allocator (counting_alloc.cpp): bytes in use now and at most.
+size_t heap_in_use();
+size_t heap_peak();
+void heap_reset_peak();
+
+#endif

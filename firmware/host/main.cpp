@@ -1,0 +1,132 @@
+// The host client: the firmware's protocol core, unchanged, on Linux against a real hub.
+// The tests (tests/test_firmware*.py) run it; it is also a handy node simulator.
+//
+//   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash
+//                 [--poll-s 30] [--heartbeat-s 60] [--manifest-s 300]
+//                 [--backoff-base-ms 1000] [--backoff-cap-ms 300000] [--outbox-slots 16]
+//                 [--firmware-version 1.0.0] [--exit-after-sync] [--run-s N]
+//                 [--message TEXT]
+//
+// It prints one line per event (the node's log) and, at the end, the heap it used.
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dropsync_core/node.h"
+#include "dropsync_core/text.h"
+#include "host_platform.h"
+#include "sha256.h"
+
+namespace {
+
+volatile sig_atomic_t stop_requested = 0;
+
+void request_stop(int) { stop_requested = 1; }
+
+// A custom command, as a sketch would add one: answers its args and notes that it ran.
+bool echo_command(dropsync::Node& node, const dropsync::Command& command,
+                  dropsync::JsonWriter& result, void*) {
+  result.key("echo").raw(command.args, command.args_length);
+  dropsync::File* file = node.storage().open("/ran.log", dropsync::OpenMode::kAppend);
+  if (file) {
+    char line[32] = "";
+    dropsync::append_number(line, sizeof(line), command.id);
+    dropsync::append_text(line, sizeof(line), "\n");
+    file->write(reinterpret_cast<const uint8_t*>(line), strlen(line));
+    file->close();
+  }
+  return true;
+}
+
+bool fail_command(dropsync::Node&, const dropsync::Command&, dropsync::JsonWriter& result,
+                  void*) {
+  result.field("error", "failed on purpose");
+  return false;
+}
+
+const char* option(int argc, char** argv, const char* name, const char* fallback) {
+  for (int i = 1; i + 1 < argc; i++) {
+    if (!strcmp(argv[i], name)) return argv[i + 1];
+  }
+  return fallback;
+}
+
+bool flag(int argc, char** argv, const char* name) {
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], name)) return true;
+  }
+  return false;
+}
+
+uint32_t number(int argc, char** argv, const char* name, uint32_t fallback) {
+  const char* text = option(argc, argv, name, nullptr);
+  return text ? static_cast<uint32_t>(strtoul(text, nullptr, 10)) : fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* hub = option(argc, argv, "--hub", nullptr);
+  const char* flash = option(argc, argv, "--flash", nullptr);
+  dropsync::NodeConfig config;
+  config.device_id = option(argc, argv, "--id", "");
+  config.token = option(argc, argv, "--token", "");
+  if (!hub || !flash || !*config.device_id) {
+    fprintf(stderr, "usage: %s --hub http://IP:PORT --id ID --token TOKEN --flash DIR ...\n",
+            argv[0]);
+    return 2;
+  }
+  config.poll_s = number(argc, argv, "--poll-s", config.poll_s);
+  config.heartbeat_s = number(argc, argv, "--heartbeat-s", config.heartbeat_s);
+  config.manifest_s = number(argc, argv, "--manifest-s", config.manifest_s);
+  config.backoff_base_ms = number(argc, argv, "--backoff-base-ms", config.backoff_base_ms);
+  config.backoff_cap_ms = number(argc, argv, "--backoff-cap-ms", config.backoff_cap_ms);
+  config.outbox_slots = number(argc, argv, "--outbox-slots", config.outbox_slots);
+  uint32_t run_ms = number(argc, argv, "--run-s", 0) * 1000;
+  bool exit_after_sync = flag(argc, argv, "--exit-after-sync");
+  signal(SIGTERM, request_stop);
+  signal(SIGINT, request_stop);
+  mkdir(flash, 0755);
+
+  static PosixTransport transport;
+  if (!transport.configure(hub)) {
+    fprintf(stderr, "--hub must be http://<IPv4 address>:<port>\n");
+    return 2;
+  }
+  static FolderStorage storage(flash);
+  static HostClock clock;
+  static HostSha256 sha256;
+  static char firmware_path[256];
+  snprintf(firmware_path, sizeof(firmware_path), "%s/firmware.bin", flash);
+  static HostFirmwareSink firmware(firmware_path);
+  static HostBoard board(option(argc, argv, "--firmware-version", "host-1.0.0"), flash, &firmware);
+
+  // The node lives on the heap here so the peak below includes it.
+  size_t before = heap_in_use();
+  heap_reset_peak();
+  dropsync::Node* node = new dropsync::Node(config, transport, storage, clock, sha256, board);
+  node->on("echo", echo_command);
+  node->on("fail", fail_command);
+  node->begin();
+  const char* text = option(argc, argv, "--message", nullptr);
+  if (text) node->message("info", text);
+
+  uint32_t started = clock.millis();
+  int status = 0;
+  while (!stop_requested) {
+    uint32_t wait = node->tick();
+    if (exit_after_sync && node->syncs_finished() > 0) {
+      status = node->last_sync() == dropsync::SyncResult::kFailed ? 1 : 0;
+      break;
+    }
+    if (run_ms && clock.millis() - started >= run_ms) break;
+    clock.sleep_ms(wait < 100 ? wait : 100);
+  }
+  printf("node_bytes %zu\npeak_heap_bytes %zu\n", sizeof(dropsync::Node),
+         heap_peak() - before);
+  fflush(stdout);
+  delete node;
+  return status;
+}

@@ -1,0 +1,195 @@
+"""Helpers for the firmware tests: building the core, running the host client, and a
+small HTTP proxy that counts, holds, refuses or corrupts what passes between them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import socketserver
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from support import ADMIN_TOKEN, ROOT
+from sync_support import wait_until
+
+FIRMWARE = ROOT / "firmware"
+SKETCH = FIRMWARE / "dropsync_node"
+CORE = SKETCH / "src" / "dropsync_core"
+HOST = FIRMWARE / "host"
+#: The warnings the core must compile clean under, on the host and for the ESP8266.
+STRICT_FLAGS = ["-Wall", "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti"]
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CHUNK_PATH = re.compile(r"^/api/v1/files/download/[^/]+/[0-9a-f]+/\d+/(\d+)$")
+
+
+def build_host(out: Path) -> dict[str, Path]:
+    """Builds the host client and the JSON fuzz driver with the Makefile (g++, strict)."""
+    flags = " ".join(["-std=c++17", "-O1", "-g", *STRICT_FLAGS])
+    result = subprocess.run(["make", "-C", str(HOST), f"OUT={out}", f"CXXFLAGS={flags}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"client": out / "dropsync-host", "fuzz": out / "fuzz-json"}
+
+
+def register(hub, device_id: str) -> str:
+    response = requests.post(f"{hub.url}/api/v1/admin/devices/register", headers=ADMIN,
+                             json={"id": device_id}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["token"]
+
+
+def admin_get(hub, path: str, **params):
+    response = requests.get(f"{hub.url}/api/v1/admin{path}", headers=ADMIN, params=params,
+                            timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stage(hub, target: str, path: str, data: bytes) -> dict:
+    response = requests.put(f"{hub.url}/api/v1/admin/staging/{target}/{path}", headers=ADMIN,
+                            data=data, timeout=30)
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+class HostClient:
+    """One run of the host client (the firmware core on Linux) as a real process."""
+
+    def __init__(self, binary: Path, url: str, device_id: str, token: str, flash: Path,
+                 *args: str):
+        self.log_path = flash.parent / f"{flash.name}-client.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
+        self.process = subprocess.Popen(
+            [str(binary), "--hub", url, "--id", device_id, "--token", token,
+             "--flash", str(flash), *args], stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        def found():
+            return re.search(pattern, self.output, re.M)
+        try:
+            return wait_until(found, timeout, message=pattern)
+        except AssertionError:
+            raise AssertionError(f"{pattern!r} not printed; output:\n{self.output}") from None
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up runs, as in a power cut."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.wait(30)
+        self._log.close()
+
+
+class Proxy:
+    """A tiny HTTP proxy between the client and a hub (the client speaks HTTP/1.0, one
+    request per connection). It counts requests by path and can hold one path until
+    released, answer 502 to paths a predicate names, or flip a byte in a response."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.hold: str | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.refuse: Callable[[str, str], bool] = lambda method, path: False
+        self.corrupt_once: set[str] = set()
+        self.corrupted: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                proxy.serve(self.request)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def chunk_counts(self) -> dict[int, int]:
+        with self.lock:
+            return {int(m.group(1)): n for path, n in self.counts.items()
+                    if (m := CHUNK_PATH.match(path))}
+
+    def serve(self, client: socket.socket) -> None:
+        client.settimeout(30)
+        request = read_message(client)
+        if request is None:
+            return
+        method, path = request.split(b" ", 2)[:2]
+        method, path = method.decode(), path.decode()
+        with self.lock:
+            self.counts[path] += 1
+        if self.hold and path == self.hold:
+            self.hold = None
+            self.held.set()
+            self.release.wait(60)
+            return  # the client is gone by now
+        if self.refuse(method, path):
+            client.sendall(b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as hub:
+            hub.sendall(request)
+            response = read_message(hub)
+        if response is None:
+            return
+        if path in self.corrupt_once:
+            self.corrupt_once.discard(path)
+            self.corrupted.append(path)
+            response = response[:-1] + bytes([response[-1] ^ 0xFF])
+        try:
+            client.sendall(response)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_message(sock: socket.socket) -> bytes | None:
+    """One HTTP message (head and a Content-Length body, or a body up to the close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            return data or None
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+    if match is None and head.startswith(b"HTTP/"):  # a response without length: to the close
+        while piece := sock.recv(65536):
+            body += piece
+    else:
+        length = int(match.group(1)) if match else 0
+        while len(body) < length:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            body += piece
+    return head + b"\r\n\r\n" + body
+
+
+def have_xtensa() -> bool:
+    return shutil.which("xtensa-lx106-elf-g++") is not None

@@ -1,0 +1,268 @@
+"""The stock updaters' route against a real hub: ESP8266httpUpdate's and ESP32
+HTTPUpdate's exact requests (their header sets, HTTP/1.0, HTTP Basic credentials) replayed
+over raw sockets, and firmware images refused at staging when they could never boot."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+
+import pytest
+import requests
+from firmware_support import ADMIN, HostClient, admin_get
+from support import ADMIN_TOKEN, NginxFront, assert_error
+from sync_support import wait_until
+
+pytestmark = pytest.mark.slow
+
+ESP8266_LIMIT, ESP32_LIMIT = 6000, 9000
+
+
+@pytest.fixture
+def hub(hub_process):
+    return hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_LOG_LEVEL": "DEBUG",
+                        "DROPSYNC_STAGING_SETTLE_S": "0.2",
+                        "DROPSYNC_FIRMWARE_MAX_BYTES":
+                            f"esp8266={ESP8266_LIMIT},esp32={ESP32_LIMIT}"})
+
+
+def register(hub, device_id, device_type):
+    response = requests.post(f"{hub.url}/api/v1/admin/devices/register", headers=ADMIN,
+                             json={"id": device_id, "type": device_type}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["token"]
+
+
+def stage(hub, target, path, data):
+    return requests.put(f"{hub.url}/api/v1/admin/staging/{target}/{path}", headers=ADMIN,
+                        data=data, timeout=30)
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def esp8266_request(port, path, authorization, sketch_md5, mode="sketch", version="1.0.0"):
+    """What ``ESPhttpUpdate.update(client, url, version)`` with ``setAuthorization``
+    sends (ESP8266 Arduino core 3.1: ESP8266HTTPClient with useHTTP10(true))."""
+    lines = [f"GET {path} HTTP/1.0", f"Host: 127.0.0.1:{port}", "User-Agent: ESP8266-http-Update"]
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
+    lines += ["Connection: keep-alive", "x-ESP8266-Chip-ID: 10570127",
+              "x-ESP8266-STA-MAC: 5C:CF:7F:A1:49:8F", "x-ESP8266-AP-MAC: 5E:CF:7F:A1:49:8F",
+              "x-ESP8266-free-space: 2801664", "x-ESP8266-sketch-size: 301408",
+              f"x-ESP8266-sketch-md5: {sketch_md5}", "x-ESP8266-chip-size: 4194304",
+              "x-ESP8266-sdk-version: 2.2.2-dev(38a443e)", f"x-ESP8266-mode: {mode}",
+              f"x-ESP8266-version: {version}"]
+    return exchange(port, lines)
+
+
+def esp32_request(port, path, authorization, sketch_sha256):
+    """What ``httpUpdate.update(client, url)`` sends on an ESP32 (arduino-esp32's
+    HTTPClient, HTTP/1.0); the sketch's SHA-256 in upper-case hex, as getSketchSHA256()."""
+    lines = [f"GET {path} HTTP/1.0", f"Host: 127.0.0.1:{port}",
+             "User-Agent: ESP32-http-Update", "Connection: keep-alive"]
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
+    lines += ["Cache-Control: no-cache", "x-ESP32-STA-MAC: 24:0A:C4:12:34:56",
+              "x-ESP32-AP-MAC: 24:0A:C4:12:34:57", "x-ESP32-free-space: 1310720",
+              "x-ESP32-sketch-size: 912304", f"x-ESP32-sketch-sha256: {sketch_sha256}",
+              "x-ESP32-chip-size: 4194304", "x-ESP32-sdk-version: v4.4.6",
+              "x-ESP32-mode: sketch"]
+    return exchange(port, lines)
+
+
+class Answer:
+    def __init__(self, status, headers, body):
+        self.status_code, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def exchange(port, lines) -> Answer:
+    """One request over a raw socket, read as the updaters do: status, headers, then
+    exactly Content-Length bytes (they stop there even on a kept-alive connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            assert piece, data
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = requests.structures.CaseInsensitiveDict(
+            line.split(": ", 1) for line in header_lines)
+        assert status_line.startswith("HTTP/1."), status_line
+        assert "chunked" not in headers.get("Transfer-Encoding", "")  # updaters cannot
+        length = int(headers.get("Content-Length", "0"))
+        while len(body) < length:
+            piece = sock.recv(65536)
+            assert piece, "connection closed before Content-Length bytes"
+            body += piece
+    return Answer(int(status_line.split()[1]), headers, body[:length])
+
+
+def firmware(size, appended_digest=False):
+    image = b"\xe9\x03\x02\x20" + os.urandom(size - 4)
+    if appended_digest:  # an ESP-IDF image: its SHA-256 in its last 32 bytes
+        image = image[:-32] + hashlib.sha256(image[:-32]).digest()
+    return image
+
+
+def test_esp8266_stock_updater_gets_the_image_then_no_update(hub):
+    token = register(hub, "esp-ota", "esp8266")
+    register(hub, "esp-other", "esp8266")
+    image = firmware(5000)
+    assert stage(hub, "esp-ota", "firmware/app.bin", image).status_code in (200, 201)
+    path, auth = "/api/v1/ota/esp-ota", basic("esp-ota", token)
+
+    answer = esp8266_request(hub.port, path, auth, sketch_md5="0" * 32)
+    assert answer.status_code == 200, answer.body
+    assert answer.body == image and int(answer.headers["Content-Length"]) == len(image)
+    assert answer.headers["x-MD5"] == hashlib.md5(image).hexdigest()
+
+    # The node now runs it and reports its MD5: "no updates", nothing sent.
+    answer = esp8266_request(hub.port, path, auth, sketch_md5=hashlib.md5(image).hexdigest())
+    assert answer.status_code == 304 and answer.body == b""
+    # getAvailableVersion(): headers only.
+    answer = esp8266_request(hub.port, path, auth, sketch_md5="0" * 32, mode="version")
+    assert answer.status_code == 200 and answer.body == b"" and answer.headers["x-version"]
+
+    history = requests.get(f"{hub.url}/api/v1/files/sync-history/esp-ota",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    assert [h["state"] for h in history["history"]] == ["applied", "downloading"]
+
+    # A bearer token works too (a sketch that adds the header itself).
+    answer = esp8266_request(hub.port, path, f"Bearer {token}", sketch_md5="0" * 32)
+    assert answer.status_code == 200 and answer.body == image
+
+
+def test_updater_credentials_and_secrecy(hub):
+    token = register(hub, "esp-ota", "esp8266")
+    other = register(hub, "esp-other", "esp8266")
+    assert stage(hub, "esp-ota", "firmware/app.bin", firmware(1000)).status_code in (200, 201)
+    path = "/api/v1/ota/esp-ota"
+    refused = {
+        "no credentials": (None, 401),
+        "a wrong password": (basic("esp-ota", "not-the-token-000000000000"), 401),
+        "another device's user": (basic("esp-other", other), 403),
+        "another device's token": (basic("esp-ota", other), 403),
+    }
+    for label, (auth, status) in refused.items():
+        answer = esp8266_request(hub.port, path, auth, sketch_md5="0" * 32)
+        assert answer.status_code == status, label
+        assert set(answer.json()) == {"error"}, label
+        if status == 401:
+            assert answer.headers["WWW-Authenticate"].startswith("Basic"), label
+    # A token in the query string is refused: it would end up in access logs.
+    answer = esp8266_request(hub.port, f"{path}?token={token}", None, sketch_md5="0" * 32)
+    assert answer.status_code == 401
+    assert_error(requests.get(f"{hub.url}{path}", timeout=10), 401, "missing_credentials")
+    # user:token@ in the URL is sent by the updaters as this same Basic header.
+    response = requests.get(f"http://esp-ota:{token}@127.0.0.1:{hub.port}{path}", timeout=10)
+    assert response.status_code == 200
+    hub.stop()
+    encoded = base64.b64encode(f"esp-ota:{token}".encode()).decode()
+    assert token not in hub.log and encoded not in hub.log and other not in hub.log
+
+
+def test_esp32_stock_updater_compares_its_sketch_sha256(hub):
+    token = register(hub, "esp32-ota", "esp32")
+    image = firmware(8000, appended_digest=True)  # over the ESP8266 limit, under the ESP32's
+    assert stage(hub, "esp32-ota", "firmware/app.bin", image).status_code in (200, 201)
+    path, auth = "/api/v1/ota/esp32-ota", basic("esp32-ota", token)
+    answer = esp32_request(hub.port, path, auth, sketch_sha256="AB" * 32)
+    assert answer.status_code == 200 and answer.body == image
+    assert answer.headers["x-MD5"] == hashlib.md5(image).hexdigest()
+    # What esp_partition_get_sha256() reports for the running image: its appended digest.
+    running = hashlib.sha256(image[:-32]).hexdigest().upper()
+    assert esp32_request(hub.port, path, auth, sketch_sha256=running).status_code == 304
+    whole = hashlib.sha256(image).hexdigest().upper()  # an image without an appended digest
+    assert esp32_request(hub.port, path, auth, sketch_sha256=whole).status_code == 304
+
+
+def test_most_specific_image_wins_and_nothing_staged_is_404(hub):
+    token = register(hub, "esp-a", "esp8266")
+    auth = basic("esp-a", token)
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp-a", auth, sketch_md5="0" * 32)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "no_firmware"
+    fleet, own = firmware(2000), firmware(2100)
+    assert stage(hub, "all", "firmware/fleet.bin", fleet).status_code in (200, 201)
+    assert stage(hub, "all", "config/readme.txt", b"not firmware").status_code in (200, 201)
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp-a", auth, sketch_md5="0" * 32)
+    assert answer.body == fleet
+    assert stage(hub, "esp-a", "firmware/own.bin", own).status_code in (200, 201)
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp-a", auth, sketch_md5="0" * 32)
+    assert answer.body == own
+    assert stage(hub, "esp-a", "firmware/second.bin", own[:-1]).status_code in (200, 201)
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp-a", auth, sketch_md5="0" * 32)
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "several_images"
+
+
+def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
+    register(hub, "esp-ota", "esp8266")
+    register(hub, "esp32-ota", "esp32")
+    # Through the admin API: refused with the reason, nothing kept.
+    response = stage(hub, "esp-ota", "firmware/app.bin", b"\x7fELF" + bytes(100))
+    error = assert_error(response, 400, "refused_content")
+    assert "0xE9" in error["message"] and "0x7F" in error["message"]
+    assert not (tmp_path / "staging" / "esp-ota" / "firmware" / "app.bin").exists()
+    error = assert_error(stage(hub, "esp-ota", "firmware/big.bin", firmware(ESP8266_LIMIT + 1)),
+                         400, "refused_content")
+    assert str(ESP8266_LIMIT) in error["message"]
+    # The same size fits the ESP32's flash; other files never get the check.
+    assert stage(hub, "esp32-ota", "firmware/big.bin", firmware(ESP8266_LIMIT + 1)) \
+        .status_code in (200, 201)
+    assert stage(hub, "esp-ota", "notes/app.bin", b"plain data").status_code in (200, 201)
+
+    # Dropped into the folder: reported in the staging report and /health, not published.
+    folder = tmp_path / "staging" / "esp-ota" / "firmware"
+    folder.mkdir(parents=True, exist_ok=True)  # the refused upload left the folder
+    (folder / "dropped.bin").write_bytes(b"PK\x03\x04 a zip, not an image")
+
+    def reported():
+        problems = admin_get(hub, "/staging")["problems"]
+        return [p for p in problems if p["kind"] == "refused_content"]
+    problem = wait_until(reported, 20, message="refused image reported")[0]
+    assert problem["path"] == "esp-ota/firmware/dropped.bin"
+    assert "first byte is 0x50" in problem["message"]
+    health = requests.get(f"{hub.url}/health", timeout=10).json()
+    assert health["status"] == "degraded"
+    assert problem in health["staging"]["problems"]
+    packages = admin_get(hub, "/packages", target="esp-ota")["packages"]
+    assert [p["path"] for p in packages] == ["notes/app.bin"]
+
+
+def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_path):
+    """Behind nginx with DOWNLOAD_ACCEL_PREFIX, chunks come from nginx as 206 and images
+    from its internal location: the firmware core and the stock updater both take them."""
+    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.skip("nginx is not installed (tests/system-deps.sh installs it)")
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_STAGING_WATCH": "false",
+                       "DROPSYNC_DOWNLOAD_ACCEL_PREFIX": "/_blobs/",
+                       "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1"})
+    nginx = NginxFront(tmp_path / "nginx", hub.port, hub.data_dir).start()
+    try:
+        token = register(hub, "esp-ngx", "esp8266")
+        content, image = os.urandom(3 * 4096 + 10), firmware(5000)
+        assert stage(hub, "esp-ngx", "data/blob.bin", content).status_code in (200, 201)
+        node = HostClient(firmware_build["client"], nginx.url, "esp-ngx", token,
+                          tmp_path / "flash", "--exit-after-sync")
+        assert node.wait(60) == 0, node.output
+        assert "chunks=4 rejected=0" in node.output, node.output
+        assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+
+        assert stage(hub, "esp-ngx", "firmware/app.bin", image).status_code in (200, 201)
+        answer = esp8266_request(nginx.port, "/api/v1/ota/esp-ngx",
+                                 basic("esp-ngx", token), sketch_md5="0" * 32)
+        assert answer.status_code == 200 and answer.body == image
+        assert answer.headers["Server"].startswith("nginx")
+        assert answer.headers["x-MD5"] == hashlib.md5(image).hexdigest()
+    finally:
+        nginx.stop()
