@@ -223,8 +223,13 @@ def test_register_shows_the_token_once_with_a_config_snippet(browser, dash_hub):
     html = response.get_data(as_text=True)
     device_token = re.search(r'id="device-token"[^>]*value="([^"]+)"', html)[1]
     assert devices.authenticate_device(dash_hub.stores, "esp001", device_token)
-    assert f'DROPSYNC_TOKEN     "{device_token}"' in html
-    assert 'DROPSYNC_DEVICE_ID "esp001"' in html
+    snippet = re.search(r'<pre id="config-snippet"[^>]*>(.*?)</pre>', html, re.S)[1]
+    assert f'#define DEVICE_TOKEN "{device_token}"' in snippet
+    assert '#define DEVICE_ID "esp001"' in snippet
+    # The names are the firmware's own (its config.example.h).
+    example = (ROOT / "firmware" / "dropsync_node" / "config.example.h").read_text()
+    for name in re.findall(r"#define (\w+)", snippet):
+        assert f"#define {name} " in example, name
     assert device_token not in browser.get("/dashboard/devices/esp001").get_data(as_text=True)
     assert dash_hub.stores.devices.get("esp001")["groups"] == ["field", "north"]
     # Bad input comes back as a message on the form, not a stack trace.

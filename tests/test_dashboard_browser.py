@@ -130,7 +130,7 @@ def node(hub, page):
     token = page.input_value("#device-token")
     assert len(token) >= 32
     snippet = page.text_content("#config-snippet")
-    assert f'"{DEVICE}"' in snippet and token in snippet and "DROPSYNC_HUB_URL" in snippet
+    assert f'"{DEVICE}"' in snippet and token in snippet and "#define HUB_URL" in snippet
     node = Node(hub.url, token)
     assert node.get(f"/api/v1/device/ping/{DEVICE}").json()["device_id"] == DEVICE
     return node
