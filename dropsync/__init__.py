@@ -80,5 +80,22 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(
             "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        handler.addFilter(escape_control_characters)
         logger.addHandler(handler)
         logger.propagate = False
+
+
+#: Control characters (C0, DEL, C1, line and paragraph separators) and how a log shows them.
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in
+            [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def escape_control_characters(record: logging.LogRecord) -> bool:
+    """A log filter: names from outside (staged files, device ids) are logged with their
+    control characters escaped, so a file named ``a\nFAKE LINE`` cannot forge a log line.
+    Only the arguments are escaped; the hub's own message text keeps its newlines."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            str(arg).translate(_ESCAPES) if isinstance(arg, str | os.PathLike) else arg
+            for arg in record.args)
+    return True

@@ -8,7 +8,6 @@ operator once, on the console and in a 0600 file in the data directory. A seed
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 from pathlib import Path
@@ -18,6 +17,7 @@ from .clock import now_iso
 from .credentials import add_operator, check_password_policy, create_admin_token
 from .devices import import_device_tokens
 from .errors import ConfigError, DropSyncError, NotFound, ValidationFailed
+from .jsonbounds import loads_bounded
 from .store import Stores, write_atomically
 
 log = logging.getLogger("dropsync")
@@ -94,10 +94,12 @@ def import_seed_device_auth(stores: Stores, candidates: list[Path]) -> None:
         except NotFound:
             pass
         try:
-            tokens = json.loads(raw)
+            tokens = loads_bounded(raw)
             if not isinstance(tokens, dict):
                 raise ValueError("expected an object of device id to token")
-            result = import_device_tokens(stores, tokens, actor=f"seed:{path.name}")
+            # the file changed since its last import: the operator's edit is meant
+            result = import_device_tokens(stores, tokens, replace=True,
+                                          actor=f"seed:{path.name}")
         except (ValueError, DropSyncError) as exc:
             log.error("Not importing %s: %s", path, getattr(exc, "message", exc))
             continue

@@ -22,6 +22,7 @@ from . import __version__
 from .config import load_config
 from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
+from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
 from .store import current_holder
 
@@ -71,6 +72,18 @@ def echo_rows(rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def confirm(question: str) -> None:
+    """Ask before a destructive command. With no answer to read (a script, cron), say to
+    pass --yes: click alone would print a bare "Aborted!"."""
+    try:
+        agreed = click.confirm(question)
+    except click.Abort:  # end of input (or Ctrl-C) before any answer
+        raise click.UsageError("no answer to confirm with: pass --yes to go ahead") \
+            from None
+    if not agreed:
+        raise click.Abort()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,9 +194,15 @@ def device_show(ctx, device_id, as_json) -> None:
     if as_json:
         echo_json(found)
         return
+    width = max(len(key) for key in found) + 2
     for key, value in found.items():
+        if isinstance(value, dict):  # the inventory: one indented line per attribute
+            click.echo(f"{key}:" if value else f"{key + ':':{width}}(none reported)")
+            for name, item in value.items():
+                click.echo(f"  {name + ':':{width - 2}}{item}")
+            continue
         shown = ",".join(value) if isinstance(value, list) else value
-        click.echo(f"{key + ':':18}{'' if shown is None else shown}")
+        click.echo(f"{key + ':':{width}}{'' if shown is None else shown}".rstrip())
 
 
 def set_enabled(ctx: click.Context, device_id: str, enabled: bool) -> None:
@@ -223,23 +242,30 @@ def device_rotate_token(ctx, device_id) -> None:
 def device_delete(ctx, device_id, yes) -> None:
     """Remove a device and its token."""
     if not yes:
-        click.confirm(f"Delete device {device_id}?", abort=True)
+        confirm(f"Delete device {device_id}?")
     admin_api(ctx, "DELETE", f"/devices/{device_id}")
     click.echo(f"Deleted {device_id}.")
 
 
 @device.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True,
+              help="Replace the tokens of devices that already exist (default: skip them).")
+@click.option("--force", is_flag=True,
+              help="Accept tokens shorter than 16 characters (they can be guessed).")
 @click.pass_context
-def device_import(ctx, path) -> None:
-    """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed."""
+def device_import(ctx, path, replace, force) -> None:
+    """Import a seed device_auth.json ({"device id": "token", ...}); tokens are hashed.
+
+    Devices that already exist keep their token unless --replace is given."""
     try:
-        tokens = json.loads(Path(path).read_text())
+        tokens = loads_bounded(Path(path).read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(tokens, dict):
         raise click.ClickException(f"{path} must hold an object of device id to token")
-    result = admin_api(ctx, "POST", "/devices/import", {"tokens": tokens})
+    result = admin_api(ctx, "POST", "/devices/import",
+                       {"tokens": tokens, "replace": replace, "force": force})
     click.echo(f"Imported {path}: {result['summary']}.")
     click.echo(f"The hub stores only hashes; {path} still holds plaintext tokens.")
 
@@ -265,7 +291,7 @@ COMMAND_COLUMNS = [("ID", "id"), ("NAME", "name"), ("STATE", "state"),
 def send(ctx, target, command, args_json, priority, expires, as_json) -> None:
     """Queue COMMAND for TARGET: a device id, group:<name>, or all."""
     try:
-        args = json.loads(args_json)
+        args = loads_bounded(args_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
     body = {"target": target, "name": command, "args": args, "priority": priority}
@@ -333,6 +359,10 @@ def messages(ctx, device_id, level, limit, follow, interval, as_json) -> None:
             return hub.request("GET", f"/api/v1/admin{path}?{urlencode(query)}")
 
         newest = page(**base)["messages"]
+        if not newest and not as_json:
+            level_text = f" at level {level}" if level else ""
+            click.echo(f"No messages from {device_id}{level_text}"
+                       + (" yet; waiting for new ones (Ctrl-C ends)." if follow else "."))
         show(list(reversed(newest)))
         last = newest[0]["seq"] if newest else 0
         while follow:
@@ -501,8 +531,7 @@ def packages(ctx, target, as_json) -> None:
 def withdraw(ctx, package_id, yes) -> None:
     """Withdraw a package: its staged file is deleted and devices stop getting it."""
     if not yes:
-        click.confirm(f"Withdraw package {package_id} and delete its staged file?",
-                      abort=True)
+        confirm(f"Withdraw package {package_id} and delete its staged file?")
     gone = admin_api(ctx, "DELETE", f"/packages/{quote(package_id, safe='')}")
     click.echo(f"Withdrew {gone['target']}/{gone['path']} (package {gone['withdrawn']}).")
 

@@ -17,8 +17,12 @@ Durability, and why it is cheap:
   whole-file rewrite stays small. At start, the history after each open command's creation
   is replayed to learn which of its deliveries already ended.
 - A lease lives in memory only. A poll that hands nothing out writes nothing, and a poll that
-  does hand out writes nothing either. After a crash a leased command is handed out again:
-  delivery is at least once, and devices dedup by command id (which never repeats).
+  does hand out writes nothing either. Each device's leases (attempts so far, lease end)
+  ride along in its liveness entry, which is checkpointed every few seconds and at
+  shutdown: after a restart a leased command stays leased, and its attempts keep
+  counting towards ``COMMAND_MAX_ATTEMPTS``. After a crash a lease newer than the last
+  checkpoint is handed out again: delivery is at least once, and devices dedup by command
+  id (which never repeats).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ STATES = OPEN_STATES + FINAL_STATES
 #: Command ids are reserved in blocks so they never repeat, even after a crash.
 ID_BLOCK = 1000
 ID_FACT = "next_command_id"
+#: The liveness field holding a device's leases: {command id: [attempts, until, at]}.
+LEASES_FIELD = "leases"
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,29 @@ class CommandQueue:
             deliveries = self._by_command.setdefault(command["id"], {})
             for device_id in command["devices"]:
                 if (command["id"], device_id) not in ended:
-                    self._add(Delivery(command, device_id))
+                    self._add(self._restore_lease(Delivery(command, device_id)))
             if not deliveries:
                 log.debug("command %s ended before the last tidy-up", command["id"])
+
+    def _restore_lease(self, delivery: Delivery) -> Delivery:
+        """Put back the attempts and lease a checkpoint kept; a lease that lapsed while
+        the hub was down is then handled as any lapsed lease (pending again, or failed
+        ``timeout`` when out of attempts)."""
+        leases = self.stores.liveness.get(delivery.device_id).get(LEASES_FIELD) or {}
+        saved = leases.get(str(delivery.command["id"]))
+        if saved:
+            attempts, leased_until, delivered_at = saved
+            delivery.state, delivery.attempts = DELIVERED, int(attempts)
+            delivery.leased_until, delivery.delivered_at = leased_until, delivered_at
+        return delivery
+
+    def _note_leases(self, device_id: str) -> None:
+        """Keep a device's leases in its liveness entry (memory; checkpointed with it)."""
+        with self._lock:
+            leases = {str(d.command["id"]): [d.attempts, d.leased_until, d.delivered_at]
+                      for d in self._by_device.get(device_id, ()) if d.attempts}
+        if leases or self.stores.liveness.get(device_id).get(LEASES_FIELD):
+            self.stores.liveness.update(device_id, **{LEASES_FIELD: leases})
 
     def _add(self, delivery: Delivery) -> None:
         queue = self._by_device.setdefault(delivery.device_id, [])
@@ -260,6 +286,8 @@ class CommandQueue:
                     handed.append(self._handout(delivery))
         for delivery, state, reason in to_end:
             self._end_quietly(delivery, state, reason)
+        if handed:
+            self._note_leases(device_id)
         return handed
 
     def complete(self, device_id: str, command_id: int, *, success: bool = True,
@@ -300,9 +328,13 @@ class CommandQueue:
                            code=f"command_{record['state']}")
         return record
 
-    def pending_count(self, device_id: str) -> int:
+    def open_counts(self, device_id: str) -> dict[str, int]:
+        """A device's open deliveries: pending (not yet handed out) and leased (handed
+        out, not completed)."""
         with self._lock:
-            return sum(1 for d in self._by_device.get(device_id, ()) if d.state == PENDING)
+            queue = self._by_device.get(device_id, ())
+            pending = sum(1 for d in queue if d.state == PENDING)
+            return {"pending": pending, "leased": len(queue) - pending}
 
     # -- views ---------------------------------------------------------------------------
     def describe(self, command_id: int) -> Document:
@@ -448,6 +480,8 @@ class CommandQueue:
                 if not queue:
                     self._by_device.pop(delivery.device_id, None)
                 self._by_command.get(delivery.command["id"], {}).pop(delivery.device_id, None)
+        if delivery.attempts:
+            self._note_leases(delivery.device_id)
         if ended_by not in ("device", "hub"):
             record_event(self.stores, f"command.{state}", delivery.device_id, ended_by)
         return record

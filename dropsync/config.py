@@ -204,7 +204,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_FILES", "6000/minute", parse_rate_limit,
             "Requests per device on the files API (a 1 MiB file is 256 chunks of 4 KiB)."),
     Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
-            "Refused (401/403) requests per client address before it is refused outright."),
+            "Refused (401/403) requests per client address and credential; past it that "
+            "credential gets 429 from that address, and so does every credential the "
+            "address gets wrong, while good ones still work."),
     # -- staging and file sync ---------------------------------------------------------
     Setting("STAGING_WATCH", True, parse_bool,
             "Watch `STAGING_DIR` while serving (off: files are taken in only through the "
@@ -298,6 +300,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise ConfigError(f"config file {path} nests too deeply") from None
     values = {}
     for key, value in raw.items():
         name = key.upper()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_TYPE = "esp8266"
-#: Seed tokens shorter than this are accepted on import, with a warning to rotate them.
+#: Seed tokens shorter than this are refused on import unless forced: they can be guessed.
 WEAK_TOKEN_LENGTH = 16
 
 
@@ -130,26 +130,48 @@ def delete_device(stores: Stores, device_id: str, *, actor: str | None = None) -
 @dataclass
 class ImportResult:
     added: list[str] = field(default_factory=list)
+    #: Existing devices whose token was replaced (only when asked to).
     updated: list[str] = field(default_factory=list)
+    #: Existing devices with another token, left as they were.
+    skipped: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     weak: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (f"{len(self.added)} added, {len(self.updated)} updated, "
                 f"{len(self.unchanged)} unchanged")
+        if self.updated:
+            text += f"; tokens replaced for {', '.join(self.updated)}"
+        if self.skipped:
+            text += (f"; {len(self.skipped)} skipped, already registered with another "
+                     f"token (replace them with --replace): {', '.join(self.skipped)}")
         if self.weak:
             text += (f"; {len(self.weak)} with tokens shorter than {WEAK_TOKEN_LENGTH} "
-                     "characters: rotate them")
+                     f"characters, imported because forced: rotate them "
+                     f"({', '.join(self.weak)})")
         return text
 
 
 def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
+                         replace: bool = False, force: bool = False,
                          actor: str | None = None) -> ImportResult:
-    """Merge a seed-style ``{device_id: token}`` map; tokens are hashed, never stored."""
+    """Merge a seed-style ``{device_id: token}`` map; tokens are hashed, never stored.
+
+    A device that already exists with another token keeps it unless ``replace``: a
+    registered node must not stop working because an old seed file was imported. Tokens
+    shorter than ``WEAK_TOKEN_LENGTH`` are refused unless ``force``. Nothing is written
+    when anything is refused.
+    """
     for device_id, token in tokens.items():
         validate_device_id(device_id)
         if not isinstance(token, str) or not token:
             raise ValidationFailed("every token must be a non-empty string", {device_id: token})
+    weak = sorted(d for d, token in tokens.items() if len(token) < WEAK_TOKEN_LENGTH)
+    if weak and not force:
+        raise ValidationFailed(
+            f"tokens shorter than {WEAK_TOKEN_LENGTH} characters can be guessed; give "
+            f"{', '.join(weak)} longer tokens, or import anyway with force (dropsync device "
+            "import --force) and rotate them soon", {"weak": weak}, code="weak_tokens")
     owners: dict[str, str] = {}
     for device_id, token in tokens.items():
         token_hash = hash_token(token)
@@ -164,10 +186,8 @@ def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
         if holder != device_id:
             raise Conflict(f"the token given for {device_id} is already {holder}'s",
                            code="token_in_use")
-    result = ImportResult()
+    result = ImportResult(weak=weak)
     for device_id, token in tokens.items():
-        if len(token) < WEAK_TOKEN_LENGTH:
-            result.weak.append(device_id)
         if device_id not in stores.devices:
             now = now_iso()
             stores.devices.insert({
@@ -179,6 +199,8 @@ def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
             result.added.append(device_id)
         elif tokens_match(stores.devices.get(device_id)["token_hash"], token):
             result.unchanged.append(device_id)
+        elif not replace:
+            result.skipped.append(device_id)
         else:
             stores.devices.update(device_id, {"token_hash": hash_token(token),
                                               "updated_at": now_iso()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .packages import SOURCES, SYNC_STATES
-from .schemas import HealthSchema
+from .schemas import HealthSchema, UnixSeconds
 
 
 class ManifestFileSchema(Schema):
@@ -36,7 +36,7 @@ class ManifestSchema(Schema):
 
 class SyncPackageSchema(ManifestFileSchema):
     target = fields.String()
-    created = fields.String()
+    created = UnixSeconds()
     source = fields.String()
 
 
@@ -64,7 +64,7 @@ class SyncReportSchema(Schema):
 
 class SyncEntrySchema(Schema):
     seq = fields.Integer()
-    at = fields.String()
+    at = UnixSeconds()
     device_id = fields.String()
     package_id = fields.String()
     path = fields.String()
@@ -99,6 +99,17 @@ class UploadSchema(Schema):
 
 class UploadListSchema(Schema):
     uploads = fields.List(fields.Nested(UploadSchema))
+    count = fields.Integer()
+
+
+class DeviceUploadSchema(UploadSchema):
+    """An upload as its device sees it: times in Unix seconds, as in every device answer."""
+
+    uploaded_at = UnixSeconds()
+
+
+class DeviceUploadListSchema(Schema):
+    uploads = fields.List(fields.Nested(DeviceUploadSchema))
     count = fields.Integer()
 
 

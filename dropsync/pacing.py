@@ -12,6 +12,7 @@ minute.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -43,9 +44,18 @@ class Pacing:
         return min(group_intervals) if group_intervals else self.default_interval_s
 
     def next_poll_s(self, device: Document) -> int:
+        """The interval, spread by the jitter, in whole seconds (node firmware parses an
+        integer), rounded up or down at random in proportion to the fraction.
+
+        Plain rounding turned every answer for a 5 s interval's 10% spread into exactly
+        5, and a fleet powered up together stayed in step; rounded this way the answers
+        are 4, 5 or 6 and average the spread value, so the fleet drifts apart.
+        """
         interval = self.interval_s(device)
         spread = interval * self.jitter
-        return max(1, round(interval + random.uniform(-spread, spread)))
+        wanted = interval + random.uniform(-spread, spread)
+        whole = math.floor(wanted)
+        return max(1, whole + (random.random() < wanted - whole))
 
     def connection(self, device: Document, last_seen: float | None,
                    now: float | None = None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +16,10 @@ from marshmallow import (
     validate,
 )
 
+from .clock import unix_seconds
 from .commands import STATES
 from .devices import DEVICE_ID_RE, GROUP_RE
+from .jsonbounds import JSONTooDeep, loads_bounded
 from .messages import LEVELS
 
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
@@ -111,6 +112,11 @@ class DeviceWithTokenSchema(DeviceSchema):
 
 class DeviceImportSchema(Schema):
     tokens = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    replace = fields.Boolean(load_default=False, metadata={
+        "description": "replace the tokens of devices that already exist (default: skip "
+                       "them)"})
+    force = fields.Boolean(load_default=False, metadata={
+        "description": "accept tokens shorter than 16 characters"})
 
 
 class AdminTokenCreateSchema(Schema):
@@ -147,6 +153,8 @@ class DeviceListSchema(Schema):
 class DeviceImportResultSchema(Schema):
     added = fields.List(fields.String())
     updated = fields.List(fields.String())
+    skipped = fields.List(fields.String(), metadata={
+        "description": "existing devices with another token, left alone (see replace)"})
     unchanged = fields.List(fields.String())
     weak = fields.List(fields.String())
     summary = fields.String()
@@ -174,10 +182,22 @@ class RevokedSchema(Schema):
     revoked = fields.String()
 
 
+class UnixSeconds(fields.Field):
+    """A time in a device-facing answer: whole Unix seconds (stored as ISO 8601)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"type": "integer", "description": "Unix seconds",
+                                   **kwargs.pop("metadata", {})}, **kwargs)
+
+    def _serialize(self, value: Any, attr, obj, **kwargs) -> int | None:
+        return unix_seconds(value)
+
+
 class PingSchema(Schema):
     status = fields.String()
     device_id = fields.String()
-    server_time = fields.String()
+    server_time = UnixSeconds(metadata={"description": "Unix seconds: a clock for nodes "
+                                        "with no NTP"})
 
 
 class HealthSchema(Schema):
@@ -198,15 +218,22 @@ class StatsSchema(Schema):
 
 # -- fields shared by the command and message schemas -----------------------------------
 class JSONObject(fields.Field):
-    """A JSON object; form posts send it as a JSON string."""
+    """A JSON object; form posts send it as a JSON string. ``null`` means none: ``{}``."""
+
+    def deserialize(self, value: Any, attr=None, data=None, **kwargs) -> dict:
+        return super().deserialize({} if value is None else value, attr, data, **kwargs)
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> dict:
         if isinstance(value, str):
             try:
-                value = json.loads(value) if value.strip() else {}
+                value = loads_bounded(value) if value.strip() else {}
+            except JSONTooDeep as exc:
+                raise ValidationError(f"{exc}") from None
             except ValueError:
                 raise ValidationError("must be a JSON object (form posts: a JSON string)") \
                     from None
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise ValidationError("must be a JSON object")
         return value
@@ -259,7 +286,9 @@ class NameList(fields.Field):
     """A list of strings; query strings and forms may send them comma-separated."""
 
     def __init__(self, choices: tuple[str, ...] | None = None, **kwargs):
-        super().__init__(**kwargs)
+        items = {"type": "string", **({"enum": list(choices)} if choices else {})}
+        metadata = {"type": "array", "items": items, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
         self.choices = choices
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
@@ -290,7 +319,8 @@ class DeviceCommandCreateSchema(Schema):
                               metadata={"description": "0-100; higher is handed out first"})
     expires_in_s = fields.Float(validate=validate.Range(min=0, max=MAX_EXPIRY_S,
                                                         min_inclusive=False),
-                                metadata={"description": "seconds; at most ten years"})
+                                metadata={"description": "seconds, more than 0; at most "
+                                          "ten years", "exclusiveMinimum": True})
     expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
 
     @pre_load
@@ -379,16 +409,23 @@ class HandoutSchema(Schema):
     name = fields.String()
     args = fields.Dict()
     priority = fields.Integer()
-    attempt = fields.Integer()
+    attempt = fields.Integer(metadata={"description": "1 the first time this device got "
+                                       "it; kept across hub restarts"})
     lease_s = fields.Float()
-    expires_at = fields.String(allow_none=True)
+    expires_at = UnixSeconds(allow_none=True)
+
+
+#: Seconds until the next poll: whole seconds, the POLL_JITTER spread kept by rounding
+#: up or down at random (plain rounding took a 5 s interval's spread away).
+NEXT_POLL = {"description": "whole seconds until the next poll, spread by the hub's "
+                            "jitter"}
 
 
 class PollSchema(Schema):
     commands = fields.List(fields.Nested(HandoutSchema))
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer(metadata={"description": "Unix seconds: a clock for "
-                                           "nodes with no NTP"})
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
+    server_time = UnixSeconds(metadata={"description": "Unix seconds: a clock for nodes "
+                                        "with no NTP"})
 
 
 class CompleteSchema(Schema):
@@ -412,7 +449,7 @@ class CompletionSchema(Schema):
     command_id = fields.Integer()
     state = fields.String()
     duplicate = fields.Boolean(metadata={"description": "already recorded; nothing changed"})
-    ended_at = fields.String()
+    ended_at = UnixSeconds()
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -444,7 +481,7 @@ class MessageCreateSchema(Schema):
 
 class MessageStoredSchema(Schema):
     seq = fields.Integer()
-    received_at = fields.String()
+    received_at = UnixSeconds()
 
 
 class MessageSchema(Schema):
@@ -512,8 +549,8 @@ class HeartbeatSchema(Schema):
 
 class HeartbeatAckSchema(Schema):
     status = fields.String()
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer()
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
+    server_time = UnixSeconds()
 
 
 class DeviceStatusSchema(Schema):
@@ -521,10 +558,13 @@ class DeviceStatusSchema(Schema):
     name = fields.String()
     groups = GroupList()
     connection = fields.String()
-    last_seen = fields.String(allow_none=True)
-    pending_commands = fields.Integer()
-    next_poll_s = fields.Integer()
-    server_time = fields.Integer()
+    last_seen = UnixSeconds(allow_none=True)
+    pending_commands = fields.Integer(metadata={"description": "waiting to be handed out"})
+    leased_commands = fields.Integer(metadata={
+        "description": "handed out (delivered), not yet completed; handed out again if "
+                       "their lease lapses"})
+    next_poll_s = fields.Integer(metadata=NEXT_POLL)
+    server_time = UnixSeconds()
 
 
 # -- groups ------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ What is never taken in:
 - temp and hidden names (``.x``, ``x~``, ``*.part``, ``*.tmp``, ``*.swp``,
   ``*.crdownload``): editors, browsers and copy tools write these before the real file;
 - files at the top of the folder (this README, for one): they name no target;
-- anything whose real location is outside the staging folder (a symlink out), so dropping
-  a link can never publish the hub's own data or ``/etc`` to a device.
+- anything whose real location is outside the staging folder (a symlink out), and any
+  file with more than one hard link (the other name may be the hub's own data, such as
+  ``data/devices.json``), so dropping a link can never publish the hub's own data or
+  ``/etc`` to a device.
 
 Names that are not a valid target, or not portable to a device's flash file system, are
 *reported* (health, log, admin API), as are target folders that name no known device or
@@ -34,7 +36,7 @@ from typing import Any, BinaryIO
 
 from . import timings
 from .devices import DEVICE_ID_RE, GROUP_RE
-from .errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
+from .errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
 from .store import Document
 from .store.files import AtomicFile
@@ -46,6 +48,9 @@ IGNORED_SUFFIXES = (".part", ".tmp", ".swp", ".crdownload")
 PATH_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-+()@,=# ")
 MAX_PATH_LENGTH = 200
 COPY_BUFFER = 1024 * 1024
+OUTSIDE_MESSAGE = "a symlink that leads outside the staging folder; refused"
+HARDLINK_MESSAGE = ("a file with more than one hard link (its other name may be anywhere, "
+                    "the hub's data folder included); refused: copy the file instead")
 
 
 def is_ignored_name(name: str) -> bool:
@@ -157,8 +162,9 @@ class StagingFolder:
         if problem:
             raise Refused(Problem("unsupported_name", f"{target}/{rel}", problem))
         if not self.is_inside(path):
-            raise Refused(Problem("outside_staging", f"{target}/{rel}",
-                                  "a symlink that leads outside the staging folder; refused"))
+            raise Refused(Problem("outside_staging", f"{target}/{rel}", OUTSIDE_MESSAGE))
+        if has_other_links(path):
+            raise Refused(Problem("hardlink", f"{target}/{rel}", HARDLINK_MESSAGE))
         return StagedFile(path, target, rel)
 
     def is_candidate(self, path: Path | str) -> bool:
@@ -198,7 +204,7 @@ class StagingFolder:
                     rel = os.path.relpath(full, self.root)
                     result.problems.append(Problem(
                         "outside_staging", rel,
-                        "a symlink that leads outside the staging folder; refused"))
+                        OUTSIDE_MESSAGE))
             for name in files:
                 full = Path(folder) / name
                 try:
@@ -222,15 +228,34 @@ class StagingFolder:
         try:
             opened = Path(f"/proc/self/fd/{source.fileno()}")
             if opened.exists() and not self.is_inside(os.readlink(opened)):
-                raise Refused(Problem("outside_staging", staged.slot,
-                                      "a symlink that leads outside the staging folder; "
-                                      "refused"))
+                raise Refused(Problem("outside_staging", staged.slot, OUTSIDE_MESSAGE))
             if not os.path.isfile(opened if opened.exists() else staged.path):
                 raise FileNotFoundError(staged.path)
+            if os.fstat(source.fileno()).st_nlink > 1:  # linked since it was classified
+                raise Refused(Problem("hardlink", staged.slot, HARDLINK_MESSAGE))
         except BaseException:
             source.close()
             raise
         return source
+
+
+def remove_empty_folders(folder: Path, down_to: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``down_to`` while empty."""
+    while folder != down_to and down_to in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another file arrived), or gone: leave the rest
+            return
+        folder = folder.parent
+
+
+def has_other_links(path: Path) -> bool:
+    """Whether the file at ``path`` has another name too (a hard link): that name may be
+    outside the staging folder, where no symlink check can see it."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:  # gone, or not a file: the caller finds out when it opens it
+        return False
 
 
 def file_stamp(st: os.stat_result) -> dict[str, int]:
@@ -312,7 +337,9 @@ class Staging:
 
         The bytes land under a temp name the watcher ignores and are renamed into place
         whole, so the watcher never sees half a file; the package is published before
-        this returns, and the watcher's later look at the same file finds nothing new.
+        the rename, and the watcher's later look at the same file finds nothing new. A
+        refusal (too large, empty, disk full) leaves nothing behind, not even the folders
+        made for it.
         """
         problem = target_problem(target)
         parts = rel.split("/")
@@ -336,22 +363,58 @@ class Staging:
         except OSError as exc:
             raise Forbidden(f"cannot create the folder for {target}/{rel}: {exc.strerror}",
                             code="outside_staging") from None
-        with AtomicFile(destination.parent, destination.name, mode=0o644) as incoming:
-            head = b""
-            while data := stream.read(COPY_BUFFER):
-                if incoming.size + len(data) > max_bytes:
-                    raise PayloadTooLarge(f"a staged file may be at most {max_bytes} bytes "
-                                          "(STAGING_UPLOAD_MAX_BYTES)")
-                head = head or data[:16]
-                incoming.write(data)
-            refused = self.content_problem(target, rel, head, incoming.size)
-            if refused:
-                raise ValidationFailed(refused, {"target": target, "path": rel},
-                                       code="refused_content")
-            incoming.commit(destination)
-        package, changed = self.ingest_staged_file(destination, source=source)
-        if package is None:  # only if it vanished or was replaced by a link at once
-            raise NotFound(f"{target}/{rel} is no longer in the staging folder")
+        try:
+            with AtomicFile(destination.parent, destination.name, mode=0o644) as incoming:
+                head = b""
+                while data := stream.read(COPY_BUFFER):
+                    if incoming.size + len(data) > max_bytes:
+                        raise PayloadTooLarge(f"a staged file may be at most {max_bytes} "
+                                              "bytes (STAGING_UPLOAD_MAX_BYTES)")
+                    head = head or data[:16]
+                    incoming.write(data)
+                if not incoming.size:
+                    raise BadRequest("the body is empty: send the file's bytes (an empty "
+                                     "file can still be dropped into the folder)",
+                                     code="empty_body")
+                refused = self.content_problem(target, rel, head, incoming.size)
+                if refused:
+                    raise ValidationFailed(refused, {"target": target, "path": rel},
+                                           code="refused_content")
+                return self._publish_then_place(incoming, destination, target, rel, source)
+        except BaseException:
+            remove_empty_folders(destination.parent, down_to=existing)
+            raise
+
+    def _publish_then_place(self, incoming: AtomicFile, destination: Path, target: str,
+                            rel: str, source: str) -> tuple[Document, bool]:
+        """Take the bytes in from the temp file, and only then rename it into place.
+
+        Everything that can fail for want of space (the blob copy, the package record)
+        happens while the file is still a temp file, which leaving ``stage_stream``'s
+        ``with`` deletes: a refused write (507) leaves nothing in the staging folder to
+        become a package later. The rename keeps the inode and mtime, so the stamp
+        recorded now is the placed file's, and the watcher's look at it reads nothing.
+        """
+        slot = f"{target}/{rel}"
+        with self.catalog.changing():
+            with open(incoming.temp, "rb") as reader, timings.timed("ingest"):
+                stamp = file_stamp(os.fstat(reader.fileno()))
+                blob = self.catalog.blobs.add_stream(reader)
+            try:
+                package, changed = self.catalog.publish(target, rel, blob, source=source,
+                                                        staged=stamp)
+            except BaseException:
+                self.catalog.drop_blob_if_unused(blob.sha256)
+                raise
+            try:
+                incoming.commit(destination)
+            except BaseException:
+                # published but not placed: the folder is the desired state, so make the
+                # packages match what the folder holds now
+                if not destination.exists():
+                    self.withdraw_missing(slot)
+                raise
+        self._clear_problems(slot)
         return package, changed
 
     # -- the folder as desired state ---------------------------------------------------
@@ -360,7 +423,7 @@ class Staging:
         return the files that are new or changed since they were taken in (to settle)."""
         if not self.root.is_dir():
             # an unmounted share or a deleted folder is not "operator wants nothing"
-            self._note(Problem("staging_missing", str(self.root),
+            self._note(Problem("staging_missing", ".",
                                "the staging folder is missing (unmounted?); packages are "
                                "kept until it is back"))
             return []

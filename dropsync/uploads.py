@@ -171,8 +171,15 @@ def multipart_file_parts(read: Callable[[int], bytes], boundary: bytes) \
     state: dict[str, Any] = {"event": None, "done": False}
 
     def next_event():
+        # Called from the file part's own generator too, so the decoder's complaints
+        # (a ValueError for a malformed or cut-off body) are translated here, where
+        # every read passes: a truncated upload is a 400, never a 500.
         while True:
-            event = decoder.next_event()
+            try:
+                event = decoder.next_event()
+            except ValueError as exc:
+                raise BadRequest(f"the multipart body is malformed: {exc}",
+                                 code="invalid_multipart") from None
             if not isinstance(event, NeedData):
                 return event
             if state["done"]:
@@ -192,19 +199,15 @@ def multipart_file_parts(read: Callable[[int], bytes], boundary: bytes) \
             if not event.more_data:
                 return
 
-    try:
-        while True:
-            event = state["event"] or next_event()
-            state["event"] = None
-            if isinstance(event, Epilogue):
-                return
-            if isinstance(event, File):
-                if "\\" in event.headers.get("Content-Disposition", ""):
-                    # quoted-string unescaping would turn "a\b" into "ab": refuse instead
-                    raise BadRequest("file names may not contain backslashes",
-                                     code="unsafe_filename")
-                yield event.filename or "", file_bytes()
-    except ValueError as exc:  # the decoder's word for a malformed body
-        raise BadRequest(f"the multipart body is malformed: {exc}",
-                         code="invalid_multipart") from None
+    while True:
+        event = state["event"] or next_event()
+        state["event"] = None
+        if isinstance(event, Epilogue):
+            return
+        if isinstance(event, File):
+            if "\\" in event.headers.get("Content-Disposition", ""):
+                # quoted-string unescaping would turn "a\b" into "ab": refuse instead
+                raise BadRequest("file names may not contain backslashes",
+                                 code="unsafe_filename")
+            yield event.filename or "", file_bytes()
 

@@ -24,7 +24,8 @@ def test_device_lifecycle(cli, tmp_path):
     cli("device", "disable", "esp001")
     assert json.loads(cli("device", "show", "esp001", "--json").output)["enabled"] is False
     cli("device", "enable", "esp001")
-    assert "enabled:          True" in cli("device", "show", "esp001").output
+    assert ["enabled:", "True"] in \
+        [line.split() for line in cli("device", "show", "esp001").output.splitlines()]
 
     rotated = cli("device", "rotate-token", "esp001").output.strip().rsplit(" ", 1)[-1]
     assert rotated != token
@@ -54,6 +55,15 @@ def test_import_seed_file(cli, tmp_path):
                                 "esp002": "secure-token-esp002-yyyyyyyy"}))
     assert "2 added, 0 updated, 0 unchanged" in cli("device", "import", str(seed)).output
     assert "0 added, 0 updated, 2 unchanged" in cli("device", "import", str(seed)).output
+    seed.write_text(json.dumps({"esp001": "secure-token-esp001-changed"}))
+    skipped = cli("device", "import", str(seed)).output
+    assert "1 skipped" in skipped and "esp001" in skipped and "--replace" in skipped
+    replaced = cli("device", "import", str(seed), "--replace").output
+    assert "1 updated" in replaced and "tokens replaced for esp001" in replaced
+    seed.write_text(json.dumps({"esp009": "abc"}))
+    refused = cli("device", "import", str(seed), expect=1).output
+    assert "shorter than 16 characters" in refused and "--force" in refused
+    assert "1 added" in cli("device", "import", str(seed), "--force").output
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     assert "not valid JSON" in cli("device", "import", str(broken), expect=1).output

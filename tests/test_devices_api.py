@@ -129,17 +129,31 @@ def test_device_tokens_are_not_admin_credentials(admin, client):
 
 
 # -- import ----------------------------------------------------------------------------
-def test_import_adds_updates_and_reports(admin, client):
-    admin.register_device("esp001")
-    result = admin.post("/devices/import", json={"tokens": {
-        "esp001": "secure-token-esp001-aaaaaaaa", "esp002": "secure-token-esp002-bbbbbbbb",
-        "esp003": "short"}}).get_json()
-    assert (sorted(result["added"]), result["updated"], result["weak"]) == \
-        (["esp002", "esp003"], ["esp001"], ["esp003"])
+def test_import_adds_skips_existing_and_replaces_only_when_asked(admin, client):
+    kept = admin.register_device("esp001")
+    tokens = {"esp001": "secure-token-esp001-aaaaaaaa", "esp002": "secure-token-esp002-bbbb"}
+    result = admin.post("/devices/import", json={"tokens": tokens}).get_json()
+    assert (result["added"], result["updated"], result["skipped"]) == \
+        (["esp002"], [], ["esp001"])
+    assert "skipped" in result["summary"] and "esp001" in result["summary"]
+    assert ping(client, "esp001", bearer(kept)).status_code == 200  # still works
+    replaced = admin.post("/devices/import", json={"tokens": tokens, "replace": True})
+    assert replaced.get_json()["updated"] == ["esp001"]
     assert ping(client, "esp001", bearer("secure-token-esp001-aaaaaaaa")).status_code == 200
     again = admin.post("/devices/import", json={"tokens": {
         "esp001": "secure-token-esp001-aaaaaaaa"}}).get_json()
     assert again["unchanged"] == ["esp001"] and not again["added"]
+
+
+def test_import_refuses_short_tokens_unless_forced(admin, client, stores):
+    tokens = {"esp003": "short", "esp004": "secure-token-esp004-cccc"}
+    error = assert_error(admin.post("/devices/import", json={"tokens": tokens}), 400,
+                         "weak_tokens")
+    assert "16 characters" in error["message"] and error["details"] == {"weak": ["esp003"]}
+    assert len(stores.devices) == 0
+    forced = admin.post("/devices/import", json={"tokens": tokens, "force": True}).get_json()
+    assert forced["weak"] == ["esp003"] and sorted(forced["added"]) == ["esp003", "esp004"]
+    assert "rotate them" in forced["summary"]
 
 
 def test_import_refuses_shared_tokens_before_writing_anything(admin, stores):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Request, has_request_context, request
+from flask import Flask, Request, Response, current_app, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from ..ops import app as ops
@@ -18,6 +18,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     limits,
     openapi,
     ota,
+    parsing,
 )
 
 
@@ -36,9 +37,23 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
             or super().get_cookie_secure(app)
 
 
+def options_for_the_named_route() -> Response:
+    """OPTIONS lists the methods of the route the path names. Flask's own answer is the
+    union over every pattern the path matches, so ``/devices/register`` listed GET,
+    PATCH and DELETE from ``/devices/<device_id>``."""
+    rule = request.url_rule.rule
+    response = current_app.response_class()
+    for candidate in current_app.url_map.iter_rules():
+        if candidate.rule == rule:
+            response.allow.update(candidate.methods or ())
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
     ops.init_app(app)  # first: its request timer starts before auth and rate limits
+    app.request_class = parsing.BoundedRequest  # the size limit for chunked bodies too
+    app.make_default_options_response = options_for_the_named_route
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(device.bp)

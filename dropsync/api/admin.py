@@ -95,9 +95,14 @@ def rotate_token(device_id: str):
 @bp.post("/devices/import")
 @contract(body=DeviceImportSchema, response=DeviceImportResultSchema)
 def import_devices(body):
-    """Import a seed-style map of device id to token."""
-    result = devices.import_device_tokens(stores(), body["tokens"], actor=g.admin)
-    return {"added": result.added, "updated": result.updated,
+    """Import a seed-style map of device id to token.
+
+    Devices that already exist with another token are skipped unless ``replace``; tokens
+    shorter than 16 characters are refused unless ``force``.
+    """
+    result = devices.import_device_tokens(stores(), body["tokens"], replace=body["replace"],
+                                          force=body["force"], actor=g.admin)
+    return {"added": result.added, "updated": result.updated, "skipped": result.skipped,
             "unchanged": result.unchanged, "weak": result.weak, "summary": result.summary()}
 
 

@@ -8,6 +8,7 @@ from flask import current_app, g, request
 
 from ..devices import authenticate_device
 from ..hub import Hub
+from .limits import client_address
 
 
 def current_hub() -> Hub:
@@ -33,4 +34,4 @@ def require_device_token() -> None:
     device_id = (request.view_args or {}).get("device_id", "")
     stores = current_hub().stores
     g.device = authenticate_device(stores, device_id, device_token())
-    stores.liveness.update(device_id, last_seen=time.time(), ip=request.remote_addr)
+    stores.liveness.update(device_id, last_seen=time.time(), ip=client_address())

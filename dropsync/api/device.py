@@ -10,7 +10,6 @@ import time
 
 from flask import Blueprint, g
 
-from ..clock import now_iso
 from ..messages import record_message
 from ..pacing import record_heartbeat
 from ..schemas import (
@@ -36,7 +35,7 @@ bp.before_request(require_device_token)
 @contract(response=PingSchema)
 def ping(device_id: str):
     """Check the hub is reachable and the token works."""
-    return {"status": "ok", "device_id": device_id, "server_time": now_iso()}
+    return {"status": "ok", "device_id": device_id, "server_time": time.time()}
 
 
 @bp.get("/commands/<device_id>")
@@ -86,11 +85,14 @@ def heartbeat(device_id: str, body):
 @bp.get("/status/<device_id>")
 @contract(response=DeviceStatusSchema)
 def status(device_id: str):
-    """What the hub knows of this device: connection, pending commands, next poll."""
+    """What the hub knows of this device: connection, its open commands (pending: not
+    yet handed out; leased: handed out, not completed), next poll."""
     hub = current_hub()
     view = hub.pacing.fleet_view(g.device)
+    open_commands = hub.commands.open_counts(device_id)
     return {"device_id": device_id, "name": view["name"], "groups": view["groups"],
             "connection": view["connection"], "last_seen": view["last_seen"],
-            "pending_commands": hub.commands.pending_count(device_id),
+            "pending_commands": open_commands["pending"],
+            "leased_commands": open_commands["leased"],
             "next_poll_s": hub.pacing.next_poll_s(g.device),
             "server_time": int(time.time())}

@@ -12,15 +12,15 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..file_schemas import (
+    DeviceUploadListSchema,
+    DeviceUploadSchema,
     ManifestSchema,
     SyncEntrySchema,
     SyncHistoryQuerySchema,
     SyncHistorySchema,
     SyncPackagesSchema,
     SyncReportSchema,
-    UploadListSchema,
     UploadQuerySchema,
-    UploadSchema,
 )
 from ..packages import Manifest
 from ..schemas import DeletedSchema
@@ -144,7 +144,7 @@ def sync_history(device_id: str, query):
 
 # -- device uploads --------------------------------------------------------------------
 @bp.post("/upload/<device_id>")
-@contract(query=UploadQuerySchema, response=UploadSchema, status=201, errors=(413, 415),
+@contract(query=UploadQuerySchema, response=DeviceUploadSchema, status=201, errors=(413, 415),
           raw_body=(OCTET_STREAM, "multipart/form-data"))
 def upload(device_id: str, query):
     """Upload a file: a ``multipart/form-data`` file part, or the raw body with
@@ -172,7 +172,7 @@ def upload(device_id: str, query):
 
 
 @bp.get("/list/<device_id>")
-@contract(response=UploadListSchema)
+@contract(response=DeviceUploadListSchema)
 def list_uploads(device_id: str):
     """The files this device has uploaded."""
     found = current_hub().uploads.list(device_id)

@@ -17,8 +17,10 @@ bp = Blueprint("health", __name__)
 def show():
     """The hub's state, for monitors and people; needs no credentials."""
     hub = current_hub()
-    store = hub.stores.state()
-    staging = hub.staging_report()
+    # Anyone may ask, so no paths: where the data lives is for the admin API
+    # (system/stats, staging) to say.
+    store = {k: v for k, v in hub.stores.state().items() if k != "data_dir"}
+    staging = {k: v for k, v in hub.staging_report().items() if k != "staging_dir"}
     healthy = store["state"] == "ok" and staging["state"] == "ok"
     return {
         "status": "ok" if healthy else "degraded",

@@ -1,9 +1,18 @@
-"""Rate limits: per device on the device API, per client address on refused credentials.
+"""Rate limits: per device on the device API, per client and credential on refusals.
 
-A device that polls in a tight loop gets 429 instead of starving the fleet, and an address
-that keeps presenting bad tokens is shut out for a while, whichever route it tries. Counts
-live in this process's memory: the hub runs one gunicorn worker, so they are exact.
-Every 429 carries ``Retry-After`` and the one JSON error shape.
+A device that polls in a tight loop gets 429 instead of starving the fleet. Refused
+credentials (401/403) are counted per client address *and* credential: a misconfigured
+node repeating its bad token gets 429 for that token, unchecked. Past the same count for
+the address as a whole, every credential it gets wrong answers 429 too (no more telling
+401 from 403 to a guesser), but a good token from that address is still served: one
+misconfigured node behind a NAT, or behind a reverse proxy, never locks out the others.
+Behind a proxy, list it in ``TRUSTED_PROXIES`` so its ``X-Forwarded-For`` names the
+client (``ops.requestlog.TrustedProxyFix``); from any other peer that header is ignored,
+or a guesser could name anyone.
+
+Counts live in this process's memory: the hub runs one gunicorn worker, so they are exact.
+Every 429 carries ``Retry-After`` and the one JSON error shape. ``RateLimits.limit()``
+gives other parts of the hub (the dashboard's logins) a counter of their own.
 
 The counting is done by ``limits``, the engine under flask-limiter (same maintainer), used
 directly. Two measured costs shaped this (bench/poll_bench.py and an in-process A/B: 1,000
@@ -11,7 +20,7 @@ devices polling through gunicorn):
 
 - flask-limiter's per-request hook resolves decorator limits (parsing limit strings,
   walking exemption scopes) and cost about 115 µs a request: more than the rest of a
-  poll, twice a bare Flask route. The hub's two limits are parsed once here, and a check
+  poll, twice a bare Flask route. The hub's limits are parsed once here, and a check
   is a dict lookup;
 - the ``limits`` memory storage restarts a timer thread every 10 ms to sweep every key,
   over half of the hub's CPU under load. ``LazyMemoryStorage`` expires a window when it
@@ -20,9 +29,11 @@ devices polling through gunicorn):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
+from typing import NoReturn
 
 from flask import Blueprint, Flask, Response, request
 from limits import RateLimitItem, parse
@@ -32,7 +43,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from .errors import error_response
 
-#: Responses that count against the failed-auth limit of the client's address.
+#: Responses that count against the failed-auth limits.
 REFUSED = (401, 403)
 
 
@@ -92,50 +103,99 @@ class LazyMemoryStorage(Storage):
 
 
 def client_address() -> str:
+    """The address this request comes from. Behind a proxy named in ``TRUSTED_PROXIES``
+    it is the one the proxy forwarded: ``ops.requestlog.TrustedProxyFix`` has already put
+    it in ``REMOTE_ADDR``, and from any other peer ``X-Forwarded-For`` is ignored."""
     return request.remote_addr or "unknown"
 
 
+def presented_credential() -> str:
+    """A short fingerprint of whatever credential the request carries (or "none"), so a
+    refused one can be counted without keeping the secret itself."""
+    presented = request.headers.get("Authorization", "") + "\0" + \
+        request.headers.get("X-Device-Token", "")
+    if presented == "\0":
+        return "none"
+    return hashlib.sha256(presented.encode()).hexdigest()[:32]
+
+
+class KeyedLimit:
+    """One rate, counted separately per key (an address, a username, a credential)."""
+
+    def __init__(self, strategy: FixedWindowRateLimiter, rate: str | RateLimitItem,
+                 scope: str):
+        self.strategy = strategy
+        self.rate = parse(rate) if isinstance(rate, str) else rate
+        self.scope = scope
+
+    def exceeded(self, *key: str) -> bool:
+        """Whether ``key`` has used up its rate (does not count)."""
+        return not self.strategy.test(self.rate, self.scope, *key)
+
+    def count(self, *key: str) -> bool:
+        """Count one for ``key``; False once it is over its rate."""
+        return self.strategy.hit(self.rate, self.scope, *key)
+
+    def too_many(self, *key: str) -> Response:
+        """The 429 answer for ``key``, with ``Retry-After``."""
+        reset_at = self.strategy.get_window_stats(self.rate, self.scope, *key).reset_time
+        # Whole seconds, never more than one window of waiting.
+        retry_after = min(max(1, math.ceil(reset_at - time.time())), self.rate.get_expiry())
+        response = error_response(
+            429, "rate_limited", f"too many requests: the limit is {self.rate}; retry in "
+            f"{retry_after} s", {"limit": str(self.rate), "retry_after_s": retry_after})
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    def refuse(self, *key: str) -> NoReturn:
+        raise TooManyRequests(response=self.too_many(*key))
+
+
 class RateLimits:
-    """The hub's two limits, checked in ``before_request`` and counted after."""
+    """The hub's limits, checked in ``before_request`` and counted after."""
 
     def __init__(self, config: dict, device_limits: dict[str, str],
                  guarded_blueprints: set[str]):
         """``device_limits`` maps a blueprint to the per-device rate on its routes."""
         self.enabled = config["RATE_LIMITS_ENABLED"]
         self.strategy = FixedWindowRateLimiter(LazyMemoryStorage())
-        self.per_device: dict[str, RateLimitItem] = {
-            blueprint: parse(rate) for blueprint, rate in device_limits.items()}
-        self.failed_auth: RateLimitItem = parse(config["RATE_LIMIT_FAILED_AUTH"])
+        self.per_device = {blueprint: self.limit(blueprint, rate)
+                           for blueprint, rate in device_limits.items()}
+        rate = config["RATE_LIMIT_FAILED_AUTH"]
+        #: Refusals of one credential from one address.
+        self.failed_credential = self.limit("failed-auth", rate)
+        #: Refusals of any credential from one address.
+        self.failed_address = self.limit("failed-auth-address", rate)
         self.guarded_blueprints = guarded_blueprints
+
+    def limit(self, scope: str, rate: str) -> KeyedLimit:
+        """A counter of ``rate`` per key, sharing this app's storage (``scope`` keeps its
+        keys apart from every other limit's)."""
+        return KeyedLimit(self.strategy, rate, scope)
 
     def check(self) -> None:
         blueprint = request.blueprint
         if not self.enabled or blueprint not in self.guarded_blueprints:
             return
-        address = client_address()
-        if not self.strategy.test(self.failed_auth, "failed-auth", address):
-            self.refuse(self.failed_auth, "failed-auth", address)
+        client = (client_address(), presented_credential())
+        if self.failed_credential.exceeded(*client):
+            self.failed_credential.refuse(*client)
         per_device = self.per_device.get(blueprint)
         if per_device is not None:
             device_id = (request.view_args or {}).get("device_id", "")
-            if not self.strategy.hit(per_device, blueprint, device_id):
-                self.refuse(per_device, blueprint, device_id)
+            if not per_device.count(device_id):
+                per_device.refuse(device_id)
 
     def count_refusal(self, response: Response) -> Response:
-        if self.enabled and response.status_code in REFUSED \
-                and request.blueprint in self.guarded_blueprints:
-            self.strategy.hit(self.failed_auth, "failed-auth", client_address())
+        if not (self.enabled and response.status_code in REFUSED
+                and request.blueprint in self.guarded_blueprints):
+            return response
+        address = client_address()
+        self.failed_credential.count(address, presented_credential())
+        if not self.failed_address.count(address):
+            # this address keeps getting credentials wrong: answer its wrong ones alike
+            return self.failed_address.too_many(address)
         return response
-
-    def refuse(self, limit: RateLimitItem, *identifiers: str) -> None:
-        reset_at = self.strategy.get_window_stats(limit, *identifiers).reset_time
-        # Whole seconds, never more than one window of waiting.
-        retry_after = min(max(1, math.ceil(reset_at - time.time())), limit.get_expiry())
-        response = error_response(
-            429, "rate_limited", f"too many requests: the limit is {limit}; retry in "
-            f"{retry_after} s", {"limit": str(limit), "retry_after_s": retry_after})
-        response.headers["Retry-After"] = str(retry_after)
-        raise TooManyRequests(response=response)
 
 
 def init_app(app: Flask, device_limits: dict[Blueprint, str],

@@ -1,16 +1,56 @@
-"""Turning a request body or query string into validated data, through a schema."""
+"""Turning a request body or query string into validated data, through a schema.
+
+Every JSON body goes through ``loads_bounded`` (``dropsync.jsonbounds``): nesting deeper
+than ``MAX_JSON_DEPTH`` is a 400, never a ``RecursionError``. Every body, however it is
+framed, is held to the size limit by ``BoundedRequest``.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from functools import cached_property
+from typing import IO, Any
 
-from flask import request
+from flask import Request, request
 from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 from ..errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from ..jsonbounds import JSONTooDeep, loads_bounded
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class OverLimitStream(LimitedStream):
+    """A body with no ``Content-Length`` (chunked), read up to ``limit`` bytes: one byte
+    more is a 413.
+
+    werkzeug's own limit for such bodies stops reading at the limit and reports a normal
+    end, so a chunked body past the limit was silently cut short (a valid JSON prefix
+    became a command, an upload was stored truncated) instead of refused.
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int):
+        super().__init__(stream, limit + 1, is_max=True)
+        self.allowed = limit
+
+    def readinto(self, b) -> int | None:  # type: ignore[override]
+        size = super().readinto(b)
+        if self._pos > self.allowed:
+            raise RequestEntityTooLarge()
+        return size
+
+
+class BoundedRequest(Request):
+    """Flask's request with the size limit held for chunked bodies too."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        if limit is not None and self.content_length is None \
+                and "wsgi.input_terminated" in self.environ:
+            return OverLimitStream(self.environ["wsgi.input"], limit)
+        return super().stream
 
 
 def parse_body(schema: Schema) -> dict[str, Any]:
@@ -19,7 +59,10 @@ def parse_body(schema: Schema) -> dict[str, Any]:
     if mimetype == "application/json" or mimetype.endswith("+json"):
         raw = request.get_data()
         try:
-            data = json.loads(raw) if raw else {}  # no body at all: no fields
+            data = loads_bounded(raw) if raw else {}  # no body at all: no fields
+        except JSONTooDeep as exc:
+            raise BadRequest(f"request body is {exc}", {"max_depth": exc.max_depth},
+                             code="json_too_deep") from None
         except ValueError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}",
                              code="invalid_json") from None

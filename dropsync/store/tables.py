@@ -30,16 +30,29 @@ def detached(doc: Mapping[str, Any]) -> Document:
 
     Documents are JSON trees, so a walk of dicts and lists copies them; it is several
     times faster than ``copy.deepcopy``, and every authenticated request pays for one.
+    The walk keeps its own stack instead of recursing: whatever was ever stored, however
+    deeply nested, copies (a recursive copy of a command's 490-level ``args`` once made
+    the store unloadable at start).
     """
-    return {key: _copy_json(value) for key, value in doc.items()}
-
-
-def _copy_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _copy_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    return value
+    copy: Document = {}
+    pending: list[tuple[Mapping[str, Any] | list, dict | list]] = [(doc, copy)]
+    while pending:
+        source, target = pending.pop()
+        items = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, value in items:
+            if isinstance(value, dict):
+                value_copy: Any = {}
+                pending.append((value, value_copy))
+            elif isinstance(value, list):
+                value_copy = []
+                pending.append((value, value_copy))
+            else:
+                value_copy = value
+            if isinstance(target, dict):
+                target[key] = value_copy
+            else:
+                target.append(value_copy)
+    return copy
 
 
 class AtomicJSONStorage(Storage):
@@ -58,6 +71,8 @@ class AtomicJSONStorage(Storage):
             data = json.loads(text)
         except ValueError as exc:
             raise StoreCorrupt(self.path, f"not valid JSON: {exc}") from None
+        except RecursionError:  # the hub never writes this deep; something else did
+            raise StoreCorrupt(self.path, "nested too deeply to parse") from None
         if not isinstance(data, dict):
             raise StoreCorrupt(self.path, "top level is not a JSON object")
         return data
