@@ -55,6 +55,8 @@ def actor() -> str:
 def require_session_and_checks():
     """Session first (so an anonymous request learns only "log in"), then Origin and CSRF
     on every state change, including the login post itself."""
+    if request.method == "OPTIONS":
+        return None  # the route's methods (Allow): changes nothing, tells nothing private
     g.operator = credentials.session_operator(current_hub().stores, session.get("sid"))
     if g.operator is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if wants_json():
