@@ -228,6 +228,8 @@ class CommandQueue:
                 self._add(Delivery(command, device_id))
         log.info("command %s %r queued for %s (%d devices)", command["id"], name, target,
                  len(devices))
+        record_event(self.stores, "command.queued", devices[0] if len(devices) == 1 else None,
+                     actor, command_id=command["id"], name=name, target=str(target))
         return self.describe(command["id"])
 
     def resolve_target(self, target: Target) -> list[str]:
