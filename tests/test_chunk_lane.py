@@ -45,3 +45,16 @@ def test_a_chunk_skips_the_flask_hooks_and_answers_as_the_app_does(app, client, 
     assert fetch(client, f"{entry['url']}/2", fleet["esp002"]).status_code == 403
     assert fetch(client, f"{entry['url']}/3", fleet["esp001"]).status_code == 404
     assert len(hooks_run) == 3
+
+
+def test_a_download_before_the_manifest_writes_no_manifest_version(client, admin, fleet, stores):
+    """Building a manifest stores its version (an fsynced write); authorising a download
+    only needs the list, so a device's first chunk never waits for a disk write."""
+    stage(admin, "all/app.bin", os.urandom(5000))
+    package = stores.packages.all()[0]
+    url = f"/api/v1/files/download/esp002/{package['id']}/{package['version']}"
+    assert fetch(client, f"{url}/1", fleet["esp002"]).status_code == 200
+    assert fetch(client, url, fleet["esp002"]).status_code == 200
+    assert [m["device_id"] for m in stores.manifests.all()] == []
+    entry_of(client, "esp002", fleet["esp002"], "app.bin")  # the manifest: now stored
+    assert [m["device_id"] for m in stores.manifests.all()] == ["esp002"]
