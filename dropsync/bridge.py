@@ -11,7 +11,9 @@ granian parses HTTP in Rust and hands each request to this bridge on one asyncio
   (``REQUEST_BODY_TIMEOUT_S`` without a byte, or slower than ``MIN_BODY_BYTES_PER_S`` on
   the whole) gets 408 and its connection is closed. The app never sees a partial body,
   so a partial upload is never stored.
-- A whole file (``send_file`` without ``Range``) is sent by granian itself from the path.
+- A whole file (``send_file`` without ``Range``) is sent by granian itself from the path,
+  and so is a byte range an app hands over as a ``FileRange`` (a chunk; see
+  ``dropsync.api.chunk_lane``), which the environ offers as ``dropsync.file_range``.
 
 Headers are granian's: it cuts a client that does not finish them within
 ``REQUEST_HEADER_TIMEOUT_S`` before any Python runs.
@@ -90,6 +92,22 @@ class ServerFile:
         self.file.close()
 
 
+class FileRange:
+    """A byte range of a file, answered by the server from the path (``dropsync.file_range``
+    in the environ): the app reads nothing. Iterating it reads the bytes, for a caller that
+    does not know it."""
+
+    __slots__ = ("path", "start", "end")
+
+    def __init__(self, path: str, start: int, end: int):
+        self.path, self.start, self.end = path, start, end  # end: exclusive
+
+    def __iter__(self):
+        with open(self.path, "rb") as file:
+            file.seek(self.start)
+            yield file.read(self.end - self.start)
+
+
 class StartResponse:
     __slots__ = ("status", "headers")
 
@@ -132,6 +150,7 @@ class RSGIBridge:
             "SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": _Errors(),
             "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
             "wsgi.input_terminated": True, "wsgi.file_wrapper": ServerFile,
+            "dropsync.file_range": FileRange,
             "SERVER_SOFTWARE": "granian (dropsync bridge)",
         }
 
@@ -262,7 +281,7 @@ class RSGIBridge:
         """In a pool thread: run the app and read a small answer while still here."""
         try:
             status, headers, result = self.call_app(environ)
-            if isinstance(result, list) or file_path(result) is not None:
+            if isinstance(result, (list, FileRange)) or file_path(result) is not None:
                 return status, headers, result
             length = content_length(headers)
             if length is not None and length <= STREAM_ABOVE_BYTES:
@@ -280,6 +299,9 @@ class RSGIBridge:
         if isinstance(result, list):
             proto.response_bytes(status, headers, result[0] if len(result) == 1
                                  else b"".join(result))
+            return
+        if isinstance(result, FileRange):
+            proto.response_file_range(status, headers, result.path, result.start, result.end)
             return
         path = file_path(result)
         if path is not None:

@@ -143,6 +143,7 @@ class PackageCatalog:
         self.write_lock = threading.RLock()
         self._manifest_lock = threading.Lock()
         self._manifests: dict[str, tuple[tuple, Manifest]] = {}
+        self._listed: dict[str, tuple[tuple, frozenset[str]]] = {}
         self.catalog = Catalog.of(stores.packages.all(), generation=0)
 
     # -- changes -----------------------------------------------------------------------
@@ -283,8 +284,9 @@ class PackageCatalog:
                            version: int) -> Document:
         """The package a device may download: it must be in its manifest (403) and the
         version asked for must still be the current one (409 once replaced)."""
-        package = self.catalog.get(package_id)
-        if not self.build_manifest(device).lists(package_id):
+        catalog = self.catalog
+        package = catalog.get(package_id)
+        if package_id not in self._listed_ids(catalog, device):
             raise Forbidden(f"package {package_id} is not in the manifest of {device['id']}",
                             code="not_in_manifest")
         if version != package["version"]:
@@ -296,6 +298,20 @@ class PackageCatalog:
             raise NotFound(f"package {package_id} has no version {version}",
                            code="no_such_version")
         return package
+
+    def _listed_ids(self, catalog: Catalog, device: Mapping[str, Any]) -> frozenset[str]:
+        """The ids in ``device``'s manifest, without building one: building stores the
+        manifest's version (an fsynced write), which a download must not wait for."""
+        key = (catalog.generation, tuple(sorted(device.get("groups") or [])))
+        built = self._manifests.get(device["id"])
+        if built is not None and built[0] == key:
+            return built[1].package_ids
+        listed = self._listed.get(device["id"])
+        if listed is not None and listed[0] == key:
+            return listed[1]
+        ids = frozenset(package["id"] for package in catalog.files_for(device).values())
+        self._listed[device["id"]] = (key, ids)
+        return ids
 
     # -- sync state --------------------------------------------------------------------
     def record_sync_report(self, device: Mapping[str, Any], report: Mapping[str, Any]) \

@@ -16,15 +16,25 @@ def current_hub() -> Hub:
 
 
 def bearer_token() -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return bearer_of(request.headers.get("Authorization", ""))
+
+
+def bearer_of(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value."""
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
 
 
 def device_token() -> str | None:
+    return device_token_of(request.headers.get("Authorization", ""),
+                           request.headers.get("X-Device-Token", ""))
+
+
+def device_token_of(authorization: str, device_token_header: str) -> str | None:
     """Devices may send their token as a bearer token or in ``X-Device-Token``."""
-    return bearer_token() or request.headers.get("X-Device-Token", "").strip() or None
+    return bearer_of(authorization) or device_token_header.strip() or None
 
 
 def require_device_token() -> None:

@@ -112,8 +112,13 @@ def client_address() -> str:
 def presented_credential() -> str:
     """A short fingerprint of whatever credential the request carries (or "none"), so a
     refused one can be counted without keeping the secret itself."""
-    presented = request.headers.get("Authorization", "") + "\0" + \
-        request.headers.get("X-Device-Token", "")
+    return credential_fingerprint(request.headers.get("Authorization", ""),
+                                  request.headers.get("X-Device-Token", ""))
+
+
+def credential_fingerprint(authorization: str, device_token: str) -> str:
+    """``presented_credential`` from the two header values."""
+    presented = authorization + "\0" + device_token
     if presented == "\0":
         return "none"
     return hashlib.sha256(presented.encode()).hexdigest()[:32]
