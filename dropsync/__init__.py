@@ -14,6 +14,26 @@ __version__ = "0.1.0"
 
 #: The checkout (or install) root holding ``static/`` and ``templates/``.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Where a wheel puts ``templates/`` and ``static/`` (setup.cfg's data files), below the
+#: install's data root (the venv, /usr/local, ~/.local).
+SHARED_ASSETS = Path("share") / "dropsync"
+ASSET_MARKER = Path("templates") / "dashboard" / "base.html"
+
+
+def asset_root() -> Path:
+    """The folder holding ``templates/`` and ``static/``: the checkout (editable installs,
+    tests), else where a non-editable install put them."""
+    if (PROJECT_ROOT / ASSET_MARKER).is_file():
+        return PROJECT_ROOT
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        for file in distribution("dropsync").files or ():
+            if file.as_posix().endswith((SHARED_ASSETS / ASSET_MARKER).as_posix()):
+                return Path(file.locate()).resolve().parents[2]
+    except PackageNotFoundError:
+        pass
+    return Path(sys.prefix) / SHARED_ASSETS
 
 
 def create_app(config: Mapping[str, Any] | None = None):
@@ -35,8 +55,9 @@ def create_app(config: Mapping[str, Any] | None = None):
     configure_logging(settings["LOG_LEVEL"])
     hub = Hub(settings, serving=settings.pop("SERVING", True))
 
-    app = Flask(__name__, static_folder=str(PROJECT_ROOT / "static"),
-                template_folder=str(PROJECT_ROOT / "templates"))
+    assets = asset_root()
+    app = Flask(__name__, static_folder=str(assets / "static"),
+                template_folder=str(assets / "templates"))
     app.config.update(settings)
     # Which settings file was read, so a backup can carry it.
     app.config["CONFIG_FILE"] = config_file or os.environ.get("DROPSYNC_CONFIG")

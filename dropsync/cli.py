@@ -24,6 +24,7 @@ from .errors import DataDirBusy, StartupError
 from .hubclient import HubError, connect
 from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
+from .simulator.cli import demo, simulate
 from .store import current_holder
 
 
@@ -538,6 +539,11 @@ def withdraw(ctx, package_id, yes) -> None:
 
 # -- operations: install-service, tls, backup, restore (dropsync/ops/cli.py) -------------
 ops_cli.register(main)
+
+# -- simulator (dropsync/simulator/) -----------------------------------------------------
+main.add_command(simulate)
+main.add_command(demo)
+
 
 if __name__ == "__main__":
     sys.exit(main())

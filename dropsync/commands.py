@@ -228,6 +228,8 @@ class CommandQueue:
                 self._add(Delivery(command, device_id))
         log.info("command %s %r queued for %s (%d devices)", command["id"], name, target,
                  len(devices))
+        record_event(self.stores, "command.queued", devices[0] if len(devices) == 1 else None,
+                     actor, command_id=command["id"], name=name, target=str(target))
         return self.describe(command["id"])
 
     def resolve_target(self, target: Target) -> list[str]:
@@ -338,19 +340,23 @@ class CommandQueue:
     def describe(self, command_id: int) -> Document:
         """A command with the state of each of its deliveries (open ones from memory,
         ended ones from the history)."""
-        ended = {r["device_id"]: r for r in self.history.find(f"command:{command_id}")}
         with self._lock:
             open_ = {d.device_id: self._delivery_view(d)
                      for d in self._by_command.get(command_id, {}).values()}
             command = next(iter(self._by_command.get(command_id, {}).values()), None)
+        # read after memory: an end is in the history before it leaves memory, so a
+        # delivery that ended meanwhile is in one or the other, never in neither
+        ended = {r["device_id"]: r for r in self.history.find(f"command:{command_id}")}
         if command is not None:
             command = command.command
-        elif command_id in self.stores.commands:
-            command = self.stores.commands.get(command_id)
         elif ended:
             command = next(iter(ended.values()))
-        else:
-            raise NotFound(f"command {command_id} not found", code="command_not_found")
+        else:  # the sweeper may tidy it away between a look and a read
+            try:
+                command = self.stores.commands.get(command_id)
+            except NotFound:
+                raise NotFound(f"command {command_id} not found",
+                               code="command_not_found") from None
         deliveries = [open_.get(d) or self._ended_view(ended[d])
                       for d in sorted(set(open_) | set(ended))]
         counts = {state: 0 for state in STATES}

@@ -277,6 +277,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a request body may stall before the request gets 408 and its "
             "connection is cut (also cut below 1 KiB/s on average); a partial body is "
             "never stored."),
+    # -- dashboard (issue 9) -----------------------------------------------------------
+    Setting("DASHBOARD_SESSION_S", 43_200, parse_positive_int,
+            "Seconds a dashboard login lasts; logging out or a password change ends it "
+            "sooner."),
+    Setting("RATE_LIMIT_LOGIN", "5/minute", parse_rate_limit,
+            "Failed dashboard logins per client address and per username; then 429 "
+            "with `Retry-After`."),
+    Setting("HEALTH_SERIES_BUCKET_S", 300, parse_positive_int,
+            "Seconds per point of each device's RSSI and free-heap series (24 hours kept, "
+            "at most 1,440 points; checkpointed with liveness)."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

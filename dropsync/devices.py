@@ -52,7 +52,8 @@ def validate_groups(groups: Iterable[str]) -> list[str]:
     return result
 
 
-def record_event(stores: Stores, kind: str, device_id: str, actor: str | None) -> None:
+def record_event(stores: Stores, kind: str, device_id: str | None, actor: str | None,
+                 **details: Any) -> None:
     """Add to the audit trail, after the change itself is stored.
 
     Best effort: when the change is on disk but its audit line cannot be (disk full), the
@@ -61,7 +62,8 @@ def record_event(stores: Stores, kind: str, device_id: str, actor: str | None) -
     """
     try:
         stores.history["events"].append(
-            {"at": now_iso(), "kind": kind, "device_id": device_id, "actor": actor})
+            {"at": now_iso(), "kind": kind, "device_id": device_id, "actor": actor,
+             **details})
     except (StorageFull, OSError):
         log.error("could not record event %s for %s", kind, device_id, exc_info=True)
 
@@ -120,6 +122,7 @@ def rotate_token(stores: Stores, device_id: str, *,
 def delete_device(stores: Stores, device_id: str, *, actor: str | None = None) -> Document:
     device = stores.devices.delete(device_id)
     stores.liveness.forget(device_id)
+    stores.health.forget(device_id)
     record_event(stores, "device.deleted", device_id, actor)
     return device
 

@@ -67,6 +67,7 @@ class Hub:
             history_segment_records=settings["HISTORY_SEGMENT_RECORDS"],
             history_retention=settings["HISTORY_RETENTION"],
             liveness_checkpoint_s=settings["LIVENESS_CHECKPOINT_S"],
+            health_bucket_s=settings["HEALTH_SERIES_BUCKET_S"],
         )
         try:
             self.secret_key = settings["SECRET_KEY"] or \

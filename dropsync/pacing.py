@@ -98,3 +98,4 @@ def record_heartbeat(stores: Stores, device_id: str, report: dict[str, Any]) -> 
     extra = report.get("attributes") or {}
     merged = {**stores.liveness.get(device_id).get("attributes", {}), **extra}
     stores.liveness.update(device_id, heartbeat_at=time.time(), attributes=merged, **known)
+    stores.health.record(device_id, rssi=report.get("rssi"), free_heap=report.get("free_heap"))

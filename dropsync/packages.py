@@ -27,6 +27,7 @@ from typing import Any
 
 from .blobs import BlobInfo, BlobStore
 from .clock import now_iso
+from .devices import record_event
 from .errors import Conflict, Forbidden, NotFound, ValidationFailed
 from .store import Document, Stores
 
@@ -183,6 +184,10 @@ class PackageCatalog:
                 stored = self.stores.packages.insert(package)
             else:
                 stored = self.stores.packages.update(current["id"], package)
+            # Stored, not yet offered: whoever sees the new version can find its event.
+            record_event(self.stores, "package.published", None, source,
+                         package_id=stored["id"], target=target, path=path,
+                         version=stored["version"], size=blob.size)
             self._refresh()
             if current is not None:
                 self.drop_blob_if_unused(current["sha256"])
@@ -198,6 +203,8 @@ class PackageCatalog:
             self.drop_blob_if_unused(package["sha256"])
             self.stores.sync_state.forget_package(package_id)
         log.info("package %s: %s withdrawn", package_id, package["slot"])
+        record_event(self.stores, "package.withdrawn", None, None, package_id=package_id,
+                     target=package["target"], path=package["path"])
         return package
 
     def remove_unreferenced_blobs(self) -> list[str]:

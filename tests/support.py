@@ -55,8 +55,9 @@ class HubProcess:
     loopback port."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 serve_args: tuple[str, ...] = ()):
+                 serve_args: tuple[str, ...] = (), executable: Path | None = None):
         self.workdir = workdir
+        self.executable = executable or BIN / "dropsync"  # another install's, if given
         self.serve_args = serve_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -72,7 +73,7 @@ class HubProcess:
         workdir = self.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen([str(BIN / "dropsync"), "serve", *self.serve_args],
+        self.process = subprocess.Popen([str(self.executable), "serve", *self.serve_args],
                                         cwd=workdir,
                                         env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Request, Response, current_app, request
+from flask import Flask, Request, Response, current_app, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from ..ops import app as ops
@@ -32,6 +32,11 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
                 or self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure whenever the request came over TLS (the dashboard's session cookie)."""
+        return has_request_context() and request.is_secure \
+            or super().get_cookie_secure(app)
 
 
 def options_for_the_named_route() -> Response:
@@ -79,6 +84,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ota.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
+    from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
+    init_dashboard(app)
     limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
                                         files.bp: app.config["RATE_LIMIT_FILES"],
                                         ota.bp: app.config["RATE_LIMIT_DEVICE"]},

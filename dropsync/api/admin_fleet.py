@@ -34,10 +34,11 @@ def queue():
     return current_hub().commands
 
 
-def queue_command(target: str, body: dict) -> dict:
+def queue_command(target: str, body: dict, actor: str | None = None) -> dict:
+    """Queue a validated command body (also the dashboard's way to send one)."""
     return queue().create(Target.parse(target), body["name"], args=body["args"],
                           priority=body["priority"], expires_in_s=body.get("expires_in_s"),
-                          expires_at=body.get("expires_at"), actor=g.admin)
+                          expires_at=body.get("expires_at"), actor=actor or g.admin)
 
 
 # -- commands ----------------------------------------------------------------------------

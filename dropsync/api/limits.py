@@ -212,3 +212,36 @@ def init_app(app: Flask, device_limits: dict[Blueprint, str],
     app.after_request(limits.count_refusal)
     app.extensions["dropsync.limits"] = limits
     return limits
+
+
+# -- dashboard logins (issue 9) ----------------------------------------------------------
+class LoginLimits:
+    """Failed dashboard logins, counted per client address and per username.
+
+    Only failures count, so operators behind one address who type their passwords right
+    are never held up; a guesser is stopped whichever of the two it varies.
+    """
+
+    def __init__(self, config: dict):
+        self.enabled = config["RATE_LIMITS_ENABLED"]
+        self.limit: RateLimitItem = parse(config["RATE_LIMIT_LOGIN"])
+        self.strategy = FixedWindowRateLimiter(LazyMemoryStorage())
+
+    def _keys(self, address: str, username: str) -> list[tuple[str, str]]:
+        return [("address", address), ("username", username.strip().lower())]
+
+    def retry_after_s(self, address: str, username: str) -> int | None:
+        """Seconds to wait when either count is spent, else None."""
+        if not self.enabled:
+            return None
+        for key in self._keys(address, username):
+            if not self.strategy.test(self.limit, "login", *key):
+                reset_at = self.strategy.get_window_stats(self.limit, "login", *key).reset_time
+                return min(max(1, math.ceil(reset_at - time.time())),
+                           self.limit.get_expiry())
+        return None
+
+    def count_failure(self, address: str, username: str) -> None:
+        if self.enabled:
+            for key in self._keys(address, username):
+                self.strategy.hit(self.limit, "login", *key)

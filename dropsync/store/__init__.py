@@ -8,6 +8,7 @@ Layout of a data directory::
     auth.json           TinyDB: admin tokens, operators
     meta.json           TinyDB: hub-wide facts (e.g. which seed files were imported)
     liveness.json       last seen, signal, heap: checkpointed, not fsynced per heartbeat
+    health.json         24 h of RSSI and free heap per device, downsampled, checkpointed
     history/<stream>/   append-only segmented JSON lines (messages, commands, events, sync)
     packages.json       TinyDB: sync packages (one per staged file)
     manifests.json      TinyDB: each device's manifest version and content digest
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from .datadir import DataDirLock, current_holder
 from .files import remove_stale_temp_files, write_atomically
+from .health import HealthSeries
 from .history import HistoryLog
 from .liveness import LivenessTable
 from .syncstate import SyncStateTable
@@ -59,7 +61,8 @@ class Stores:
     """The open stores of one data directory, held exclusively by this process."""
 
     def __init__(self, data_dir: Path | str, *, history_segment_records: int = 10_000,
-                 history_retention: int = 100_000, liveness_checkpoint_s: float = 5.0):
+                 history_retention: int = 100_000, liveness_checkpoint_s: float = 5.0,
+                 health_bucket_s: int = 300):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.lock = DataDirLock(self.data_dir)
@@ -76,6 +79,9 @@ class Stores:
             self.admin_tokens = KeyedTable(auth_file, "admin_tokens", "id",
                                            unique=["token_hash"], item="admin token")
             self.operators = KeyedTable(auth_file, "operators", "username", item="operator")
+            #: Dashboard sessions by the hash of their id: a logout or a password change
+            #: deletes them, so an old cookie stops working.
+            self.sessions = KeyedTable(auth_file, "sessions", "id", item="session")
             self.meta = KeyedTable(meta_file, "meta", "name", item="hub fact")
             self.groups = KeyedTable(device_file, "groups", "name", item="group")
             self.commands = KeyedTable(self._open("commands.json"), "commands", "id",
@@ -88,6 +94,8 @@ class Stores:
             }
             self.liveness = LivenessTable(self.data_dir / "liveness.json",
                                           liveness_checkpoint_s)
+            self.health = HealthSeries(self.data_dir / "health.json", health_bucket_s,
+                                       liveness_checkpoint_s)
             self._open_file_sync_stores(liveness_checkpoint_s)
         except BaseException:
             self.lock.release()
@@ -121,6 +129,7 @@ class Stores:
         self._closed = True
         try:
             self.liveness.stop()
+            self.health.stop()
             self.sync_state.stop()
             for history in self.history.values():
                 history.close()
@@ -144,4 +153,5 @@ class Stores:
     def start_checkpoints(self) -> None:
         """Checkpoint in-memory state (liveness, sync state) in the background."""
         self.liveness.start()
+        self.health.start()
         self.sync_state.start()

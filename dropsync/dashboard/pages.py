@@ -1,0 +1,433 @@
+"""The dashboard's pages and the posts behind their forms.
+
+Each view parses the form, calls the same service the admin API calls, and answers with
+a page (or a redirect to one, with a message). A page lists its live regions: its scripts
+fetch the same URL with ``?live=1`` and get those regions re-rendered as JSON.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from flask import (
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import NotFound
+
+from .. import __version__, credentials, devices
+from ..api.admin_files import stage_request_body
+from ..api.admin_fleet import queue_command
+from ..api.context import current_hub
+from ..api.files import send_stored_file
+from ..errors import BadRequest, DropSyncError, ValidationFailed
+from ..hub import local_url
+from ..messages import LEVELS
+from ..schemas import (
+    AdminTokenCreateSchema,
+    CommandCreateSchema,
+    DeviceCommandCreateSchema,
+    DeviceRegisterSchema,
+    OperatorCreateSchema,
+    PasswordSchema,
+)
+from . import bp, views
+from .auth import actor, wants_json
+
+#: Form fields that are the page's, not the service's.
+FORM_ONLY = ("csrf_token", "confirm", "next")
+
+
+def hub():
+    return current_hub()
+
+
+#: Live regions with nothing in them that depends on who asks (no forms, so no CSRF
+#: token): rendered once per refresh period and shared by every open page.
+SHARED_REGIONS = {"overview-live", "device-rows"}
+
+
+def render_page(template: str, regions: dict[str, str] | None = None, **context: Any):
+    """The page, or with ``?live=1`` its live regions as JSON ``{"regions": {id: html}}``.
+
+    The JSON is small and the request short: an open page costs one quick request every
+    few seconds, never a thread held open. It carries an ETag, so a page whose regions
+    have not changed gets an empty 304.
+    """
+    context.setdefault("live_regions", regions or {})
+    if request.args.get("live") != "1":
+        return render_template(template, **context)
+    cache = views.recent(hub())
+    rendered = {}
+    for region, partial in (regions or {}).items():
+        if region in SHARED_REGIONS:
+            key = ("region", request.path, request.query_string, region)
+            rendered[region] = cache.get(key, lambda p=partial: render_template(p, **context))
+        else:
+            rendered[region] = render_template(partial, **context)
+    answer = jsonify({"regions": rendered})
+    answer.add_etag()
+    answer.headers["Cache-Control"] = "no-cache"  # revalidate every time: 304 if unchanged
+    return answer.make_conditional(request)
+
+
+def form_data(schema: Schema) -> dict[str, Any]:
+    """A form post (or the page's JSON fetch) loaded through the admin API's own schema;
+    fields left empty count as not given."""
+    if request.is_json:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object", code="invalid_json")
+    else:
+        data = {k: v for k, v in request.form.items() if k not in FORM_ONLY and v.strip()}
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ValidationFailed("the form has errors", exc.messages) from None
+
+
+def error_text(exc: DropSyncError) -> str:
+    if isinstance(exc.details, dict):
+        parts = [f"{field}: {' '.join(map(str, m)) if isinstance(m, list) else m}"
+                 for field, m in exc.details.items()]
+        return f"{exc.message} ({'; '.join(parts)})"
+    return exc.message
+
+
+def confirmed(question: str, button: str):
+    """None when the post carries ``confirm=yes`` (the page's script asks first); else a
+    page asking the question, so a destructive post never happens by one stray click."""
+    if request.form.get("confirm") == "yes":
+        return None
+    return render_template("dashboard/confirm.html", question=question, button=button,
+                           action=request.path)
+
+
+def done(message: str, to: str):
+    """After a change: a fresh page (the cached fleet figures are dropped) and a note."""
+    views.recent(hub()).clear()
+    flash(message, "ok")
+    return redirect(to)
+
+
+def failed(exc: DropSyncError, to: str):
+    if wants_json():
+        raise exc
+    flash(error_text(exc), "error")
+    return redirect(to)
+
+
+# -- overview --------------------------------------------------------------------------
+@bp.get("/")
+def overview():
+    return render_page("dashboard/overview.html", {"overview-live": "dashboard/_overview.html"},
+                       data=views.overview(hub()))
+
+
+# -- devices ---------------------------------------------------------------------------
+@bp.get("/devices")
+def device_list():
+    query = request.args.get("q", "")
+    state = request.args.get("state", "")
+    if state not in views.DEVICE_STATES:
+        state = ""
+    try:
+        page = int(request.args.get("page", "1"))
+    except ValueError:
+        page = 1
+    found = views.find_devices(views.fleet(hub()), query, state, page)
+    return render_page("dashboard/devices.html", {"device-rows": "dashboard/_device_rows.html"},
+                       q=query, state=state, states=views.DEVICE_STATES, **found)
+
+
+@bp.get("/devices/new")
+def register_form():
+    return render_page("dashboard/register.html")
+
+
+@bp.post("/devices")
+def register():
+    try:
+        body = form_data(DeviceRegisterSchema())
+        device, token = devices.register_device(hub().stores, body.pop("id"), actor=actor(),
+                                                **body)
+    except DropSyncError as exc:
+        return failed(exc, url_for(".register_form"))
+    views.recent(hub()).clear()
+    return token_page(device, token, "registered")
+
+
+def token_page(device: dict, token: str, what: str):
+    """The device's token, shown this once, with the firmware's config lines."""
+    hub_url = hub_url_for_devices()
+    return render_template("dashboard/token.html", device=device, token=token, what=what,
+                           hub_url=hub_url), 201 if what == "registered" else 200
+
+
+def hub_url_for_devices() -> str:
+    """The hub's URL as a node on the LAN reaches it: the host the operator's browser
+    used, unless that is a loopback name a node could not use; then the machine's name,
+    as the start-up log gives it, when the hub listens on every interface."""
+    if request.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        return request.host_url.rstrip("/")
+    config = current_app.config
+    if config["HOST"] in ("", "0.0.0.0", "::"):
+        return f"http://{socket.gethostname()}:{config['PORT']}"
+    return local_url(config)
+
+
+@bp.get("/devices/<device_id>")
+def device_detail(device_id: str):
+    level = request.args.get("level", "")
+    if level not in LEVELS:
+        level = ""
+    data = views.device_detail(hub(), device_id, level)
+    return render_page("dashboard/device.html", {
+        "device-state": "dashboard/_device_state.html",
+        "device-commands": "dashboard/_device_commands.html",
+        "device-files": "dashboard/_device_files.html",
+        "device-charts": "dashboard/_device_charts.html",
+        "device-messages": "dashboard/_device_messages.html",
+    }, level=level, levels=LEVELS, **data)
+
+
+@bp.post("/devices/<device_id>/commands")
+def send_device_command(device_id: str):
+    back = url_for(".device_detail", device_id=device_id)
+    try:
+        hub().stores.devices.get(device_id)
+        command = queue_command(device_id, form_data(DeviceCommandCreateSchema()),
+                                actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, back)
+    if wants_json():
+        return jsonify(command), 201
+    return done(f"Command {command['id']} ({command['name']}) queued.", back)
+
+
+@bp.post("/devices/<device_id>/enable", defaults={"change": "enable"})
+@bp.post("/devices/<device_id>/disable", defaults={"change": "disable"})
+def set_enabled(device_id: str, change: str):
+    back = url_for(".device_detail", device_id=device_id)
+    if change == "disable" and (page := confirmed(
+            f"Disable {device_id}? Its requests get 403 until it is enabled.", "Disable")):
+        return page
+    try:
+        devices.update_device(hub().stores, device_id, {"enabled": change == "enable"},
+                              actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"{device_id} {change}d.", back)
+
+
+@bp.post("/devices/<device_id>/rotate-token")
+def rotate_token(device_id: str):
+    if page := confirmed(f"Give {device_id} a new token? The old one stops working at "
+                         "once, so the node needs the new one.", "Rotate token"):
+        return page
+    try:
+        device, token = devices.rotate_token(hub().stores, device_id, actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, url_for(".device_detail", device_id=device_id))
+    return token_page(device, token, "given a new token")
+
+
+@bp.post("/devices/<device_id>/delete")
+def delete_device(device_id: str):
+    if page := confirmed(f"Delete {device_id}? Its token stops working at once.", "Delete"):
+        return page
+    try:
+        devices.delete_device(hub().stores, device_id, actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, url_for(".device_detail", device_id=device_id))
+    return done(f"{device_id} deleted.", url_for(".device_list"))
+
+
+@bp.get("/uploads/<device_id>/<filename>")
+def download_upload(device_id: str, filename: str):
+    record, path = hub().uploads.get(device_id, filename)
+    return send_stored_file(path, etag=record["sha256"], download_name=record["name"],
+                            as_attachment=True)
+
+
+# -- commands --------------------------------------------------------------------------
+@bp.get("/commands")
+def command_list():
+    return render_page("dashboard/commands.html",
+                       {"command-rows": "dashboard/_command_rows.html"},
+                       commands=hub().commands.list_open(),
+                       recent=hub().stores.history["commands"].find(limit=20),
+                       groups=sorted({g for d in hub().stores.devices.all()
+                                      for g in d.get("groups", ())}))
+
+
+@bp.post("/commands")
+def send_command():
+    back = url_for(".command_list")
+    try:
+        body = form_data(CommandCreateSchema())
+        command = queue_command(body.pop("target"), body, actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, back)
+    if wants_json():
+        return jsonify(command), 201
+    return done(f"Command {command['id']} ({command['name']}) queued for "
+                f"{len(command['deliveries'])} device(s).", back)
+
+
+@bp.post("/commands/<int:command_id>/cancel")
+def cancel_command(command_id: int):
+    back = request.form.get("next") or url_for(".command_list")
+    if not back.startswith("/dashboard"):
+        back = url_for(".command_list")
+    device_id = request.form.get("device_id") or None
+    try:
+        hub().commands.cancel(command_id, device_id=device_id, actor=actor())
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"Command {command_id} cancelled.", back)
+
+
+# -- packages --------------------------------------------------------------------------
+@bp.get("/packages")
+def package_list():
+    known = sorted(d["id"] for d in hub().stores.devices.all())
+    return render_page("dashboard/packages.html",
+                       {"package-rows": "dashboard/_package_rows.html",
+                        "staging-state": "dashboard/_staging.html"},
+                       packages=views.package_progress(hub()), devices=known,
+                       staging=hub().staging_report(),
+                       max_bytes=current_app.config["STAGING_UPLOAD_MAX_BYTES"])
+
+
+@bp.get("/packages/<package_id>")
+def package_detail(package_id: str):
+    hub().packages.get(package_id)  # 404 for an unknown id
+    found = views.package_progress(hub(), [package_id])
+    return render_page("dashboard/package.html",
+                       {"package-devices": "dashboard/_package_devices.html"},
+                       package=found[0] if found else hub().packages.get(package_id))
+
+
+@bp.post("/packages/<package_id>/withdraw")
+def withdraw_package(package_id: str):
+    if page := confirmed(f"Withdraw package {package_id}? Its staged file is deleted and "
+                         "no device is offered it any more.", "Withdraw"):
+        return page
+    try:
+        package = hub().staging.withdraw(package_id)
+    except DropSyncError as exc:
+        return failed(exc, url_for(".package_list"))
+    return done(f"{package['target']}/{package['path']} withdrawn.", url_for(".package_list"))
+
+
+@bp.put("/staging/<target>/<path:path>")
+def stage_file(target: str, path: str):
+    """The browser's upload: the same path as the admin API's, and as a dropped file."""
+    staged = stage_request_body(target, path, "dashboard")
+    views.recent(hub()).clear()
+    return jsonify(staged), 201
+
+
+# -- operators and admin tokens ---------------------------------------------------------
+@bp.get("/operators")
+def operator_list():
+    stores = hub().stores
+    return render_page("dashboard/operators.html",
+                       operators=credentials.list_operators(stores),
+                       tokens=credentials.list_admin_tokens(stores))
+
+
+@bp.post("/operators")
+def add_operator():
+    back = url_for(".operator_list")
+    try:
+        body = form_data(OperatorCreateSchema())
+        credentials.add_operator(hub().stores, body["username"], body["password"])
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"Operator {body['username']} added.", back)
+
+
+@bp.post("/operators/<username>/password")
+def set_password(username: str):
+    back = url_for(".operator_list")
+    try:
+        body = form_data(PasswordSchema())
+        mine = username == g.operator
+        credentials.set_operator_password(hub().stores, username, body["password"],
+                                          keep_session=session.get("sid") if mine else None)
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"Password changed for {username}; their other sessions have ended.", back)
+
+
+@bp.post("/operators/<username>/revoke")
+def revoke_operator(username: str):
+    if page := confirmed(f"Revoke operator {username}? They are logged out everywhere.",
+                         "Revoke"):
+        return page
+    back = url_for(".operator_list")
+    try:
+        credentials.remove_operator(hub().stores, username)
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"Operator {username} revoked.", back)
+
+
+@bp.post("/tokens")
+def create_token():
+    try:
+        body = form_data(AdminTokenCreateSchema())
+        record, token = credentials.create_admin_token(hub().stores, body["label"])
+    except DropSyncError as exc:
+        return failed(exc, url_for(".operator_list"))
+    return render_template("dashboard/admin_token.html", record=record, token=token), 201
+
+
+@bp.post("/tokens/<token_id>/revoke")
+def revoke_token(token_id: str):
+    if page := confirmed(f"Revoke admin token {token_id}? Scripts using it stop working.",
+                         "Revoke"):
+        return page
+    try:
+        credentials.revoke_admin_token(hub().stores, token_id)
+    except DropSyncError as exc:
+        return failed(exc, url_for(".operator_list"))
+    return done(f"Admin token {token_id} revoked.", url_for(".operator_list"))
+
+
+# -- activity --------------------------------------------------------------------------
+@bp.get("/activity")
+def activity():
+    kind = request.args.get("kind", "").strip()[:64]
+    device = request.args.get("device", "").strip()[:64]
+    try:
+        before = int(request.args["before"]) if request.args.get("before") else None
+    except ValueError:
+        before = None
+    page = views.activity(hub(), kind=kind, device=device, before=before)
+    return render_page("dashboard/activity.html", kind=kind, device=device, **page)
+
+
+@bp.route("/<path:anything>")
+def not_found(anything: str):
+    raise NotFound("There is no dashboard page here.")
+
+
+@bp.app_template_global()
+def dropsync_version() -> str:
+    return __version__
+
+
+bp.add_app_template_filter(views.ago, "ago")
+bp.add_app_template_filter(views.size, "size")

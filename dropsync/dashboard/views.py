@@ -1,0 +1,247 @@
+"""What the dashboard's pages show, computed from the hub's services.
+
+No Flask request in here: the same functions feed a page, its live refresh and the
+benchmark. Fleet-wide figures (every device's connection, every package's progress) are
+computed at most once every ``REFRESH_S`` and shared by every open page, so ten open
+dashboards cost what one does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from datetime import datetime
+from typing import Any
+
+from ..hub import Hub
+from ..messages import query_messages
+from ..packages import HOLDING_STATES, device_status
+from . import charts
+
+#: Seconds a fleet-wide figure is reused; the pages refresh every 2.5 s.
+REFRESH_S = 2.0
+PAGE_SIZE = 50
+#: Ended command deliveries the overview looks through for failures.
+RECENT_COMMANDS = 200
+#: Events one activity page looks through for matches before offering "older".
+ACTIVITY_SCAN = 20_000
+DEVICE_STATES = ("online", "overdue", "offline", "disabled")
+
+
+class Recent:
+    """Values recomputed at most every ``ttl_s`` seconds; a few keys, oldest dropped."""
+
+    def __init__(self, ttl_s: float = REFRESH_S, max_entries: int = 32):
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._values: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.RLock()  # the overview's figures are built from the fleet's
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:  # one computation at a time: the others wait and share it
+            found = self._values.get(key)
+            if found is not None and time.monotonic() - found[0] < self.ttl_s:
+                return found[1]
+            value = compute()
+            self._values[key] = (time.monotonic(), value)
+            self._values.move_to_end(key)
+            while len(self._values) > self.max_entries:
+                self._values.popitem(last=False)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+def recent(hub: Hub) -> Recent:
+    cache = getattr(hub, "_dashboard_recent", None)
+    if cache is None:
+        cache = hub._dashboard_recent = Recent()
+    return cache
+
+
+# -- the fleet -------------------------------------------------------------------------
+def fleet(hub: Hub) -> list[dict[str, Any]]:
+    """Every device as operators see it (liveness, inventory, sync), sorted by id."""
+    def compute() -> list[dict[str, Any]]:
+        devices = sorted(hub.stores.devices.all(), key=lambda d: d["id"])
+        reports = hub.stores.sync_state.by_package()
+        catalog = hub.packages.catalog
+        views = []
+        for device in devices:
+            view = hub.pacing.fleet_view(device)
+            view["state"] = view["connection"] if device["enabled"] else "disabled"
+            view["sync"] = sync_summary(catalog.files_for(device).values(), reports,
+                                        device["id"])
+            views.append(view)
+        return views
+    return recent(hub).get("fleet", compute)
+
+
+def sync_summary(packages, reports: dict, device_id: str) -> dict[str, int]:
+    """How far one device is with the files it should hold."""
+    files = have = percent = 0
+    for package in packages:
+        status = device_status(package, reports.get(package["id"], {}).get(device_id))
+        files += 1
+        have += status["state"] in HOLDING_STATES
+        percent += status["percent"]
+    return {"files": files, "have": have, "percent": round(percent / files) if files else 100}
+
+
+def fleet_counts(views: list[dict[str, Any]]) -> dict[str, int]:
+    counts = {state: 0 for state in DEVICE_STATES}
+    for view in views:
+        counts[view["state"]] += 1
+    counts["total"] = len(views)
+    return counts
+
+
+def find_devices(views: list[dict[str, Any]], query: str = "", state: str = "",
+                 page: int = 1, per_page: int = PAGE_SIZE) -> dict[str, Any]:
+    """One page of devices matching a search (id, name or group) and a state."""
+    needle = query.strip().lower()
+    found = [v for v in views
+             if (not state or v["state"] == state)
+             and (not needle or needle in v["id"].lower() or needle in v["name"].lower()
+                  or any(needle in g.lower() for g in v.get("groups", ())))]
+    pages = max(1, -(-len(found) // per_page))
+    page = min(max(1, page), pages)
+    return {"devices": found[(page - 1) * per_page:page * per_page], "total": len(found),
+            "page": page, "pages": pages}
+
+
+# -- overview --------------------------------------------------------------------------
+def overview(hub: Hub) -> dict[str, Any]:
+    def compute() -> dict[str, Any]:
+        views = fleet(hub)
+        packages = package_progress(hub)
+        ended = hub.stores.history["commands"].find(limit=RECENT_COMMANDS)
+        failed = [r for r in ended if r.get("state") == "failed"]
+        disk = shutil.disk_usage(hub.stores.data_dir)
+        blobs = {p["sha256"]: p["size"] for p in packages}
+        uploads = hub.uploads.list()
+        return {
+            "fleet": fleet_counts(views),
+            "commands": hub.commands.stats(),
+            "failed": {"count": len(failed), "of": len(ended), "latest": failed[:5]},
+            "packages": packages,
+            "storage": {"total": disk.total, "used": disk.used, "free": disk.free,
+                        "packages": sum(blobs.values()),
+                        "uploads": sum(u.get("size", 0) for u in uploads)},
+            "staging": hub.staging_report(),
+            "activity": hub.stores.history["events"].find(limit=8),
+        }
+    return recent(hub).get("overview", compute)
+
+
+def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Packages with how many of their target devices hold them, and each device's state."""
+    def compute() -> list[dict[str, Any]]:
+        catalog = hub.packages
+        packages = catalog.list_packages()
+        # The fleet's views are the devices (id, groups) already copied out of the store.
+        status = catalog.status(fleet(hub), [p["id"] for p in packages])
+        result = []
+        for package in packages:
+            counts = status[package["id"]]
+            targets = counts["targets"]
+            result.append({**package, "targets": targets, "have": counts["have"],
+                           "downloading": counts["downloading"], "failed": counts["failed"],
+                           "percent": round(sum(d["percent"] for d in counts["devices"])
+                                            / targets) if targets else 0,
+                           "devices": sorted(counts["devices"],
+                                             key=lambda d: d["device_id"])})
+        return result
+    found = recent(hub).get("packages", compute)
+    if package_ids is not None:
+        found = [p for p in found if p["id"] in package_ids]
+    return found
+
+
+# -- one device ------------------------------------------------------------------------
+def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[str, Any]:
+    """Everything the device page shows (a missing device raises NotFound)."""
+    device = hub.stores.devices.get(device_id)
+    view = hub.pacing.fleet_view(device)
+    reports = hub.stores.sync_state.by_package()
+    files = []
+    for package in sorted(hub.packages.catalog.files_for(device).values(),
+                          key=lambda p: p["path"]):
+        files.append({**package, **device_status(
+            package, reports.get(package["id"], {}).get(device_id))})
+    now = time.time()
+    series = hub.stores.health.points(device_id, now=now)
+    return {
+        "device": view,
+        "commands": hub.commands.device_commands(device_id, limit=20)["commands"],
+        "messages": query_messages(hub.stores, device_id=device_id, level=level or None,
+                                   limit=20)["messages"],
+        "uploads": hub.uploads.list(device_id),
+        "files": files,
+        "sync_history": hub.packages.sync_history(device_id, 20),
+        "charts": [
+            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm", now=now),
+            charts.line_chart(series, "free_heap", title="Free heap", unit="bytes", now=now),
+        ],
+        "series_points": len(series),
+    }
+
+
+# -- activity --------------------------------------------------------------------------
+def activity(hub: Hub, *, kind: str = "", device: str = "", before: int | None = None,
+             limit: int = PAGE_SIZE) -> dict[str, Any]:
+    """A page of the event log, newest first, by kind prefix and device. A filtered page
+    looks through at most ``ACTIVITY_SCAN`` events, so a rare match cannot make one
+    request read the whole history; "older" continues where it stopped."""
+    log = hub.stores.history["events"]
+    high = log.last_seq + 1 if before is None else before
+    low = max(0, high - ACTIVITY_SCAN - 1)
+
+    def matches(record: dict[str, Any]) -> bool:
+        return (not kind or str(record.get("kind", "")).startswith(kind)) and \
+            (not device or record.get("device_id") == device)
+
+    where = matches if kind or device else None
+    events = log.find(before_seq=high, after_seq=low, limit=limit + 1, where=where)
+    if len(events) > limit:
+        events = events[:limit]
+        next_before = events[-1]["seq"]
+    else:  # the scanned stretch is done: older ones lie below it, if any are kept
+        first_kept = log.last_seq - len(log) + 1
+        next_before = low + 1 if low > 0 and low >= first_kept else None
+    return {"events": events, "next_before": next_before}
+
+
+# -- formatting (Jinja filters) ----------------------------------------------------------
+def seconds_since(moment: str | float | None, now: float | None = None) -> float | None:
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+    return max(0.0, (time.time() if now is None else now) - moment)
+
+
+def ago(moment: str | float | None) -> str:
+    """"12 s ago", "5 min ago", "3 h ago", "2 d ago", or "never"."""
+    age = seconds_since(moment)
+    if age is None:
+        return "never"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if age >= size:
+            return f"{int(age // size)} {unit} ago"
+    return f"{int(age)} s ago"
+
+
+def size(value: float | None) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
