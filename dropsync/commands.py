@@ -443,13 +443,18 @@ class CommandQueue:
     # -- internals -----------------------------------------------------------------------
     def _due_ending(self, delivery: Delivery, now: float) -> tuple[str, str] | None:
         """What the hub must end this delivery as now, if anything; a lapsed lease with
-        attempts left just makes it pending again. Caller holds ``_lock``."""
-        if delivery.state == DELIVERED and delivery.leased_until <= now:
-            if delivery.attempts >= self.settings.max_attempts:
-                return FAILED, "timeout"
-            delivery.state = PENDING
-        if delivery.state == PENDING and delivery.expired(now):
+        attempts left just makes it pending again. Caller holds ``_lock``.
+
+        A delivery about to end keeps its state until ``_end`` records the end: flipped to
+        pending first, a reader between the two (outside the lock) saw a state it never
+        really had."""
+        lapsed = delivery.state == DELIVERED and delivery.leased_until <= now
+        if lapsed and delivery.attempts >= self.settings.max_attempts:
+            return FAILED, "timeout"
+        if (lapsed or delivery.state == PENDING) and delivery.expired(now):
             return EXPIRED, "expired"
+        if lapsed:
+            delivery.state = PENDING
         return None
 
     def _end_quietly(self, delivery: Delivery, state: str, reason: str) -> None:
