@@ -13,7 +13,7 @@ granian parses HTTP in Rust and hands each request to this bridge on one asyncio
   so a partial upload is never stored.
 - A whole file (``send_file`` without ``Range``) is sent by granian itself from the path,
   and so is a byte range an app hands over as a ``FileRange`` (a chunk; see
-  ``dropsync.api.chunk_lane``), which the environ offers as ``dropsync.file_range``.
+  ``dropsync.api.lanes``), which the environ offers as ``dropsync.file_range``.
 
 Headers are granian's: it cuts a client that does not finish them within
 ``REQUEST_HEADER_TIMEOUT_S`` before any Python runs.
