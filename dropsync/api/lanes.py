@@ -14,6 +14,7 @@ most, one more count of a per-device limit already used up.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -63,6 +64,12 @@ class DeviceLanes:
         poll = app.view_functions[POLL_ENDPOINT].contract
         self.poll_query, self.poll_response = poll.query, poll.response
         self.poll_default_limit = poll.query.load({})["limit"]
+        provider = app.json
+        # The app's JSON answers, as app.json.response writes them (compact unless debug).
+        self.encoder = None if provider.compact is False or (
+            provider.compact is None and app.debug) else json.JSONEncoder(
+            default=provider.default, ensure_ascii=provider.ensure_ascii,
+            sort_keys=provider.sort_keys, separators=(",", ":"))
         self.ready = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
@@ -125,11 +132,18 @@ class DeviceLanes:
         hub.stores.liveness.update(device_id, last_seen=time.time(), ip=address)
         # From here on the poll is answered here: its commands are leased.
         handed = hub.commands.lease_pending_commands(device_id, limit)
-        answer = self.app.json.response(self.poll_response.dump({
-            "commands": handed, "next_poll_s": hub.pacing.next_poll_s(device),
-            "server_time": int(time.time())}))
-        body = answer.get_data()
-        start_response("200 OK", answer.headers.to_wsgi_list())
+        poll = {"commands": [], "next_poll_s": hub.pacing.next_poll_s(device),
+                "server_time": int(time.time())}
+        if handed:  # shaped by the contract's schema, as the app does; [] needs no shaping
+            poll = self.poll_response.dump({**poll, "commands": handed})
+        if self.encoder is not None:
+            body = (self.encoder.encode(poll) + "\n").encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+        else:
+            answer = self.app.json.response(poll)
+            body = answer.get_data()
+            start_response("200 OK", answer.headers.to_wsgi_list())
         self.finished(POLL_ENDPOINT, device_id, address, started, len(body))
         return [body]
 
