@@ -157,6 +157,27 @@ class KeyedTable:
             self._index(key, doc_id, stored)
             return detached(stored)
 
+    def insert_many(self, docs: Iterable[Mapping[str, Any]]) -> list[Document]:
+        """Insert new documents in one write, all or none (a fleet's import wrote the
+        whole file once per device)."""
+        with self.lock:
+            stored = [detached(doc) for doc in docs]
+            keys = [doc[self.key_field] for doc in stored]
+            taken = [key for key in keys if key in self._doc_ids]
+            if taken or len(set(keys)) < len(keys):
+                raise Conflict(f"{self.item} {(taken or keys)[0]!r} already exists",
+                               code="already_exists")
+            for field in self.unique_fields:
+                values = [doc[field] for doc in stored if doc.get(field) is not None]
+                if len(set(values)) < len(values):
+                    raise Conflict(f"two new {self.item}s have the same {field}")
+            for key, doc in zip(keys, stored, strict=True):
+                self._check_unique(key, doc)
+            doc_ids = self._table.insert_multiple(stored)
+            for key, doc_id, doc in zip(keys, doc_ids, stored, strict=True):
+                self._index(key, doc_id, doc)
+            return [detached(doc) for doc in stored]
+
     def update(
         self, key: str, changes: Mapping[str, Any] | Callable[[Document], Mapping[str, Any]]
     ) -> Document:
