@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up this long after the drop")
     parser.add_argument("--chunked", action="store_true",
                         help="fetch in CHUNK_SIZE chunk requests instead of the whole file")
+    parser.add_argument("--chunk-size", type=int,
+                        help="the hub's CHUNK_SIZE (default: the hub's default, 4096)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     try:
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                    "DROPSYNC_DATA_DIR": str(round_dir / "data"),
                    "DROPSYNC_STAGING_DIR": str(round_dir / "staging"),
                    "DROPSYNC_ADMIN_TOKEN": admin_token,
-                   "DROPSYNC_POLL_INTERVAL_S": str(max(1, round(args.poll_interval)))}
+                   "DROPSYNC_POLL_INTERVAL_S": str(max(1, round(args.poll_interval))),
+                   **({"DROPSYNC_CHUNK_SIZE": str(args.chunk_size)} if args.chunk_size else {})}
             hub = Server("hub", [venv_tool("dropsync"), "serve"], env, round_dir, port,
                          round_dir / "hub.log")
             hub.start(120)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import AdminClient
 from support import ADMIN_TOKEN, assert_error
 from sync_support import bearer, tree
 
@@ -54,6 +55,24 @@ def test_every_files_route_needs_the_devices_own_token(client, fleet, route):
 
 
 # -- downloads -------------------------------------------------------------------------
+def test_files_get_32_kib_chunks_and_firmware_images_4_kib_by_default(settings):
+    """A node streams a file's chunk to flash, but holds a firmware chunk in RAM."""
+    defaults = {k: v for k, v in settings.items() if k != "CHUNK_SIZE"}
+    app = create_app(defaults)
+    try:
+        client = app.test_client()
+        token = AdminClient(client).register_device("esp001")
+        image = bytes([0xE9]) + os.urandom(100_000)
+        stage(AdminClient(client), "esp001/data/log.bin", image[1:])
+        stage(AdminClient(client), "esp001/firmware/app.bin", image)
+        chunking = {entry["path"]: (entry["chunk_size"], entry["chunks"]) for entry in
+                    client.get(f"{FILES}/manifest/esp001", headers=bearer(token))
+                    .get_json()["files"]}
+        assert chunking == {"data/log.bin": (32768, 4), "firmware/app.bin": (4096, 25)}
+    finally:
+        app.extensions["dropsync"].close()
+
+
 def test_every_chunk_and_the_whole_file_verify_against_the_manifest(client, admin, fleet):
     data = os.urandom(4096 * 3 + 1234)
     stage(admin, "esp001/fw/app.bin", data)

@@ -250,7 +250,7 @@ def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_p
     nginx = NginxFront(tmp_path / "nginx", hub.port, hub.data_dir).start()
     try:
         token = register(hub, "esp-ngx", "esp8266")
-        content, image = os.urandom(3 * 4096 + 10), firmware(5000)
+        content, image = os.urandom(3 * 32768 + 10), firmware(5000)  # 4 chunks of 32 KiB
         assert stage(hub, "esp-ngx", "data/blob.bin", content).status_code in (200, 201)
         node = HostClient(firmware_build["client"], nginx.url, "esp-ngx", token,
                           tmp_path / "flash", "--exit-after-sync")
