@@ -4,12 +4,14 @@ the admin package routes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import AdminClient
-from support import ADMIN_TOKEN, assert_error
+from support import ADMIN_TOKEN, Observed, assert_error
 from sync_support import bearer, tree
 
 from dropsync import create_app
@@ -320,3 +322,43 @@ def test_openapi_documents_the_files_routes(client):
                   "/api/v1/files/sync-status/{device_id}",
                   "/api/v1/files/files/{device_id}/{filename}"):
         assert route in paths, route
+
+
+def test_a_fleets_manifest_versions_are_stored_together_before_they_are_given(app, admin,
+                                                                             hub, settings):
+    """A file for every device changes every manifest at once: the versions are written
+    a batch at a time (one write each was O(devices) per device), and each is on disk
+    before its manifest is given out."""
+    tokens = {f"node{i:03d}": f"node-token-{i:03d}-abcdefghijklmnop" for i in range(120)}
+    assert admin.post("/devices/import", json={"tokens": tokens}).status_code == 200
+    stage(admin, "all/data/a.bin", b"first")
+    devices = [hub.stores.devices.get(device_id) for device_id in tokens]
+    on_disk = Path(settings["DATA_DIR"]) / "manifests.json"
+
+    def versions_on_disk() -> dict[str, int]:
+        stored = json.loads(on_disk.read_text())["manifests"].values()
+        return {record["device_id"]: record["version"] for record in stored}
+
+    def build_all() -> dict[str, int]:
+        given: dict[str, int] = {}
+
+        def build(device) -> None:
+            manifest = hub.packages.build_manifest(device)
+            assert versions_on_disk()[device["id"]] == manifest.version  # stored first
+            given[device["id"]] = manifest.version
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(build, devices))
+        return given
+
+    observed = Observed()
+    assert set(build_all().values()) == {1}
+    first_writes = observed.count("store_write")
+    assert 1 <= first_writes < len(devices) // 2
+    stage(admin, "all/data/b.bin", b"second")
+    assert set(build_all().values()) == {2}
+    assert versions_on_disk() == dict.fromkeys(tokens, 2)
+    assert observed.count("store_write") - first_writes < len(devices) // 2
+    # unchanged content: the stored version, no write
+    writes = observed.count("store_write")
+    assert set(build_all().values()) == {2} and observed.count("store_write") == writes
