@@ -45,6 +45,9 @@ STREAM_ABOVE_BYTES = 1 << 20
 #: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
 #: page-cached blob, never write, never wait.
 LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/health")
+#: POSTs that only change memory (a heartbeat is kept in memory and checkpointed): once
+#: their body has arrived they run on the loop too, never queued behind fsyncing writes.
+LOOP_BODY_PREFIXES = ("/api/v1/device/heartbeat/",)
 
 #: A request line longer than this gets 414, a header section larger than this 431, both
 #: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
@@ -191,6 +194,10 @@ class RSGIBridge:
             except BodyTooLarge:
                 proto.response_bytes(413, CLOSE_JSON_HEADERS, error_body(
                     "payload_too_large", "the request body is larger than the hub accepts"))
+                return
+            if scope.method == "POST" and scope.path.startswith(LOOP_BODY_PREFIXES):
+                status, headers, result = self.call_app_buffered(environ)
+                await self.respond(proto, status, headers, result)
                 return
         else:
             environ["wsgi.input"] = _EMPTY

@@ -233,6 +233,29 @@ def test_history_appends_many_records_with_one_write_per_segment(tmp_path):
     reopened.close()
 
 
+def test_history_appends_that_wait_for_a_write_go_together_in_the_next(tmp_path):
+    """Group commit: appends queued behind a write are written and synced as one."""
+    log = HistoryLog(tmp_path / "messages", index_keys=by_device)
+    observed = Observed()
+    results: dict[int, dict] = {}
+    with log._lock:  # a write in progress: the appends below queue up behind it
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(
+            n, log.append({"device": f"d{n % 3}", "level": "info", "n": n})))
+            for n in range(10)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(log._queue) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert observed.count("history_append") == 1
+    assert sorted(r["seq"] for r in results.values()) == list(range(1, 11))
+    assert all(log.read(r["seq"])["n"] == n for n, r in results.items())
+    assert [r["n"] for r in log.find("device:d1", newest_first=False)] == [1, 4, 7]
+    log.close()
+
+
 def test_history_append_many_on_a_full_disk_keeps_only_whole_segments_written(tiny_fs):
     folder = tiny_fs(32)
     log = HistoryLog(folder / "events", segment_records=1_000_000)
