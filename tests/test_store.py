@@ -288,24 +288,6 @@ def test_insert_many_writes_the_file_once_and_all_or_nothing(opened, data_dir):
     assert opened.devices.get_by("token_hash", "hash-esp050")["id"] == "esp050"
 
 
-def test_upsert_many_writes_new_and_changed_documents_once_each(opened, data_dir):
-    opened.devices.insert_many([device(f"esp{i:03d}") for i in range(10)])
-    observed = Observed()
-    opened.devices.upsert_many([device("esp001", token_hash="rotated", enabled=False),
-                                device("esp002", groups=["barn"]), device("esp100")])
-    assert observed.count("store_write") == 2  # one for the updates, one for the insert
-    assert opened.devices.get_by("token_hash", "rotated")["enabled"] is False
-    with pytest.raises(NotFound):
-        opened.devices.get_by("token_hash", "hash-esp001")  # the old hash is unindexed
-    assert opened.devices.get("esp002")["groups"] == ["barn"] and "esp100" in opened.devices
-    with pytest.raises(Conflict):  # another device's unique field: nothing written
-        opened.devices.upsert_many([device("esp003", token_hash="hash-esp004")])
-    on_disk = {d["id"]: d for d in
-               json.loads((data_dir / "devices.json").read_text())["devices"].values()}
-    assert len(on_disk) == 11 and on_disk["esp001"]["token_hash"] == "rotated"
-    assert on_disk["esp003"]["token_hash"] == "hash-esp003"
-
-
 def test_history_index_forgets_what_retention_dropped(tmp_path):
     log = HistoryLog(tmp_path / "messages", segment_records=10, max_records=20,
                      index_keys=by_device)
