@@ -1,31 +1,28 @@
-"""Benchmark device polls on the hub against a bare Flask route, same server, same run.
+"""Serving benchmark: the hub as ``dropsync serve`` runs it against the seed's own stack.
 
-What it measures: requests per second and latency (p50, p99) of ``GET
-/api/v1/device/commands/<device_id>`` (the poll every node makes, here with nothing to hand
-out) on the hub as production runs it (``dropsync serve``: gunicorn, one gthread worker,
-the rate limiter on), with 1,000 registered devices and 100,000 finished commands in the
-``commands`` history. Each request is a different device with its own token, cycling over
-the fleet. The load is ``wrk -t2 -c32`` on loopback, on the same machine.
+What it measures, with wrk on loopback (``-t2 -c32``; each request a different device with
+its own token, cycling over 1,000 devices; 100,000 finished commands in history):
 
-The baseline, measured in the same run: a bare Flask app with one route at the same path
-returning the same JSON shape through ``jsonify``, served by gunicorn with the hub's own
-options (``dropsync.gunicorn_conf``, i.e. ``dropsync.server.gunicorn_options``) and sent the
-same requests. Hub and bare runs alternate (hub, bare, hub, bare, ...) and the report gives
-medians across rounds. The issue's target: the hub reaches at least 0.7x the bare route's
-requests per second.
+- **poll**: ``GET /api/v1/device/commands/<id>`` (nothing to hand out), requests/s and p99;
+- **chunk**: 4 KiB chunks of a 10 MiB blob (the hub runs with ``CHUNK_SIZE=4096`` here,
+  the peer's chunk size); **range**: 64 KiB ``Range`` reads of the same blob;
+- **poll+stalled**: polls with ``--stalled`` idle and as many trickling connections open,
+  against the same hub with none;
+- the worker's RSS, and a py-spy profile of a poll.
 
-The procedure: the hub first takes a minute of load (its per-device limit counts in one
-minute windows); before every run the script waits for the machine to go quiet (other
-sessions share its two cores), warms the server up, then measures, reading the worker's CPU
-time and the machine's load around the run. A counted run during which something else used
-over a quarter of a core is measured again (twice at most; the least disturbed counts).
+The baseline, measured in the same run: the seed-stack peer from ``../shared/peers/
+seedstack/`` (FastAPI + SQLite + uvicorn, ``PEER_ON_LOOP=1``, one worker), when its folder
+and venv are there; also the same hub under gunicorn (``SERVER=gunicorn``, on a copy of
+the data) and a bare Flask route under gunicorn. Servers alternate within each round and
+the report gives medians across rounds and the issue's targets as ratios.
 
-Afterwards each server is sampled with ``py-spy`` under the same load to show where a
-poll's time goes (unless ``--no-profile``; skipped when py-spy is not installed), and the hub
-is run once more with its rate limiter off, beside one more bare run, to show what the
-limiter costs (unless ``--no-limiter-check``). Neither counts towards the medians.
+The procedure: each hub first takes ``--settle`` seconds of load; before every run the
+script waits for the machine to go quiet (other sessions share its two cores), warms the
+server up, then measures, reading the worker's CPU time and the machine's load around the
+run. A counted run during which something else used over a quarter of a core is measured
+again (twice at most; the least disturbed counts).
 
-The benchmark reports; it does not assert: the exit code is 0 whether or not the target is
+The benchmark reports; it does not assert: the exit code is 0 whether or not a target is
 met. It fails (exit 1) only when something is broken: a server does not start, a check
 request is refused, or wrk sees a non-2xx answer.
 
