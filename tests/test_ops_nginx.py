@@ -13,11 +13,12 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
 import time
 
 import pytest
 import requests
-from support import ADMIN_TOKEN, HubProcess, NginxFront, assert_error
+from support import ADMIN_TOKEN, BIN, HubProcess, NginxFront, assert_error
 from sync_support import wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -323,3 +324,28 @@ def test_nginx_limits_ticketed_chunks_per_device(ticketed):
     response = requests.get(f"{nginx.url}{entries['tk004']['url']}/0",
                             headers=bearer(tokens["tk004"]), timeout=10)
     assert response.status_code == 200 and response.headers["X-Cache"] == "HIT"
+
+
+def test_the_simulator_syncs_through_nginx_with_tickets(ticketed):
+    hub, nginx, tokens, content = ticketed
+    devices = 4
+    simulated = subprocess.run(
+        [str(BIN / "dropsync"), "simulate", "--hub", nginx.url, "--admin-token", ADMIN_TOKEN,
+         "--devices", str(devices), "--prefix", "simtk-", "--ramp", "1", "--duration", "6",
+         "--start", "together", "--seed", "3", "--json", "--quiet"],
+        cwd=hub.workdir, capture_output=True, text=True, timeout=120)
+    assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+    summary = json.loads(simulated.stdout)
+    assert summary["errors"]["unexplained"] == 0, summary["errors"]
+    # Every simulated device holds the file (the hub's count, from the devices' reports:
+    # what the dashboard shows, so it keeps working when nginx serves the chunks).
+    package = requests.get(hub.url + "/api/v1/admin/packages", headers=ADMIN,
+                           timeout=10).json()["packages"][0]
+    progress = requests.get(f"{hub.url}/api/v1/admin/packages/{package['id']}",
+                            headers=ADMIN, timeout=10).json()["progress"]
+    assert progress["have"] == devices, progress  # the tk* devices report nothing
+    # At most one hub request per chunk for the whole fleet (proxy_cache_lock).
+    sentinel(hub, nginx, "tk001", tokens["tk001"])
+    fleet_lines = [line for line in hub.log.splitlines() if "/files/t/" in line
+                   and "<int:index>" in line and "device=simtk-" in line]
+    assert len(fleet_lines) <= package["chunk_count"], fleet_lines
