@@ -31,6 +31,10 @@ from .limits import credential_fingerprint
 ENDPOINT = "files.download_chunk"
 #: The route ``files.download_chunk`` answers (ASCII ids, as the hub issues them).
 CHUNK_PATH = re.compile(r"/api/v1/files/download/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
+TICKET_ENDPOINT = "files.ticket_chunk"
+#: A chunk by download ticket (``files.ticket_chunk``): what nginx asks on a cache miss.
+TICKET_CHUNK_PATH = re.compile(
+    r"/api/v1/files/t/([0-9]+)/([A-Za-z0-9_-]+)/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
 OCTET_STREAM = "application/octet-stream"
 
 
@@ -52,24 +56,36 @@ class ChunkLane:
         self.per_device = limits.per_device.get("files")
         self.accel_prefix = app.config["DOWNLOAD_ACCEL_PREFIX"]
         self.log_requests = app.config["REQUEST_LOG"]
-        self.route = next(rule.rule for rule in app.url_map.iter_rules()
-                          if rule.endpoint == ENDPOINT)
+        rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
+        self.route, self.ticket_route = rules[ENDPOINT], rules[TICKET_ENDPOINT]
         self.ready = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
         if environ["REQUEST_METHOD"] == "GET" \
                 and environ.get("CONTENT_LENGTH", "") in ("", "0") \
                 and "HTTP_TRANSFER_ENCODING" not in environ:
-            found = CHUNK_PATH.fullmatch(environ.get("PATH_INFO", ""))
+            path = environ.get("PATH_INFO", "")
+            found = CHUNK_PATH.fullmatch(path)
             if found is not None and found.string.isascii():
                 answer = self.answer(environ, start_response, *found.groups())
                 if answer is not None:
                     return answer
+            elif path.startswith("/api/v1/files/t/"):
+                found = TICKET_CHUNK_PATH.fullmatch(path)
+                if found is not None and found.string.isascii():
+                    expires, sig, *chunk = found.groups()
+                    answer = self.answer(environ, start_response, *chunk,
+                                         ticket=(int(expires), sig))
+                    if answer is not None:
+                        return answer
         return self.wsgi_app(environ, start_response)
 
     def answer(self, environ: dict[str, Any], start_response: Callable, device_id: str,
-               package_id: str, version_text: str, index_text: str):
-        """The chunk, or None to leave the request to the app."""
+               package_id: str, version_text: str, index_text: str,
+               ticket: tuple[int, str] | None = None):
+        """The chunk, or None to leave the request to the app. With a download ``ticket``
+        (expires, signature) that is checked too, and the bytes are always in the answer
+        (nginx caches it for every device)."""
         started = time.perf_counter()
         if not self.ready:
             self.setup()
@@ -83,6 +99,10 @@ class ChunkLane:
         version, index = int(version_text), int(index_text)
         packages = self.hub.packages
         try:
+            if ticket is not None:
+                if packages.tickets is None:
+                    return None
+                packages.tickets.check(*ticket, device_id, package_id, version)
             device = authenticate_device(self.hub.stores, device_id,
                                          device_token_of(authorization, token_header))
             package = packages.authorize_download(device, package_id, version)
@@ -96,7 +116,7 @@ class ChunkLane:
         self.hub.stores.liveness.update(device_id, last_seen=time.time(), ip=address)
         headers = {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
                    "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
-        if self.accel_prefix and blob.size:  # nginx sends the chunk's bytes (as a 206)
+        if self.accel_prefix and blob.size and ticket is None:  # nginx sends the bytes
             response = accel.chunk(self.accel_prefix, blob, index, headers)
             body = response(environ, start_response)
             length = 0
@@ -106,7 +126,7 @@ class ChunkLane:
                 if send_range is not None else [self.hub.blobs.read_chunk(blob, index)]
             start_response("200 OK", [*headers.items(), ("Content-Type", OCTET_STREAM),
                                       ("Content-Length", str(length))])
-        self.finished(device_id, address, started, length)
+        self.finished(device_id, address, started, length, ticket is not None)
         return body
 
     def blob_path(self, sha256: str) -> str:
@@ -117,12 +137,15 @@ class ChunkLane:
             path = self.paths[sha256] = str(self.hub.blobs.path_of(sha256))
         return path
 
-    def finished(self, device_id: str, address: str, started: float, length: int) -> None:
+    def finished(self, device_id: str, address: str, started: float, length: int,
+                 by_ticket: bool = False) -> None:
         """The metrics and log line ``ops.requestlog`` gives every request."""
         seconds = time.perf_counter() - started
-        self.metrics.count_request("GET", self.route, ENDPOINT, 200, seconds, length)
+        route, endpoint = (self.ticket_route, TICKET_ENDPOINT) if by_ticket \
+            else (self.route, ENDPOINT)
+        self.metrics.count_request("GET", route, endpoint, 200, seconds, length)
         if self.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info("%s %s %d %.1fms device=%s client=%s", "GET", self.route, 200,
+            request_log.info("%s %s %d %.1fms device=%s client=%s", "GET", route, 200,
                              seconds * 1000, device_id, address)
 
 
