@@ -1,22 +1,28 @@
 """Chunk throughput with nginx in front of the hub, against nginx serving the file itself.
 
 A real hub (``dropsync serve``, production settings plus what deploy/nginx.conf asks
-for: ``DOWNLOAD_ACCEL_PREFIX=/_blobs/``, ``TRUSTED_PROXIES=127.0.0.1``) holds an 8 MiB
-blob for one device; nginx runs the site ``dropsync.ops.nginx.render_site`` makes (the
-same as deploy/nginx.conf, one worker, plain HTTP on loopback). ``wrk -t2 -c32`` fetches
-pieces of 4 KiB and 64 KiB:
+for: ``DOWNLOAD_ACCEL_PREFIX=/_blobs/``, ``TRUSTED_PROXIES=127.0.0.1``, a
+``DOWNLOAD_TICKET_SECRET``) holds one blob for a fleet of 33 devices (8 MiB for 4 KiB
+pieces, 64 MiB for 64 KiB: 1,024 chunks at least); nginx runs the site
+``dropsync.ops.nginx.render_site`` makes (the same as deploy/nginx.conf, one worker, plain
+HTTP on loopback). ``wrk -t2 -c32`` fetches pieces of 4 KiB and 64 KiB:
 
 - fronted chunk: ``GET /download/<device>/<package>/<version>/<index>`` through nginx (the
   hub authorises each request, nginx sends the bytes from its blob server);
 - fronted Range: the whole-file route with ``Range`` through nginx;
+- ticket cold: the manifest's ticket urls of 32 devices in turn, nginx's chunk cache
+  emptied first, every chunk fetched once (all misses: the first device of a fleet),
+  timed from the wrk threads' first request to their last miss;
+- ticket warm: the same urls once every chunk is cached (what the other devices of a
+  fleet get: one miss per chunk per version, the rest hits), for the run's duration;
 - nginx direct (the baseline): nginx serving the blob file with ``Range``, no hub.
 
-The three alternate for ``--rounds`` rounds (default 3); the report gives the median
-payload MB/s of each and the ratios fronted/direct. Target: chunk >= 0.5x.
-All traffic stays on 127.0.0.1; every run is bounded by its duration.
+The five alternate for ``--rounds`` rounds (default 3); the report gives the median
+payload MB/s and requests/s of each and the ratios to nginx direct. Target: >= 0.5x.
+All traffic stays on 127.0.0.1; every run is bounded by its duration (a cold pass by 120 s).
 
-    .venv/bin/python bench/nginx_front_bench.py             # ~2 minutes
-    .venv/bin/python bench/nginx_front_bench.py --quick     # ~30 s smoke run
+    .venv/bin/python bench/nginx_front_bench.py             # ~5 minutes
+    .venv/bin/python bench/nginx_front_bench.py --quick     # ~1 minute smoke run
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import time
 
 import pytest
-from support import ADMIN_TOKEN, assert_error
+from support import ADMIN_TOKEN, ROOT, assert_error
 from sync_support import bearer, wait_until
 from test_files_api import entry_of, fetch, stage
 
@@ -167,3 +168,19 @@ def test_a_short_or_unquotable_secret_is_a_config_error(settings, secret):
     settings["DOWNLOAD_TICKET_SECRET"] = secret
     with pytest.raises(ConfigError, match="DOWNLOAD_TICKET_SECRET"):
         create_app(settings)
+
+
+def test_the_longest_ticket_url_fits_the_firmwares_url_field(fleet):
+    """firmware sync.h keeps a manifest url in ``char url[N]``: a ticket url for the
+    longest device id the hub accepts (64 characters) must fit, with room to spare."""
+    header = (ROOT / "firmware" / "dropsync_node" / "src" / "dropsync_core" / "sync.h")
+    field = int(re.search(r"char url\[(\d+)\];", header.read_text()).group(1))
+    client, _ = fleet
+    longest = "L" * 64
+    token = client.post("/api/v1/admin/devices/register", json={"id": longest},
+                        headers=bearer(ADMIN_TOKEN)).get_json()["token"]
+    stage(Admin(client), "all/app.bin", os.urandom(100))
+    url = entry_of(client, longest, token, "app.bin")["url"]
+    # Widest parts: expires to the year 2286 (10 digits), a 10-digit version.
+    widest = len(url) - len(url.split("/")[5]) + 10 - len(url.split("/")[-1]) + 10
+    assert widest + 1 <= field, (widest, field)  # + the terminating NUL

@@ -88,7 +88,7 @@ class Site:
     # Download tickets: the file setting the secret (`dropsync nginx-ticket` writes it;
     # never committed), the chunk cache, and the per-device chunk rate (RATE_LIMIT_FILES).
     ticket_conf: Path = Path("/etc/dropsync/nginx-ticket.conf")
-    chunk_cache: Path = Path("/var/cache/nginx/dropsync-chunks")
+    chunk_cache: Path = Path("/var/cache/dropsync-nginx")
     chunk_cache_max_size: str = "512m"
     files_rate: str | None = "6000/minute"
 
