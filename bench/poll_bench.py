@@ -1232,7 +1232,9 @@ def run_bench(args: argparse.Namespace, wrk: str, py_spy: str | None, work: Path
             port, args, DATA_DIR=str(data), STAGING_DIR=str(staging), SERVER=server,
             ADMIN_TOKEN=secrets.token_urlsafe(24), ADMIN_PASSWORD=secrets.token_urlsafe(16),
             RATE_LIMITS_ENABLED="true" if limiter else "false",
-            RATE_LIMIT_DEVICE=BENCH_DEVICE_RATE_LIMIT, RATE_LIMIT_FILES=BENCH_DEVICE_RATE_LIMIT)
+            RATE_LIMIT_DEVICE=BENCH_DEVICE_RATE_LIMIT, RATE_LIMIT_FILES=BENCH_DEVICE_RATE_LIMIT,
+            # the peer's chunk route serves 4 KiB: the same piece (the hub's default is 32 KiB)
+            CHUNK_SIZE=str(CASE_BYTES["chunk"]))
 
     # taskset execs the server, so the pid is still the main process; its worker inherits.
     pin = [] if args.pin is None else [venv_tool("taskset"), "-c", str(args.pin)]

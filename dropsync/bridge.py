@@ -2,9 +2,13 @@
 
 granian parses HTTP in Rust and hands each request to this bridge on one asyncio loop:
 
-- A request with no body to a fast, memory-only route (device polls, manifests, chunk and
-  Range downloads, ``/health``) runs the Flask app right there on the loop: no hand-off to
-  a thread, no GIL contention between threads (the peer's "tuned" mode, for WSGI).
+- A request with no body to a fast, memory-only route (device polls, status and ping,
+  chunk, whole-file and Range downloads, ``/health``) runs the Flask app right there on
+  the loop: no hand-off to a thread, no GIL contention between threads (the peer's
+  "tuned" mode, for WSGI). Manifests are not among them: a device's first manifest, and
+  its first after a change, stores the manifest's version (an fsynced write), and a file
+  dropped for 500 devices made 500 of those in a row; on the loop they held every poll
+  for over a second.
 - Any other request runs in a pool of ``THREADS`` threads (writes fsync; admin pages read
   history from disk) once its whole body has arrived. The body is received on the loop,
   so a client that sends it slowly holds a coroutine, never a thread; one that stops
@@ -13,7 +17,7 @@ granian parses HTTP in Rust and hands each request to this bridge on one asyncio
   so a partial upload is never stored.
 - A whole file (``send_file`` without ``Range``) is sent by granian itself from the path,
   and so is a byte range an app hands over as a ``FileRange`` (a chunk; see
-  ``dropsync.api.chunk_lane``), which the environ offers as ``dropsync.file_range``.
+  ``dropsync.api.lanes``), which the environ offers as ``dropsync.file_range``.
 
 Headers are granian's: it cuts a client that does not finish them within
 ``REQUEST_HEADER_TIMEOUT_S`` before any Python runs.
@@ -40,7 +44,7 @@ MIN_BODY_BYTES_PER_S = 1024
 STREAM_ABOVE_BYTES = 1 << 20
 #: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
 #: page-cached blob, never write, never wait.
-LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/", "/health")
+LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/health")
 
 #: A request line longer than this gets 414, a header section larger than this 431, both
 #: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,

@@ -237,8 +237,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STAGING_UPLOAD_MAX_BYTES", 268_435_456, parse_positive_int,
             "Largest file the admin API (`dropsync stage`) puts into staging; larger get "
             "413."),
-    Setting("CHUNK_SIZE", 4096, parse_chunk_size,
-            "Bytes per download chunk (512 to 1048576); 4096 suits an ESP8266."),
+    Setting("CHUNK_SIZE", 32768, parse_chunk_size,
+            "Bytes per download chunk of a file (512 to 1048576). A node streams a chunk "
+            "to flash as it arrives, so its size costs no RAM; fewer chunks mean fewer "
+            "requests (and TLS handshakes) per file."),
+    Setting("FIRMWARE_CHUNK_SIZE", 4096, parse_chunk_size,
+            "Bytes per download chunk of a firmware image (`firmware/*.bin`): the firmware "
+            "core holds one chunk in RAM until its SHA-256 is checked (it refuses over "
+            "8192)."),
     Setting("UPLOAD_MAX_BYTES", 10_485_760, parse_positive_int,
             "Largest file a device may upload; larger get 413."),
     Setting("UPLOAD_ALLOWED_TYPES", "bin,csv,jpg,json,log,png,txt", parse_extension_list,

@@ -22,7 +22,7 @@ from .bootstrap import (
 from .commands import CommandQueue
 from .commands import Settings as CommandSettings
 from .credentials import AdminAuthority, new_token
-from .firmware_images import FirmwareImages
+from .firmware_images import FirmwareImages, is_firmware_path
 from .pacing import Pacing
 from .packages import PackageCatalog
 from .staging import Staging
@@ -137,6 +137,9 @@ class Hub:
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
         self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
                                                       self.stores.devices).problem
+        firmware_chunk = settings["FIRMWARE_CHUNK_SIZE"]
+        self.staging.chunk_size_for = \
+            lambda rel: firmware_chunk if is_firmware_path(rel) else None
         self.uploads = DeviceUploads(self.stores, data_dir / "uploads",
                                      max_bytes=settings["UPLOAD_MAX_BYTES"],
                                      allowed_types=settings["UPLOAD_ALLOWED_TYPES"])

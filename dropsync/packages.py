@@ -146,6 +146,12 @@ class PackageCatalog:
         #: readers never take it, they read the current ``Catalog``.
         self.write_lock = threading.RLock()
         self._manifest_lock = threading.Lock()
+        #: Manifest versions given out but not yet stored, by device; a batch number
+        #: counts the stores, so a request knows when one has written its version.
+        self._unstored: dict[str, Document] = {}
+        self._batch = 0  # the batch new versions join
+        self._stored_batch = -1  # the last batch on disk
+        self._store_lock = threading.Lock()  # one writer of manifest versions at a time
         self._manifests: dict[str, tuple[tuple, Manifest]] = {}
         self._listed: dict[str, tuple[tuple, frozenset[str]]] = {}
         self.catalog = Catalog.of(stores.packages.all(), generation=0)
@@ -248,8 +254,9 @@ class PackageCatalog:
         return self.blobs.info(package["sha256"], package["chunk_size"])
 
     def build_manifest(self, device: Mapping[str, Any]) -> Manifest:
-        """The manifest of ``device``, from memory; its version is stored only when the
-        content differs from what the device was last given.
+        """The manifest of ``device``, from memory; its version is stored (before the
+        manifest is given out) only when the content differs from what the device was
+        last given.
 
         With tickets, the urls (and the ETag, not the version) change once per ticket
         window: a device that asks with the old ETag gets the list again, fresh tickets
@@ -271,27 +278,56 @@ class PackageCatalog:
             files = [manifest_entry(p, device["id"], tickets, expires)
                      for _, p in sorted(catalog.files_for(device).items())]
             digest = content_digest(files)
-            version = self._manifest_version(device["id"], digest)
+            version, batch = self._manifest_version(device["id"], digest)
             etag = f"{version}-{digest[:16]}" + (f"-t{expires}" if tickets else "")
             manifest = Manifest(device["id"], version, etag,
                                 tuple(files), frozenset(f["id"] for f in files))
-            self._manifests[device["id"]] = (key, manifest)
+        if batch is not None:
+            self._store_versions(batch)
+        with self._manifest_lock:
+            if self.catalog.generation == key[0]:
+                self._manifests[device["id"]] = (key, manifest)
         return manifest
 
-    def _manifest_version(self, device_id: str, digest: str) -> int:
-        table = self.stores.manifests
-        try:
-            known = table.get(device_id)
-        except NotFound:
-            table.insert({"device_id": device_id, "version": 1, "digest": digest,
-                          "changed_at": now_iso()})
-            return 1
-        if known["digest"] == digest:
-            return known["version"]
-        version = known["version"] + 1
-        table.update(device_id, {"version": version, "digest": digest,
-                                 "changed_at": now_iso()})
-        return version
+    def _manifest_version(self, device_id: str, digest: str) -> tuple[int, int | None]:
+        """The version for this content, and the batch that must be stored before it is
+        given out (None: it is stored already). Called under ``_manifest_lock``."""
+        known = self._unstored.get(device_id)
+        if known is None:
+            try:
+                known = self.stores.manifests.get(device_id)
+            except NotFound:
+                known = None
+        if known is not None and known["digest"] == digest:
+            return known["version"], self._batch if device_id in self._unstored else None
+        version = known["version"] + 1 if known is not None else 1
+        self._unstored[device_id] = {"device_id": device_id, "version": version,
+                                     "digest": digest, "changed_at": now_iso()}
+        return version, self._batch
+
+    def _store_versions(self, batch: int) -> None:
+        """Return once ``batch`` is on disk: whoever gets to write first writes every
+        version waiting then, in one write (a file dropped for a whole fleet changes every
+        device's manifest at once; one write each made the last device wait for all)."""
+        with self._store_lock:
+            if self._stored_batch >= batch:
+                return  # another request wrote it meanwhile
+            with self._manifest_lock:
+                waiting, taken = dict(self._unstored), self._batch
+                self._batch += 1
+            try:
+                self.stores.manifests.upsert_many(waiting.values())
+            except BaseException:
+                # nothing was written: they wait for the next batch (and its writer)
+                with self._manifest_lock:
+                    for device_id, record in waiting.items():
+                        self._unstored.setdefault(device_id, record)
+                raise
+            with self._manifest_lock:
+                for device_id, record in waiting.items():
+                    if self._unstored.get(device_id) is record:
+                        del self._unstored[device_id]
+            self._stored_batch = taken
 
     def authorize_download(self, device: Mapping[str, Any], package_id: str,
                            version: int) -> Document:

@@ -282,6 +282,9 @@ class Staging:
         #: firmware image check (firmware_images.py) here.
         self.content_problem: Callable[[str, str, bytes, int], str | None] = \
             lambda target, rel, head, size: None
+        #: The chunk size for a staged path (below its target), or None for the blob
+        #: store's own; the hub gives firmware images theirs here.
+        self.chunk_size_for: Callable[[str], int | None] = lambda rel: None
 
     @property
     def root(self) -> Path:
@@ -323,7 +326,8 @@ class Staging:
                 return dict(current), False
             with self.catalog.changing():
                 with timings.timed("ingest"):  # copy and hash: the part that grows with size
-                    blob = self.catalog.blobs.add_stream(reader)
+                    blob = self.catalog.blobs.add_stream(reader,
+                                                         self.chunk_size_for(staged.rel))
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)
@@ -399,7 +403,7 @@ class Staging:
         with self.catalog.changing():
             with open(incoming.temp, "rb") as reader, timings.timed("ingest"):
                 stamp = file_stamp(os.fstat(reader.fileno()))
-                blob = self.catalog.blobs.add_stream(reader)
+                blob = self.catalog.blobs.add_stream(reader, self.chunk_size_for(rel))
             try:
                 package, changed = self.catalog.publish(target, rel, blob, source=source,
                                                         staged=stamp)

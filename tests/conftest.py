@@ -24,6 +24,8 @@ def settings(tmp_path):
         # Tests send many refused requests from one address on purpose; the limits have
         # tests of their own (test_rate_limits.py) that switch them on.
         "RATE_LIMITS_ENABLED": False,
+        # Small chunks, so small test files have several (the default is 32 KiB).
+        "CHUNK_SIZE": 4096,
     }
 
 

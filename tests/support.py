@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from dropsync import timings
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -181,3 +183,17 @@ class NginxFront:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class Observed:
+    """Every timing the store reports (``dropsync.timings``): what it wrote."""
+
+    def __init__(self):
+        self.kinds: list[str] = []
+        timings.listen(self)
+
+    def __call__(self, kind: str, seconds: float) -> None:
+        self.kinds.append(kind)
+
+    def count(self, kind: str) -> int:
+        return self.kinds.count(kind)

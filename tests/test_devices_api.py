@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from support import ADMIN_TOKEN, assert_error
+from support import ADMIN_TOKEN, Observed, assert_error
 
 
 def ping(client, device_id: str, headers: dict | None = None):
@@ -216,3 +216,18 @@ def test_health_needs_no_credentials_and_reports_the_stores(admin, client):
     assert health["store"]["devices"] == 1
     assert health["store"]["history"]["events"] == 1  # the registration
     assert health["version"] and health["uptime_s"] >= 0
+
+
+def test_importing_a_fleet_writes_the_device_store_and_the_history_once(admin, client,
+                                                                         stores):
+    observed = Observed()
+    tokens = {f"node{i:03d}": f"node-token-{i:03d}-abcdefghijklmnop" for i in range(300)}
+    result = admin.post("/devices/import", json={"tokens": tokens}).get_json()
+    assert len(result["added"]) == 300
+    assert observed.count("store_write") == 1 and observed.count("history_append") == 1
+    imported = [e["device_id"] for e in stores.history["events"].records()
+                if e["kind"] == "device.imported"]
+    assert imported == list(tokens)  # one audit line per device, as before
+    poll = client.get("/api/v1/device/commands/node299",
+                      headers={"Authorization": f"Bearer {tokens['node299']}"})
+    assert poll.status_code == 200

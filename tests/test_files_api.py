@@ -4,11 +4,14 @@ the admin package routes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import ADMIN_TOKEN, assert_error
+from conftest import AdminClient
+from support import ADMIN_TOKEN, Observed, assert_error
 from sync_support import bearer, tree
 
 from dropsync import create_app
@@ -54,6 +57,24 @@ def test_every_files_route_needs_the_devices_own_token(client, fleet, route):
 
 
 # -- downloads -------------------------------------------------------------------------
+def test_files_get_32_kib_chunks_and_firmware_images_4_kib_by_default(settings):
+    """A node streams a file's chunk to flash, but holds a firmware chunk in RAM."""
+    defaults = {k: v for k, v in settings.items() if k != "CHUNK_SIZE"}
+    app = create_app(defaults)
+    try:
+        client = app.test_client()
+        token = AdminClient(client).register_device("esp001")
+        image = bytes([0xE9]) + os.urandom(100_000)
+        stage(AdminClient(client), "esp001/data/log.bin", image[1:])
+        stage(AdminClient(client), "esp001/firmware/app.bin", image)
+        chunking = {entry["path"]: (entry["chunk_size"], entry["chunks"]) for entry in
+                    client.get(f"{FILES}/manifest/esp001", headers=bearer(token))
+                    .get_json()["files"]}
+        assert chunking == {"data/log.bin": (32768, 4), "firmware/app.bin": (4096, 25)}
+    finally:
+        app.extensions["dropsync"].close()
+
+
 def test_every_chunk_and_the_whole_file_verify_against_the_manifest(client, admin, fleet):
     data = os.urandom(4096 * 3 + 1234)
     stage(admin, "esp001/fw/app.bin", data)
@@ -301,3 +322,43 @@ def test_openapi_documents_the_files_routes(client):
                   "/api/v1/files/sync-status/{device_id}",
                   "/api/v1/files/files/{device_id}/{filename}"):
         assert route in paths, route
+
+
+def test_a_fleets_manifest_versions_are_stored_together_before_they_are_given(app, admin,
+                                                                             hub, settings):
+    """A file for every device changes every manifest at once: the versions are written
+    a batch at a time (one write each was O(devices) per device), and each is on disk
+    before its manifest is given out."""
+    tokens = {f"node{i:03d}": f"node-token-{i:03d}-abcdefghijklmnop" for i in range(120)}
+    assert admin.post("/devices/import", json={"tokens": tokens}).status_code == 200
+    stage(admin, "all/data/a.bin", b"first")
+    devices = [hub.stores.devices.get(device_id) for device_id in tokens]
+    on_disk = Path(settings["DATA_DIR"]) / "manifests.json"
+
+    def versions_on_disk() -> dict[str, int]:
+        stored = json.loads(on_disk.read_text())["manifests"].values()
+        return {record["device_id"]: record["version"] for record in stored}
+
+    def build_all() -> dict[str, int]:
+        given: dict[str, int] = {}
+
+        def build(device) -> None:
+            manifest = hub.packages.build_manifest(device)
+            assert versions_on_disk()[device["id"]] == manifest.version  # stored first
+            given[device["id"]] = manifest.version
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(build, devices))
+        return given
+
+    observed = Observed()
+    assert set(build_all().values()) == {1}
+    first_writes = observed.count("store_write")
+    assert 1 <= first_writes < len(devices) // 2
+    stage(admin, "all/data/b.bin", b"second")
+    assert set(build_all().values()) == {2}
+    assert versions_on_disk() == dict.fromkeys(tokens, 2)
+    assert observed.count("store_write") - first_writes < len(devices) // 2
+    # unchanged content: the stored version, no write
+    writes = observed.count("store_write")
+    assert set(build_all().values()) == {2} and observed.count("store_write") == writes

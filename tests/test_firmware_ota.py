@@ -255,7 +255,7 @@ def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_p
                        settings={"DOWNLOAD_TICKET_SECRET": secret}).start()
     try:
         token = register(hub, "esp-ngx", "esp8266")
-        content, image = os.urandom(3 * 4096 + 10), firmware(5000)
+        content, image = os.urandom(3 * 32768 + 10), firmware(5000)  # 4 chunks of 32 KiB
         assert stage(hub, "all", "data/blob.bin", content).status_code in (200, 201)
         for device in ("esp-ngx", "esp-ngx2"):
             device_token = token if device == "esp-ngx" else register(hub, device, "esp8266")

@@ -197,6 +197,7 @@ def ticketed(tmp_path_factory):
                                "DROPSYNC_DOWNLOAD_ACCEL_PREFIX": "/_blobs/",
                                "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1",
                                "DROPSYNC_STAGING_WATCH": "false",
+                               "DROPSYNC_CHUNK_SIZE": "4096",  # 3 chunks of the file
                                **{f"DROPSYNC_{k}": v for k, v in limits.items()}}).start()
     nginx = None
     try:
@@ -246,6 +247,7 @@ def test_ticketed_chunks_come_from_nginxs_cache_after_the_first_device(ticketed)
     first, second = (manifest_entry_of(nginx.url, d, tokens[d]) for d in ("tk001", "tk002"))
     assert first["url"].startswith(f"{FILES}/t/") and "/tk001/" in first["url"]
     assert second["url"] != first["url"] and "/tk002/" in second["url"]
+    assert first["chunks"] == 3
 
     answers = {}
     for device, entry, cache in (("tk001", first, "MISS"), ("tk002", second, "HIT")):

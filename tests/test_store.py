@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from support import Observed
 
 from dropsync.errors import Conflict, DataDirBusy, NotFound, StorageFull, StoreCorrupt
 from dropsync.store import Stores
@@ -210,6 +211,76 @@ def test_history_index_pages_one_key_newest_first_across_restarts(tmp_path):
     reopened.append({"device": "d1", "level": "info", "n": 40, "at": 1040})
     assert reopened.find("device:d1", limit=1)[0]["n"] == 40
     reopened.close()
+
+
+def test_history_appends_many_records_with_one_write_per_segment(tmp_path):
+    folder = tmp_path / "events"
+    log = HistoryLog(folder, segment_records=4, index_keys=by_device)
+    log.append({"device": "d0", "level": "info", "n": 0})
+    observed = Observed()
+    stored = log.append_many([{"device": f"d{n % 2}", "level": "info", "n": n}
+                             for n in range(1, 10)])
+    # records 1-3 fill the first segment, 4-7 the second, 8-9 start a third: three writes
+    assert observed.count("history_append") == 3
+    assert [r["seq"] for r in stored] == list(range(2, 11))
+    assert len(list(folder.iterdir())) == 3
+    assert [r["n"] for r in log.find("device:d1", newest_first=False)] == [1, 3, 5, 7, 9]
+    assert log.append({"device": "d0", "level": "info", "n": 10})["seq"] == 11
+    log.close()
+    reopened = HistoryLog(folder, segment_records=4, index_keys=by_device)
+    assert [r["n"] for r in reopened.records()] == list(range(11))
+    assert [r["seq"] for r in reopened.records()] == list(range(1, 12))
+    reopened.close()
+
+
+def test_history_append_many_on_a_full_disk_keeps_only_whole_segments_written(tiny_fs):
+    folder = tiny_fs(32)
+    log = HistoryLog(folder / "events", segment_records=1_000_000)
+    log.append({"n": -1})
+    with pytest.raises(StorageFull):
+        log.append_many([{"n": i, "pad": "y" * 100} for i in range(100_000)])
+    assert [r["n"] for r in log.records()] == [-1]
+    log.close()
+    reopened = HistoryLog(folder / "events", segment_records=1_000_000)
+    assert [r["n"] for r in reopened.records()] == [-1]
+    reopened.close()
+
+
+def test_insert_many_writes_the_file_once_and_all_or_nothing(opened, data_dir):
+    opened.devices.insert(device("esp000"))
+    observed = Observed()
+    added = opened.devices.insert_many([device(f"esp{i:03d}") for i in range(1, 51)])
+    assert len(added) == 50 and observed.count("store_write") == 1
+    on_disk = json.loads((data_dir / "devices.json").read_text())["devices"]
+    assert len(on_disk) == 51
+    before = (data_dir / "devices.json").read_bytes()
+    for refused in ([device("esp051"), device("esp001")],            # already there
+                    [device("esp052"), device("esp052")],            # twice in the batch
+                    [device("esp053", token_hash="hash-esp002")],    # another's unique field
+                    [device("esp054"), device("esp055", token_hash="hash-esp054")]):
+        with pytest.raises(Conflict):
+            opened.devices.insert_many(refused)
+    assert (data_dir / "devices.json").read_bytes() == before
+    assert len(opened.devices) == 51 and "esp051" not in opened.devices
+    assert opened.devices.get_by("token_hash", "hash-esp050")["id"] == "esp050"
+
+
+def test_upsert_many_writes_new_and_changed_documents_once_each(opened, data_dir):
+    opened.devices.insert_many([device(f"esp{i:03d}") for i in range(10)])
+    observed = Observed()
+    opened.devices.upsert_many([device("esp001", token_hash="rotated", enabled=False),
+                                device("esp002", groups=["barn"]), device("esp100")])
+    assert observed.count("store_write") == 2  # one for the updates, one for the insert
+    assert opened.devices.get_by("token_hash", "rotated")["enabled"] is False
+    with pytest.raises(NotFound):
+        opened.devices.get_by("token_hash", "hash-esp001")  # the old hash is unindexed
+    assert opened.devices.get("esp002")["groups"] == ["barn"] and "esp100" in opened.devices
+    with pytest.raises(Conflict):  # another device's unique field: nothing written
+        opened.devices.upsert_many([device("esp003", token_hash="hash-esp004")])
+    on_disk = {d["id"]: d for d in
+               json.loads((data_dir / "devices.json").read_text())["devices"].values()}
+    assert len(on_disk) == 11 and on_disk["esp001"]["token_hash"] == "rotated"
+    assert on_disk["esp003"]["token_hash"] == "hash-esp003"
 
 
 def test_history_index_forgets_what_retention_dropped(tmp_path):

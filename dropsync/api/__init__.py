@@ -11,11 +11,11 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     admin_files,
     admin_fleet,
     admin_ops,
-    chunk_lane,
     device,
     errors,
     files,
     health,
+    lanes,
     limits,
     openapi,
     ota,
@@ -71,7 +71,7 @@ def sync_views_only(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     app.session_interface = SessionOnlyWithCookie()
-    chunk_lane.init_app(app)  # inside ops' trusted-proxy wrapper
+    lanes.init_app(app)  # inside ops' trusted-proxy wrapper
     ops.init_app(app)  # first: its request timer starts before auth and rate limits
     app.request_class = parsing.BoundedRequest  # the size limit for chunked bodies too
     app.make_default_options_response = options_for_the_named_route

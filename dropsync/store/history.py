@@ -142,26 +142,43 @@ class HistoryLog:
         On any failure the segment is cut back to its size before the append, so a record
         the caller was told failed is never found later.
         """
-        with self._lock, timings.timed("history_append"):
-            entry = {"seq": self._next_seq, **record}
-            line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            size_before = None
-            try:
-                self._open_segment_with_room()  # may create a file: can hit a full disk too
-                size_before = os.fstat(self._fd).st_size
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(self._fd, view):]
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                if size_before is not None:
-                    self._undo_append(size_before)
-                raise_if_disk_full(exc, self.folder)
-                raise
-            self._remember(entry, size_before, size_before + len(line))
-            self._next_seq += 1
-            self._drop_old_segments()
-            return entry
+        return self.append_many([record])[0]
+
+    def append_many(self, records: list[Record]) -> list[Record]:
+        """Store several records durably: one write and one fdatasync for each segment
+        they go into (importing a fleet's devices wrote one per device). On a failure the
+        records of the segment being written are cut back, as ``append`` does; those
+        already stored in an earlier segment stay, and the exception says what failed."""
+        stored: list[Record] = []
+        while len(stored) < len(records):
+            with self._lock, timings.timed("history_append"):
+                size_before = None
+                try:
+                    self._open_segment_with_room()  # may create a file: can hit a full disk
+                    room = self.segment_records - (self._next_seq - self._segments[-1])
+                    batch = records[len(stored):len(stored) + room]
+                    entries = [{"seq": self._next_seq + i, **record}
+                               for i, record in enumerate(batch)]
+                    lines = [(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+                              + "\n").encode() for entry in entries]
+                    size_before = os.fstat(self._fd).st_size
+                    view = memoryview(b"".join(lines))
+                    while view:
+                        view = view[os.write(self._fd, view):]
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    if size_before is not None:
+                        self._undo_append(size_before)
+                    raise_if_disk_full(exc, self.folder)
+                    raise
+                start = size_before
+                for entry, line in zip(entries, lines, strict=True):
+                    self._remember(entry, start, start + len(line))
+                    start += len(line)
+                self._next_seq += len(entries)
+                self._drop_old_segments()
+                stored.extend(entries)
+        return stored
 
     def close(self) -> None:
         with self._lock:

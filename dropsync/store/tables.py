@@ -157,6 +157,49 @@ class KeyedTable:
             self._index(key, doc_id, stored)
             return detached(stored)
 
+    def insert_many(self, docs: Iterable[Mapping[str, Any]]) -> list[Document]:
+        """Insert new documents in one write, all or none (a fleet's import wrote the
+        whole file once per device)."""
+        with self.lock:
+            stored = [detached(doc) for doc in docs]
+            keys = [doc[self.key_field] for doc in stored]
+            taken = [key for key in keys if key in self._doc_ids]
+            if taken or len(set(keys)) < len(keys):
+                raise Conflict(f"{self.item} {(taken or keys)[0]!r} already exists",
+                               code="already_exists")
+            for field in self.unique_fields:
+                values = [doc[field] for doc in stored if doc.get(field) is not None]
+                if len(set(values)) < len(values):
+                    raise Conflict(f"two new {self.item}s have the same {field}")
+            for key, doc in zip(keys, stored, strict=True):
+                self._check_unique(key, doc)
+            doc_ids = self._table.insert_multiple(stored)
+            for key, doc_id, doc in zip(keys, doc_ids, stored, strict=True):
+                self._index(key, doc_id, doc)
+            return [detached(doc) for doc in stored]
+
+    def upsert_many(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        """Insert or update documents by key: one write for the new ones and one for the
+        others, however many there are."""
+        with self.lock:
+            given = {doc[self.key_field]: detached(doc) for doc in docs}
+            changed = {key: doc for key, doc in given.items() if key in self._doc_ids}
+            for key, doc in changed.items():
+                self._check_unique(key, {**self._raw(key), **doc})
+            if changed:
+                old = {key: detached(self._raw(key)) for key in changed}
+
+                def apply(current: dict) -> None:
+                    current.update(changed[current[self.key_field]])
+
+                self._table.update(apply, doc_ids=[self._doc_ids[key] for key in changed])
+                for key in changed:
+                    self._unindex(key, old[key])
+                    self._index(key, self._doc_ids[key], self._raw(key))
+            new = [doc for key, doc in given.items() if key not in changed]
+            if new:
+                self.insert_many(new)
+
     def update(
         self, key: str, changes: Mapping[str, Any] | Callable[[Document], Mapping[str, Any]]
     ) -> Document:

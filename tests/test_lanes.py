@@ -1,9 +1,10 @@
-"""The chunk route's short way (dropsync.api.chunk_lane): a chunk that will succeed is
-answered without Flask's per-request work, with the same answer and the same side effects;
-anything else is left to the app."""
+"""The short ways for polls and chunks (dropsync.api.lanes): a poll, or a chunk that will
+succeed, is answered without Flask's per-request work, with the same answer and the same
+side effects; anything else is left to the app."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -103,3 +104,88 @@ def test_a_ticketed_chunk_takes_the_lane_with_its_bytes_even_behind_nginx(settin
         assert len(hooks_run) == 3
     finally:
         app.extensions["dropsync"].close()
+
+
+POLL_ROUTE = "/api/v1/device/commands/<device_id>"
+
+
+def poll_hooks(app) -> list:
+    """Counts the Flask hooks run: a request the lanes answered runs none."""
+    hooks_run: list = []
+    app.before_request_funcs.setdefault(None, []).append(lambda: hooks_run.append(1))
+    return hooks_run
+
+
+def by_app(app, path: str, token: str):
+    return Client(app.wsgi_app.wsgi_app).get(
+        path, headers={"Authorization": f"Bearer {token}"}, buffered=True)
+
+
+def without_clock(response, *also: str) -> dict:
+    answer = json.loads(response.data)
+    for field in ("server_time", *also):
+        answer.pop(field)
+    return answer
+
+
+def test_a_poll_skips_the_flask_hooks_and_answers_as_the_app_does(app, client, admin, fleet,
+                                                                    stores):
+    for device in ("esp001", "esp002"):
+        for name, priority in (("reboot", 1), ("sync", 5)):
+            response = admin.post("/commands", json={
+                "target": device, "name": name, "args": {"delay_s": 3}, "priority": priority})
+            assert response.status_code == 201, response.get_json()
+    hooks_run = poll_hooks(app)
+    metrics = app.extensions["dropsync.metrics"]
+    polls_before = metrics.poll_latency._sum.get(), sum(
+        bucket.get() for bucket in metrics.poll_latency._buckets)
+
+    path = "/api/v1/device/commands/{}?limit=1"
+    lane = client.get(path.format("esp001"), headers={"Authorization":
+                                                       f"Bearer {fleet['esp001']}"})
+    assert hooks_run == []
+    assert stores.liveness.get("esp001")["last_seen"] is not None
+    assert sum(bucket.get() for bucket in metrics.poll_latency._buckets) == polls_before[1] + 1
+    flask = by_app(app, path.format("esp002"), fleet["esp002"])
+    assert hooks_run == [1]
+    assert lane.status_code == flask.status_code == 200
+    assert lane.headers["Content-Type"] == flask.headers["Content-Type"] == "application/json"
+    # next_poll_s spreads devices apart, so it differs between two devices
+    handed_by_lane = without_clock(lane, "next_poll_s")
+    handed_by_app = without_clock(flask, "next_poll_s")
+    assert [c.pop("id") for c in handed_by_lane["commands"]] != \
+        [c.pop("id") for c in handed_by_app["commands"]]
+    assert handed_by_lane == handed_by_app  # the same shape: priority 5 first, one of two
+    assert handed_by_lane["commands"] == [{"name": "sync", "args": {"delay_s": 3},
+                                           "priority": 5, **{
+                                               k: v for k, v in handed_by_lane["commands"][0]
+                                               .items() if k not in ("name", "args",
+                                                                     "priority")}}]
+
+    # the lane leased what it handed out: the next poll gets the other command only
+    second = client.get(path.format("esp001").replace("?limit=1", ""),
+                        headers={"Authorization": f"Bearer {fleet['esp001']}"})
+    assert [c["name"] for c in second.get_json()["commands"]] == ["reboot"]
+    assert hooks_run == [1]
+    empty_lane = client.get(path.format("esp001"),
+                            headers={"X-Device-Token": fleet["esp001"]})
+    empty_app = by_app(app, path.format("esp001"), fleet["esp001"])
+    assert without_clock(empty_lane, "next_poll_s") == \
+        without_clock(empty_app, "next_poll_s") == {"commands": []}
+    assert abs(empty_lane.get_json()["next_poll_s"] - empty_app.get_json()["next_poll_s"]) \
+        <= 2 * app.config["POLL_INTERVAL_S"] * app.config["POLL_JITTER"] + 1  # random spread
+    assert list(empty_lane.headers.keys()) == list(empty_app.headers.keys()) \
+        == ["Content-Type", "Content-Length"]
+    assert hooks_run == [1, 1]
+
+
+@pytest.mark.parametrize(("token_of", "query", "status"), [
+    ("esp002", "", 403), (None, "", 401), ("esp001", "?limit=0", 400),
+    ("esp001", "?limit=5&limit=6", 400), ("esp001", "?verbose=1", 400)])
+def test_polls_the_lane_does_not_answer_are_the_apps(app, client, fleet, token_of, query,
+                                                     status):
+    hooks_run = poll_hooks(app)
+    headers = {"Authorization": f"Bearer {fleet[token_of]}"} if token_of else {}
+    response = client.get(f"/api/v1/device/commands/esp001{query}", headers=headers)
+    assert response.status_code == status, response.get_json()
+    assert hooks_run == [1]
