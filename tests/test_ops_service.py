@@ -13,7 +13,7 @@ import pytest
 from support import ROOT, free_port
 
 from dropsync.ops import service
-from dropsync.ops.nginx import Listen, Site, render_main, render_site
+from dropsync.ops.nginx import Listen, Site, nginx_rate, render_main, render_site
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
@@ -117,3 +117,18 @@ def test_nginx_accepts_the_site_with_the_ticket_file_nginx_ticket_writes(tmp_pat
     cli("nginx-ticket", "--env-file", str(env_file), "--nginx-conf", str(ticket_conf),
         "--rotate")
     assert secret not in env_file.read_text() and secret not in ticket_conf.read_text()
+
+
+@pytest.mark.parametrize("rate, expected", [
+    ("6000/minute", ("100r/s", 5999, 1)),      # the default: the whole window at once
+    ("40/minute", ("40r/m", 39, 2)),
+    ("600/minute;50/second", ("10r/s", 599, 1)),  # the slowest of several counts
+    ("100/hour", ("2r/m", 99, 30)),            # nginx counts per second or per minute
+    ("1/day", ("1r/m", 0, 60)),
+])
+def test_the_hubs_files_rate_becomes_nginxs_per_device_limit(rate, expected):
+    assert nginx_rate(rate) == expected
+    site = render_site(Site(files_rate=rate))
+    assert f"rate={expected[0]};" in site and f"burst={expected[1]} nodelay;" in site
+    assert f"Retry-After {expected[2]} always;" in site
+    assert "limit_req" not in render_site(Site(files_rate=None))  # RATE_LIMITS_ENABLED off
