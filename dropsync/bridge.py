@@ -44,7 +44,7 @@ MIN_BODY_BYTES_PER_S = 1024
 STREAM_ABOVE_BYTES = 1 << 20
 #: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
 #: page-cached blob, never write, never wait.
-LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/health")
+LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/t/", "/health")
 
 #: A request line longer than this gets 414, a header section larger than this 431, both
 #: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
