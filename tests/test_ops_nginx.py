@@ -341,13 +341,35 @@ def test_the_simulator_syncs_through_nginx_with_tickets(ticketed):
     assert summary["errors"]["unexplained"] == 0, summary["errors"]
     # Every simulated device holds the file (the hub's count, from the devices' reports:
     # what the dashboard shows, so it keeps working when nginx serves the chunks).
-    package = requests.get(hub.url + "/api/v1/admin/packages", headers=ADMIN,
-                           timeout=10).json()["packages"][0]
-    progress = requests.get(f"{hub.url}/api/v1/admin/packages/{package['id']}",
-                            headers=ADMIN, timeout=10).json()["progress"]
-    assert progress["have"] == devices, progress  # the tk* devices report nothing
+    packages = requests.get(hub.url + "/api/v1/admin/packages", headers=ADMIN,
+                            timeout=10).json()["packages"]
+    for package in packages:
+        progress = requests.get(f"{hub.url}/api/v1/admin/packages/{package['id']}",
+                                headers=ADMIN, timeout=10).json()["progress"]
+        assert progress["have"] == devices, progress  # the tk* devices report nothing
     # At most one hub request per chunk for the whole fleet (proxy_cache_lock).
     sentinel(hub, nginx, "tk001", tokens["tk001"])
     fleet_lines = [line for line in hub.log.splitlines() if "/files/t/" in line
                    and "<int:index>" in line and "device=simtk-" in line]
-    assert len(fleet_lines) <= package["chunk_count"], fleet_lines
+    assert len(fleet_lines) <= sum(p["chunk_count"] for p in packages), fleet_lines
+
+
+def test_a_ticket_opens_cached_chunks_only_and_a_miss_needs_the_token(ticketed):
+    """The trade-off the README states: nginx cannot check tokens, so a cached chunk goes
+    to whoever holds a valid ticket url; a chunk not yet cached reaches the hub, which
+    wants the device's token too (and nginx never caches its refusal)."""
+    hub, nginx, tokens, content = ticketed
+    extra = os.urandom(5000)
+    response = requests.put(hub.url + "/api/v1/admin/staging/all/fw/extra.bin", data=extra,
+                            headers=ADMIN, timeout=10)
+    assert response.status_code == 200, response.text
+    files = requests.get(f"{nginx.url}{FILES}/manifest/tk006", headers=bearer(tokens["tk006"]),
+                         timeout=10).json()["files"]
+    url = nginx.url + next(f["url"] for f in files if f["path"] == "fw/extra.bin") + "/0"
+    for _ in range(2):
+        assert_error(requests.get(url, timeout=10), 401)  # a miss: the hub asks for a token
+    fetched = requests.get(url, headers=bearer(tokens["tk006"]), timeout=10)
+    assert fetched.status_code == 200 and fetched.headers["X-Cache"] == "MISS"
+    without = requests.get(url, timeout=10)  # now cached: the ticket alone opens it
+    assert without.status_code == 200 and without.headers["X-Cache"] == "HIT"
+    assert without.content == fetched.content == extra[:4096]
