@@ -3,12 +3,11 @@
 granian parses HTTP in Rust and hands each request to this bridge on one asyncio loop:
 
 - A request with no body to a fast, memory-only route (device polls, status and ping,
-  chunk, whole-file and Range downloads, ``/health``) runs the Flask app right there on
-  the loop: no hand-off to a thread, no GIL contention between threads (the peer's
-  "tuned" mode, for WSGI). Manifests are not among them: a device's first manifest, and
-  its first after a change, stores the manifest's version (an fsynced write), and a file
-  dropped for 500 devices made 500 of those in a row; on the loop they held every poll
-  for over a second.
+  manifests, chunk, whole-file and Range downloads, ``/health``) runs the Flask app right
+  there on the loop: no hand-off to a thread, no GIL contention between threads (the
+  peer's "tuned" mode, for WSGI). A route that may write or read the disk per request
+  must not be listed: manifests were, while each new manifest version was stored (an
+  fsync), and a file dropped for 500 devices then held every poll for over a second.
 - Any other request runs in a pool of ``THREADS`` threads (writes fsync; admin pages read
   history from disk) once its whole body has arrived. The body is received on the loop,
   so a client that sends it slowly holds a coroutine, never a thread; one that stops
@@ -44,7 +43,11 @@ MIN_BODY_BYTES_PER_S = 1024
 STREAM_ABOVE_BYTES = 1 << 20
 #: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
 #: page-cached blob, never write, never wait.
-LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/t/", "/health")
+LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/t/",
+                 "/api/v1/files/manifest/", "/health")
+#: POSTs that only change memory (a heartbeat is kept in memory and checkpointed): once
+#: their body has arrived they run on the loop too, never queued behind fsyncing writes.
+LOOP_BODY_PREFIXES = ("/api/v1/device/heartbeat/",)
 
 #: A request line longer than this gets 414, a header section larger than this 431, both
 #: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
@@ -191,6 +194,10 @@ class RSGIBridge:
             except BodyTooLarge:
                 proto.response_bytes(413, CLOSE_JSON_HEADERS, error_body(
                     "payload_too_large", "the request body is larger than the hub accepts"))
+                return
+            if scope.method == "POST" and scope.path.startswith(LOOP_BODY_PREFIXES):
+                status, headers, result = self.call_app_buffered(environ)
+                await self.respond(proto, status, headers, result)
                 return
         else:
             environ["wsgi.input"] = _EMPTY

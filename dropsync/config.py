@@ -277,9 +277,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SERVER", "granian", parse_server,
             "`granian` (Rust HTTP, the hub on one asyncio loop plus `THREADS` threads) or "
             "`gunicorn` (one gthread worker): what `dropsync serve` runs."),
-    Setting("REQUEST_HEADER_TIMEOUT_S", 10.0, parse_header_timeout,
+    Setting("REQUEST_HEADER_TIMEOUT_S", 45.0, parse_header_timeout,
             "Seconds a client has to send a request's headers before it is cut (granian; "
-            "at most 60)."),
+            "at most 60). It is also how long an idle keep-alive connection waits for its "
+            "next request: keep it above the poll interval with its jitter, or every node "
+            "reconnects (a TLS handshake) for every poll."),
     Setting("REQUEST_BODY_TIMEOUT_S", 10.0, parse_positive_float,
             "Seconds a request body may stall before the request gets 408 and its "
             "connection is cut (also cut below 1 KiB/s on average); a partial body is "

@@ -11,7 +11,12 @@ Manifests are built from an in-memory snapshot of the catalog, replaced whole on
 change, so a poll reads no file and writes nothing unless the device's manifest really
 changed. Each device's manifest has its own version, which rises exactly when the list of
 files it should hold changes (a file added, replaced or withdrawn, or the device joining
-or leaving a group); it is kept in the ``manifests`` table with the digest it was given for.
+or leaving a group). Versions are taken from one hub-wide counter reserved on disk a block
+at a time, and each device's (version, digest) is kept in memory and checkpointed: a file
+dropped for 10,000 devices changes 10,000 manifests, and storing each version before
+giving it out rewrote a file per device. A crash may forget a device's latest version;
+it then gets a new, higher one for the same content (one more manifest download), never
+an old number for new content.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ SYNC_STATES = ("downloading", "verified", "applied", "failed")
 #: States in which a device holds the package's content, checked.
 HOLDING_STATES = ("verified", "applied")
 VERSION_COUNTER = "package_version"
+#: Manifest versions are reserved on disk this many at a time (``meta``).
+MANIFEST_VERSION_BLOCK = 1000
+MANIFEST_VERSION_FACT = "next_manifest_version"
 #: The route a manifest points devices to; ``/<index>`` appended fetches one chunk.
 DOWNLOAD_PATH = "/api/v1/files/download/{device_id}/{package_id}/{version}"
 
@@ -146,12 +154,8 @@ class PackageCatalog:
         #: readers never take it, they read the current ``Catalog``.
         self.write_lock = threading.RLock()
         self._manifest_lock = threading.Lock()
-        #: Manifest versions given out but not yet stored, by device; a batch number
-        #: counts the stores, so a request knows when one has written its version.
-        self._unstored: dict[str, Document] = {}
-        self._batch = 0  # the batch new versions join
-        self._stored_batch = -1  # the last batch on disk
-        self._store_lock = threading.Lock()  # one writer of manifest versions at a time
+        self._versions = stores.manifest_versions
+        self._next_manifest = self._manifests_reserved_until = self._first_manifest_version()
         self._manifests: dict[str, tuple[tuple, Manifest]] = {}
         self._listed: dict[str, tuple[tuple, frozenset[str]]] = {}
         self.catalog = Catalog.of(stores.packages.all(), generation=0)
@@ -254,9 +258,7 @@ class PackageCatalog:
         return self.blobs.info(package["sha256"], package["chunk_size"])
 
     def build_manifest(self, device: Mapping[str, Any]) -> Manifest:
-        """The manifest of ``device``, from memory; its version is stored (before the
-        manifest is given out) only when the content differs from what the device was
-        last given.
+        """The manifest of ``device``, from memory.
 
         With tickets, the urls (and the ETag, not the version) change once per ticket
         window: a device that asks with the old ETag gets the list again, fresh tickets
@@ -268,7 +270,7 @@ class PackageCatalog:
         if cached is not None and cached[0] == (self.catalog.generation, groups, expires):
             return cached[1]
         # A miss builds under the lock from the catalog as it is then, so two requests
-        # racing a catalog change cannot store an older list under a newer version.
+        # racing a catalog change cannot give an older list a newer version.
         with self._manifest_lock:
             catalog = self.catalog
             key = (catalog.generation, groups, expires)
@@ -278,56 +280,42 @@ class PackageCatalog:
             files = [manifest_entry(p, device["id"], tickets, expires)
                      for _, p in sorted(catalog.files_for(device).items())]
             digest = content_digest(files)
-            version, batch = self._manifest_version(device["id"], digest)
+            version = self._manifest_version(device["id"], digest)
             etag = f"{version}-{digest[:16]}" + (f"-t{expires}" if tickets else "")
             manifest = Manifest(device["id"], version, etag,
                                 tuple(files), frozenset(f["id"] for f in files))
-        if batch is not None:
-            self._store_versions(batch)
-        with self._manifest_lock:
-            if self.catalog.generation == key[0]:
-                self._manifests[device["id"]] = (key, manifest)
+            self._manifests[device["id"]] = (key, manifest)
         return manifest
 
-    def _manifest_version(self, device_id: str, digest: str) -> tuple[int, int | None]:
-        """The version for this content, and the batch that must be stored before it is
-        given out (None: it is stored already). Called under ``_manifest_lock``."""
-        known = self._unstored.get(device_id)
-        if known is None:
-            try:
-                known = self.stores.manifests.get(device_id)
-            except NotFound:
-                known = None
-        if known is not None and known["digest"] == digest:
-            return known["version"], self._batch if device_id in self._unstored else None
-        version = known["version"] + 1 if known is not None else 1
-        self._unstored[device_id] = {"device_id": device_id, "version": version,
-                                     "digest": digest, "changed_at": now_iso()}
-        return version, self._batch
+    def _manifest_version(self, device_id: str, digest: str) -> int:
+        """The version for this content: the one given last if the content is the same,
+        else a new one. Called under ``_manifest_lock``."""
+        known = self._versions.get(device_id)
+        if known.get("digest") == digest:
+            return known["version"]
+        if self._next_manifest >= self._manifests_reserved_until:
+            until = self._next_manifest + MANIFEST_VERSION_BLOCK
+            self.stores.meta.upsert({"name": MANIFEST_VERSION_FACT, "value": until})
+            self._manifests_reserved_until = until
+        version = self._next_manifest
+        self._next_manifest += 1
+        self._versions.update(device_id, version=version, digest=digest,
+                              changed_at=now_iso())
+        return version
 
-    def _store_versions(self, batch: int) -> None:
-        """Return once ``batch`` is on disk: whoever gets to write first writes every
-        version waiting then, in one write (a file dropped for a whole fleet changes every
-        device's manifest at once; one write each made the last device wait for all)."""
-        with self._store_lock:
-            if self._stored_batch >= batch:
-                return  # another request wrote it meanwhile
-            with self._manifest_lock:
-                waiting, taken = dict(self._unstored), self._batch
-                self._batch += 1
-            try:
-                self.stores.manifests.upsert_many(waiting.values())
-            except BaseException:
-                # nothing was written: they wait for the next batch (and its writer)
-                with self._manifest_lock:
-                    for device_id, record in waiting.items():
-                        self._unstored.setdefault(device_id, record)
-                raise
-            with self._manifest_lock:
-                for device_id, record in waiting.items():
-                    if self._unstored.get(device_id) is record:
-                        del self._unstored[device_id]
-            self._stored_batch = taken
+    def _first_manifest_version(self) -> int:
+        """Where this run's manifest versions start: past every one a run before may have
+        given (its whole reserved block). A data directory from before the versions were
+        checkpointed has them in ``manifests.json``: they carry on from there."""
+        try:
+            return self.stores.meta.get(MANIFEST_VERSION_FACT)["value"]
+        except NotFound:
+            pass
+        older = self.stores.manifests.all()
+        for record in older:
+            self._versions.update(record["device_id"], version=record["version"],
+                                  digest=record["digest"], changed_at=record["changed_at"])
+        return max((record["version"] for record in older), default=0) + 1
 
     def authorize_download(self, device: Mapping[str, Any], package_id: str,
                            version: int) -> Document:

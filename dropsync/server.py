@@ -253,7 +253,22 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
 
     scheme = "https" if tls_files(settings) else "http"
     log.info("%s", listening_message(settings["HOST"], settings["PORT"], scheme))
+    warn_if_polls_outlive_keep_alive(settings)
     return bridge
+
+
+def warn_if_polls_outlive_keep_alive(settings: Mapping[str, Any]) -> bool:
+    """granian's header deadline also ends idle keep-alive connections: one shorter than
+    the longest poll interval cuts every node's connection between its polls."""
+    longest_poll = settings["POLL_INTERVAL_S"] * (1 + settings["POLL_JITTER"])
+    if settings["REQUEST_HEADER_TIMEOUT_S"] > longest_poll:
+        return False
+    log.warning("REQUEST_HEADER_TIMEOUT_S (%g s) also ends idle keep-alive connections, and "
+                "nodes poll every %g s (up to %g s with the jitter): each poll will open a "
+                "new connection. Set REQUEST_HEADER_TIMEOUT_S above %g.",
+                settings["REQUEST_HEADER_TIMEOUT_S"], settings["POLL_INTERVAL_S"],
+                longest_poll, longest_poll)
+    return True
 
 
 def stop_with_parent() -> None:

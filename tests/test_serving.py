@@ -361,3 +361,20 @@ def test_admin_errors_still_come_in_the_json_shape_through_the_bridge(hub_proces
     assert_error(requests.post(hub.url + "/api/v1/admin/devices/register", data=b"{not json",
                                headers={**ADMIN, "Content-Type": "application/json"},
                                timeout=10), 400)
+
+
+def test_the_header_deadline_outlasts_the_poll_interval_or_the_hub_warns(caplog):
+    """granian ends an idle keep-alive connection at the header deadline: by default it
+    must outlast a node's longest pause between polls, and a setting that does not is
+    named at start-up."""
+    from dropsync.config import load_config
+    from dropsync.server import warn_if_polls_outlive_keep_alive
+
+    defaults = load_config(environ={})
+    assert defaults["REQUEST_HEADER_TIMEOUT_S"] > \
+        defaults["POLL_INTERVAL_S"] * (1 + defaults["POLL_JITTER"])
+    assert not warn_if_polls_outlive_keep_alive(defaults)
+    with caplog.at_level("WARNING", logger="dropsync"):
+        assert warn_if_polls_outlive_keep_alive({**defaults, "REQUEST_HEADER_TIMEOUT_S": 10.0,
+                                                 "POLL_INTERVAL_S": 10})
+    assert "REQUEST_HEADER_TIMEOUT_S above 11" in caplog.text

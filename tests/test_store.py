@@ -233,6 +233,29 @@ def test_history_appends_many_records_with_one_write_per_segment(tmp_path):
     reopened.close()
 
 
+def test_history_appends_that_wait_for_a_write_go_together_in_the_next(tmp_path):
+    """Group commit: appends queued behind a write are written and synced as one."""
+    log = HistoryLog(tmp_path / "messages", index_keys=by_device)
+    observed = Observed()
+    results: dict[int, dict] = {}
+    with log._lock:  # a write in progress: the appends below queue up behind it
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(
+            n, log.append({"device": f"d{n % 3}", "level": "info", "n": n})))
+            for n in range(10)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(log._queue) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert observed.count("history_append") == 1
+    assert sorted(r["seq"] for r in results.values()) == list(range(1, 11))
+    assert all(log.read(r["seq"])["n"] == n for n, r in results.items())
+    assert [r["n"] for r in log.find("device:d1", newest_first=False)] == [1, 4, 7]
+    log.close()
+
+
 def test_history_append_many_on_a_full_disk_keeps_only_whole_segments_written(tiny_fs):
     folder = tiny_fs(32)
     log = HistoryLog(folder / "events", segment_records=1_000_000)
@@ -263,24 +286,6 @@ def test_insert_many_writes_the_file_once_and_all_or_nothing(opened, data_dir):
     assert (data_dir / "devices.json").read_bytes() == before
     assert len(opened.devices) == 51 and "esp051" not in opened.devices
     assert opened.devices.get_by("token_hash", "hash-esp050")["id"] == "esp050"
-
-
-def test_upsert_many_writes_new_and_changed_documents_once_each(opened, data_dir):
-    opened.devices.insert_many([device(f"esp{i:03d}") for i in range(10)])
-    observed = Observed()
-    opened.devices.upsert_many([device("esp001", token_hash="rotated", enabled=False),
-                                device("esp002", groups=["barn"]), device("esp100")])
-    assert observed.count("store_write") == 2  # one for the updates, one for the insert
-    assert opened.devices.get_by("token_hash", "rotated")["enabled"] is False
-    with pytest.raises(NotFound):
-        opened.devices.get_by("token_hash", "hash-esp001")  # the old hash is unindexed
-    assert opened.devices.get("esp002")["groups"] == ["barn"] and "esp100" in opened.devices
-    with pytest.raises(Conflict):  # another device's unique field: nothing written
-        opened.devices.upsert_many([device("esp003", token_hash="hash-esp004")])
-    on_disk = {d["id"]: d for d in
-               json.loads((data_dir / "devices.json").read_text())["devices"].values()}
-    assert len(on_disk) == 11 and on_disk["esp001"]["token_hash"] == "rotated"
-    assert on_disk["esp003"]["token_hash"] == "hash-esp003"
 
 
 def test_history_index_forgets_what_retention_dropped(tmp_path):

@@ -11,7 +11,8 @@ Layout of a data directory::
     health.json         24 h of RSSI and free heap per device, downsampled, checkpointed
     history/<stream>/   append-only segmented JSON lines (messages, commands, events, sync)
     packages.json       TinyDB: sync packages (one per staged file)
-    manifests.json      TinyDB: each device's manifest version and content digest
+    manifests.json      (before 2026-12) TinyDB: manifest versions; read once, to carry on
+    manifest_versions.json  each device's manifest version and digest, checkpointed
     uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
     sync_state.json     latest sync report per device and package, checkpointed
 """
@@ -131,6 +132,7 @@ class Stores:
             self.liveness.stop()
             self.health.stop()
             self.sync_state.stop()
+            self.manifest_versions.stop()
             for history in self.history.values():
                 history.close()
             for table_file in self._files:
@@ -146,6 +148,11 @@ class Stores:
                                    unique=["slot"], item="package")
         self.manifests = KeyedTable(self._open("manifests.json"), "manifests", "device_id",
                                     item="manifest")
+        #: Each device's manifest version and the digest it was given for: memory,
+        #: checkpointed. Versions come from blocks reserved in ``meta`` (see packages.py),
+        #: so one lost with a crash is never given again.
+        self.manifest_versions = LivenessTable(self.data_dir / "manifest_versions.json",
+                                               checkpoint_s)
         self.uploads = KeyedTable(self._open("uploads.json"), "uploads", "id", item="upload")
         self.sync_state = SyncStateTable(self.data_dir / "sync_state.json",
                                          self.history["sync"], checkpoint_s)
@@ -155,3 +162,4 @@ class Stores:
         self.liveness.start()
         self.health.start()
         self.sync_state.start()
+        self.manifest_versions.start()

@@ -39,6 +39,17 @@ Record = dict[str, Any]
 IndexKeys = Callable[[Record], Iterable[str]]
 
 
+class _Pending:
+    """Records waiting to be appended, then what became of them."""
+
+    __slots__ = ("records", "stored", "error")
+
+    def __init__(self, records: list[Record]):
+        self.records = records
+        self.stored: list[Record] | None = None
+        self.error: BaseException | None = None
+
+
 class HistoryLog:
     #: Records per segment file before a new one starts.
     segment_records = 10_000
@@ -53,7 +64,9 @@ class HistoryLog:
         if max_records:
             self.max_records = max_records
         self._index_keys = index_keys
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while writing
+        self._queue_lock = threading.Lock()  # guards _queue: appends waiting to be written
+        self._queue: list[_Pending] = []
         folder.mkdir(parents=True, exist_ok=True)
         self._segments = sorted(int(p.stem) for p in folder.glob(f"*{SEGMENT_SUFFIX}")
                                 if p.stem.isdigit())
@@ -148,37 +161,71 @@ class HistoryLog:
         """Store several records durably: one write and one fdatasync for each segment
         they go into (importing a fleet's devices wrote one per device). On a failure the
         records of the segment being written are cut back, as ``append`` does; those
-        already stored in an earlier segment stay, and the exception says what failed."""
+        already stored in an earlier segment stay, and the exception says what failed.
+
+        Appends that arrive while another is being written are written together right
+        after it (group commit): a fleet booting sent 2,000 messages in a few seconds,
+        and one fdatasync each queued them for ten.
+        """
+        pending = _Pending(records)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._lock:
+            if pending.stored is None and pending.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.stored
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Write every record of ``batch`` and tell each its outcome. Holds ``_lock``."""
+        records = [record for pending in batch for record in pending.records]
         stored: list[Record] = []
-        while len(stored) < len(records):
-            with self._lock, timings.timed("history_append"):
-                size_before = None
-                try:
-                    self._open_segment_with_room()  # may create a file: can hit a full disk
-                    room = self.segment_records - (self._next_seq - self._segments[-1])
-                    batch = records[len(stored):len(stored) + room]
-                    entries = [{"seq": self._next_seq + i, **record}
-                               for i, record in enumerate(batch)]
-                    lines = [(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-                              + "\n").encode() for entry in entries]
-                    size_before = os.fstat(self._fd).st_size
-                    view = memoryview(b"".join(lines))
-                    while view:
-                        view = view[os.write(self._fd, view):]
-                    os.fdatasync(self._fd)
-                except OSError as exc:
-                    if size_before is not None:
-                        self._undo_append(size_before)
-                    raise_if_disk_full(exc, self.folder)
-                    raise
-                start = size_before
-                for entry, line in zip(entries, lines, strict=True):
-                    self._remember(entry, start, start + len(line))
-                    start += len(line)
-                self._next_seq += len(entries)
-                self._drop_old_segments()
-                stored.extend(entries)
-        return stored
+        error: BaseException | None = None
+        try:
+            while len(stored) < len(records):
+                stored.extend(self._write_segment(records[len(stored):]))
+        except BaseException as exc:  # handed to the appends it concerns
+            error = exc
+        start = 0
+        for pending in batch:
+            end = start + len(pending.records)
+            if end <= len(stored):
+                pending.stored = stored[start:end]
+            else:
+                pending.error = error
+            start = end
+
+    def _write_segment(self, records: list[Record]) -> list[Record]:
+        """Those of ``records`` that fit in the current segment, written and synced."""
+        with timings.timed("history_append"):
+            size_before = None
+            try:
+                self._open_segment_with_room()  # may create a file: can hit a full disk
+                room = self.segment_records - (self._next_seq - self._segments[-1])
+                entries = [{"seq": self._next_seq + i, **record}
+                           for i, record in enumerate(records[:room])]
+                lines = [(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+                          + "\n").encode() for entry in entries]
+                size_before = os.fstat(self._fd).st_size
+                view = memoryview(b"".join(lines))
+                while view:
+                    view = view[os.write(self._fd, view):]
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                if size_before is not None:
+                    self._undo_append(size_before)
+                raise_if_disk_full(exc, self.folder)
+                raise
+            start = size_before
+            for entry, line in zip(entries, lines, strict=True):
+                self._remember(entry, start, start + len(line))
+                start += len(line)
+            self._next_seq += len(entries)
+            self._drop_old_segments()
+            return entries
 
     def close(self) -> None:
         with self._lock:

@@ -178,28 +178,6 @@ class KeyedTable:
                 self._index(key, doc_id, doc)
             return [detached(doc) for doc in stored]
 
-    def upsert_many(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        """Insert or update documents by key: one write for the new ones and one for the
-        others, however many there are."""
-        with self.lock:
-            given = {doc[self.key_field]: detached(doc) for doc in docs}
-            changed = {key: doc for key, doc in given.items() if key in self._doc_ids}
-            for key, doc in changed.items():
-                self._check_unique(key, {**self._raw(key), **doc})
-            if changed:
-                old = {key: detached(self._raw(key)) for key in changed}
-
-                def apply(current: dict) -> None:
-                    current.update(changed[current[self.key_field]])
-
-                self._table.update(apply, doc_ids=[self._doc_ids[key] for key in changed])
-                for key in changed:
-                    self._unindex(key, old[key])
-                    self._index(key, self._doc_ids[key], self._raw(key))
-            new = [doc for key, doc in given.items() if key not in changed]
-            if new:
-                self.insert_many(new)
-
     def update(
         self, key: str, changes: Mapping[str, Any] | Callable[[Document], Mapping[str, Any]]
     ) -> Document:
