@@ -277,6 +277,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SERVER", "granian", parse_server,
             "`granian` (Rust HTTP, the hub on one asyncio loop plus `THREADS` threads) or "
             "`gunicorn` (one gthread worker): what `dropsync serve` runs."),
+    Setting("MAX_CONNECTIONS", 16384, parse_positive_int,
+            "Connections the hub holds open at once (granian). Every node keeps one open "
+            "between polls; past this, new ones wait for one to close. The hub raises "
+            "its open-files limit to fit, as far as the system allows."),
     Setting("REQUEST_HEADER_TIMEOUT_S", 45.0, parse_header_timeout,
             "Seconds a client has to send a request's headers before it is cut (granian; "
             "at most 60). It is also how long an idle keep-alive connection waits for its "

@@ -257,6 +257,35 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
     return bridge
 
 
+#: Connections waiting to be accepted (Linux caps it at net.core.somaxconn, 4096).
+LISTEN_BACKLOG = 4096
+#: Files the worker needs besides its sockets (stores, history segments, blobs, logs).
+FILES_BESIDES_SOCKETS = 256
+
+
+def room_for_connections(wanted: int) -> int:
+    """Raise the open-files limit so ``wanted`` connections fit (a service manager's
+    default soft limit is often 1,024); the connections that fit, if fewer."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FILES_BESIDES_SOCKETS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    fits = wanted if soft == resource.RLIM_INFINITY else \
+        max(1, min(wanted, soft - FILES_BESIDES_SOCKETS))
+    if fits < wanted:
+        log.warning("the open-files limit (%d) leaves room for %d connections, not "
+                    "MAX_CONNECTIONS=%d: raise LimitNOFILE (systemd) or ulimit -n", soft,
+                    fits, wanted)
+    return fits
+
+
 def warn_if_polls_outlive_keep_alive(settings: Mapping[str, Any]) -> bool:
     """granian's header deadline also ends idle keep-alive connections: one shorter than
     the longest poll interval cuts every node's connection between its polls."""
@@ -294,9 +323,13 @@ def run_granian(overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> No
     from .ops.tls import tls_files
 
     tls = tls_files(settings)  # HTTPS when `dropsync tls init` made a certificate
+    connections = room_for_connections(settings["MAX_CONNECTIONS"])
     server = MPServer(
         "dropsync", address=settings["HOST"], port=settings["PORT"],
         interface=Interfaces.RSGI, workers=1, http=HTTPModes.http1, websockets=False,
+        # granian holds a permit per open connection (its default: 1,024): every node
+        # keeps one open between polls, so the fleet's size is the number to allow
+        backlog=LISTEN_BACKLOG, backpressure=connections,
         http1_settings=HTTP1Settings(
             header_read_timeout=int(settings["REQUEST_HEADER_TIMEOUT_S"] * 1000)),
         log_level=LogLevels(settings["LOG_LEVEL"].lower()),

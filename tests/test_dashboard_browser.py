@@ -189,12 +189,13 @@ def test_an_upload_from_the_page_shows_the_devices_download_progress(page, node,
 
     manifest = node.get(f"/api/v1/files/manifest/{DEVICE}").json()
     entry = next(f for f in manifest["files"] if f["path"] == "fw/firmware.bin")
-    assert entry["size"] == len(content) and entry["chunks"] == 256
+    quarter_chunks = entry["chunks"] // 4  # 32 KiB chunks: 32 in all
+    assert entry["size"] == len(content) and entry["chunks"] == len(content) // 32768
     bar = page.locator(f'#package-rows tr[data-package="{entry["id"]}"] progress')
     expect(bar).to_have_attribute("value", "0", timeout=LIVE_TIMEOUT_MS)
     received = bytearray()
     for quarter in (1, 2, 3):
-        for index in range(len(received) // entry["chunk_size"], quarter * 64):
+        for index in range(len(received) // entry["chunk_size"], quarter * quarter_chunks):
             chunk = node.get(f"{entry['url']}/{index}")
             assert hashlib.sha256(chunk.content).hexdigest() == \
                 chunk.headers["X-Chunk-SHA256"]
@@ -203,7 +204,7 @@ def test_an_upload_from_the_page_shows_the_devices_download_progress(page, node,
             "package": entry["id"], "version": entry["version"], "state": "downloading",
             "received": len(received)})
         expect(bar).to_have_attribute("value", str(25 * quarter), timeout=LIVE_TIMEOUT_MS)
-    for index in range(192, 256):
+    for index in range(3 * quarter_chunks, entry["chunks"]):
         received += node.get(f"{entry['url']}/{index}").content
     assert hashlib.sha256(received).hexdigest() == entry["sha256"]
     node.post(f"/api/v1/files/sync-status/{DEVICE}", {

@@ -378,3 +378,26 @@ def test_the_header_deadline_outlasts_the_poll_interval_or_the_hub_warns(caplog)
         assert warn_if_polls_outlive_keep_alive({**defaults, "REQUEST_HEADER_TIMEOUT_S": 10.0,
                                                  "POLL_INTERVAL_S": 10})
     assert "REQUEST_HEADER_TIMEOUT_S above 11" in caplog.text
+
+
+def test_more_nodes_than_granians_default_keep_their_connections_open(hub_process):
+    """Every node holds a keep-alive connection between polls. granian holds a permit per
+    open connection (1,024 by default): the 1,025th node waited for ever. The hub allows
+    MAX_CONNECTIONS."""
+    hub = start_hub(hub_process)
+    token = register(hub)
+    poll = (f"GET /api/v1/device/commands/esp001 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n").encode()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            connection = socket.create_connection(("127.0.0.1", hub.port), timeout=20)
+            held.append(connection)
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200")  # served, kept open
+        latest = held[-1]
+        latest.sendall(poll)  # the newest keep-alive connection polls again
+        assert latest.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for connection in held:
+            connection.close()

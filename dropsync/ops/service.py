@@ -74,6 +74,8 @@ Environment=DROPSYNC_STAGING_DIR={layout.staging_dir}
 EnvironmentFile=-{layout.env_file}
 ExecStart={layout.executable} serve
 Restart=always
+# every node holds a connection open between polls
+LimitNOFILE=65536
 RestartSec=2
 # SIGTERM lets the worker checkpoint liveness and release the data directory.
 KillSignal=SIGTERM
