@@ -61,8 +61,7 @@ def hub(tmp_path_factory):
     hub = HubProcess(tmp_path_factory.mktemp("dashboard-hub"), {
         "DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_ADMIN_PASSWORD": PASSWORD,
         "DROPSYNC_HEALTH_SERIES_BUCKET_S": "1", "DROPSYNC_STAGING_SETTLE_S": "0.2",
-        "DROPSYNC_POLL_INTERVAL_S": "10", "DROPSYNC_LOG_LEVEL": "WARNING",
-        "DROPSYNC_CHUNK_SIZE": "4096"}).start()  # the upload test counts 4 KiB chunks
+        "DROPSYNC_POLL_INTERVAL_S": "10", "DROPSYNC_LOG_LEVEL": "WARNING"}).start()
     yield hub
     hub.stop()
 
