@@ -43,8 +43,8 @@ MIN_BODY_BYTES_PER_S = 1024
 STREAM_ABOVE_BYTES = 1 << 20
 #: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
 #: page-cached blob, never write, never wait.
-LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/manifest/",
-                 "/health")
+LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/t/",
+                 "/api/v1/files/manifest/", "/health")
 #: POSTs that only change memory (a heartbeat is kept in memory and checkpointed): once
 #: their body has arrived they run on the loop too, never queued behind fsyncing writes.
 LOOP_BODY_PREFIXES = ("/api/v1/device/heartbeat/",)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .tickets import parse_secret
 
 ENV_PREFIX = "DROPSYNC_"
 #: Names the seed read from the environment without a prefix.
@@ -299,6 +300,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_SERIES_BUCKET_S", 300, parse_positive_int,
             "Seconds per point of each device's RSSI and free-heap series (24 hours kept, "
             "at most 1,440 points; checkpointed with liveness)."),
+    # -- download tickets behind nginx (issue 13) ----------------------------------------
+    Setting("DOWNLOAD_TICKET_SECRET", None, parse_secret,
+            "When set, manifest urls carry a signed, expiring download ticket that nginx "
+            "checks (`secure_link`) to serve chunks from its cache; 32+ characters of "
+            "`A-Z a-z 0-9 _ -`, written by `dropsync nginx-ticket`. Never commit it."),
+    Setting("DOWNLOAD_TICKET_TTL_S", 3600, parse_positive_int,
+            "Seconds per ticket window: a ticket expires at the end of the window after "
+            "the current one (good for one to two windows); manifests change once per "
+            "window."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

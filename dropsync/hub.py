@@ -27,6 +27,7 @@ from .pacing import Pacing
 from .packages import PackageCatalog
 from .staging import Staging
 from .store import Stores
+from .tickets import Tickets
 from .uploads import DeviceUploads
 from .watcher import StagingWatcher
 
@@ -130,6 +131,9 @@ class Hub:
         data_dir = self.stores.data_dir
         self.blobs = BlobStore(data_dir / "blobs", settings["CHUNK_SIZE"])
         self.packages = PackageCatalog(self.stores, self.blobs)
+        if settings.get("DOWNLOAD_TICKET_SECRET"):
+            self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
+                                            settings["DOWNLOAD_TICKET_TTL_S"])
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
         self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
                                                       self.stores.devices).problem

@@ -35,6 +35,7 @@ from .clock import now_iso
 from .devices import record_event
 from .errors import Conflict, Forbidden, NotFound, ValidationFailed
 from .store import Document, Stores
+from .tickets import Tickets
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +123,18 @@ class Manifest:
         return package_id in self.package_ids
 
 
-def manifest_entry(package: Document, device_id: str) -> Document:
-    """One file of a manifest: only what a device needs, to keep it small."""
+def manifest_entry(package: Document, device_id: str, tickets: Tickets | None = None,
+                   expires: int = 0) -> Document:
+    """One file of a manifest: only what a device needs, to keep it small. With
+    ``tickets`` its url carries a download ticket good until ``expires``."""
+    url = tickets.url(device_id, package["id"], package["version"], expires) if tickets \
+        else DOWNLOAD_PATH.format(device_id=device_id, package_id=package["id"],
+                                  version=package["version"])
     return {
         "id": package["id"], "path": package["path"], "size": package["size"],
         "sha256": package["sha256"], "md5": package["md5"],
         "chunk_size": package["chunk_size"], "chunks": package["chunk_count"],
-        "version": package["version"],
-        "url": DOWNLOAD_PATH.format(device_id=device_id, package_id=package["id"],
-                                    version=package["version"]),
+        "version": package["version"], "url": url,
     }
 
 
@@ -155,6 +159,8 @@ class PackageCatalog:
         self._manifests: dict[str, tuple[tuple, Manifest]] = {}
         self._listed: dict[str, tuple[tuple, frozenset[str]]] = {}
         self.catalog = Catalog.of(stores.packages.all(), generation=0)
+        #: Download tickets in manifest urls (DOWNLOAD_TICKET_SECRET), or None.
+        self.tickets: Tickets | None = None
 
     # -- changes -----------------------------------------------------------------------
     @contextmanager
@@ -252,24 +258,31 @@ class PackageCatalog:
         return self.blobs.info(package["sha256"], package["chunk_size"])
 
     def build_manifest(self, device: Mapping[str, Any]) -> Manifest:
-        """The manifest of ``device``, from memory."""
+        """The manifest of ``device``, from memory.
+
+        With tickets, the urls (and the ETag, not the version) change once per ticket
+        window: a device that asks with the old ETag gets the list again, fresh tickets
+        in it."""
         groups = tuple(sorted(device.get("groups") or []))
+        tickets = self.tickets
+        expires = tickets.expiry() if tickets else 0
         cached = self._manifests.get(device["id"])
-        if cached is not None and cached[0] == (self.catalog.generation, groups):
+        if cached is not None and cached[0] == (self.catalog.generation, groups, expires):
             return cached[1]
         # A miss builds under the lock from the catalog as it is then, so two requests
         # racing a catalog change cannot give an older list a newer version.
         with self._manifest_lock:
             catalog = self.catalog
-            key = (catalog.generation, groups)
+            key = (catalog.generation, groups, expires)
             cached = self._manifests.get(device["id"])
             if cached is not None and cached[0] == key:
                 return cached[1]
-            files = [manifest_entry(p, device["id"])
+            files = [manifest_entry(p, device["id"], tickets, expires)
                      for _, p in sorted(catalog.files_for(device).items())]
             digest = content_digest(files)
             version = self._manifest_version(device["id"], digest)
-            manifest = Manifest(device["id"], version, f"{version}-{digest[:16]}",
+            etag = f"{version}-{digest[:16]}" + (f"-t{expires}" if tickets else "")
+            manifest = Manifest(device["id"], version, etag,
                                 tuple(files), frozenset(f["id"] for f in files))
             self._manifests[device["id"]] = (key, manifest)
         return manifest
@@ -328,7 +341,7 @@ class PackageCatalog:
         manifest's version (an fsynced write), which a download must not wait for."""
         key = (catalog.generation, tuple(sorted(device.get("groups") or [])))
         built = self._manifests.get(device["id"])
-        if built is not None and built[0] == key:
+        if built is not None and built[0][:2] == key:
             return built[1].package_ids
         listed = self._listed.get(device["id"])
         if listed is not None and listed[0] == key:

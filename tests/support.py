@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -125,7 +126,13 @@ class NginxFront:
     def __init__(self, prefix: Path, hub_port: int, data_dir: Path, *,
                  tls: tuple[Path, Path] | None = None, settings: dict | None = None):
         from dropsync.config import load_config
-        from dropsync.ops.nginx import Listen, Site, render_main, render_site
+        from dropsync.ops.nginx import (
+            Listen,
+            Site,
+            render_main,
+            render_site,
+            render_ticket_conf,
+        )
 
         self.prefix = prefix
         prefix.mkdir(parents=True, exist_ok=True)
@@ -137,9 +144,14 @@ class NginxFront:
             self.tls_url = f"https://127.0.0.1:{self.tls_port}"
             listens.append(Listen(self.tls_port, tls=True, address="127.0.0.1"))
         config = load_config({"DATA_DIR": str(data_dir), **(settings or {})}, environ={})
+        # The hub's ticket secret (or one no hub knows: every ticket is then refused).
+        (prefix / "nginx-ticket.conf").write_text(render_ticket_conf(
+            config["DOWNLOAD_TICKET_SECRET"] or secrets.token_urlsafe(32)))
         site = Site.for_settings(config, hub=f"127.0.0.1:{hub_port}", listens=listens,
                                  blob_socket=prefix / "blobs.sock",
-                                 cert=tls[0] if tls else None, key=tls[1] if tls else None)
+                                 cert=tls[0] if tls else None, key=tls[1] if tls else None,
+                                 ticket_conf=prefix / "nginx-ticket.conf",
+                                 chunk_cache=prefix / "chunks")
         self.conf = prefix / "nginx.conf"
         self.conf.write_text(render_main(render_site(site), prefix,
                                          user="root" if os.geteuid() == 0 else None))

@@ -240,23 +240,37 @@ def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
 
 
 def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_path):
-    """Behind nginx with DOWNLOAD_ACCEL_PREFIX, chunks come from nginx as 206 and images
-    from its internal location: the firmware core and the stock updater both take them."""
+    """Behind nginx with DOWNLOAD_ACCEL_PREFIX and download tickets, chunks come from
+    nginx's cache of the hub's answers (the first node's fill it, the second's are hits)
+    and images from its internal location: the firmware core and the stock updater both
+    take them."""
     if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
         pytest.skip("nginx is not installed (tests/system-deps.sh installs it)")
+    secret = "firmware-test-ticket-secret-0123456789ab"
     hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_STAGING_WATCH": "false",
                        "DROPSYNC_DOWNLOAD_ACCEL_PREFIX": "/_blobs/",
-                       "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1"})
-    nginx = NginxFront(tmp_path / "nginx", hub.port, hub.data_dir).start()
+                       "DROPSYNC_TRUSTED_PROXIES": "127.0.0.1",
+                       "DROPSYNC_DOWNLOAD_TICKET_SECRET": secret})
+    nginx = NginxFront(tmp_path / "nginx", hub.port, hub.data_dir,
+                       settings={"DOWNLOAD_TICKET_SECRET": secret}).start()
     try:
         token = register(hub, "esp-ngx", "esp8266")
         content, image = os.urandom(3 * 32768 + 10), firmware(5000)  # 4 chunks of 32 KiB
-        assert stage(hub, "esp-ngx", "data/blob.bin", content).status_code in (200, 201)
-        node = HostClient(firmware_build["client"], nginx.url, "esp-ngx", token,
-                          tmp_path / "flash", "--exit-after-sync")
-        assert node.wait(60) == 0, node.output
-        assert "chunks=4 rejected=0" in node.output, node.output
-        assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+        assert stage(hub, "all", "data/blob.bin", content).status_code in (200, 201)
+        for device in ("esp-ngx", "esp-ngx2"):
+            device_token = token if device == "esp-ngx" else register(hub, device, "esp8266")
+            manifest = requests.get(f"{nginx.url}/api/v1/files/manifest/{device}",
+                                    headers={"Authorization": f"Bearer {device_token}"},
+                                    timeout=10).json()
+            assert manifest["files"][0]["url"].startswith("/api/v1/files/t/")  # a ticket
+            node = HostClient(firmware_build["client"], nginx.url, device, device_token,
+                              tmp_path / device, "--exit-after-sync")
+            assert node.wait(60) == 0, node.output
+            assert "chunks=4 rejected=0" in node.output, node.output
+            assert (tmp_path / device / "data" / "blob.bin").read_bytes() == content
+        ticket_chunks = [line for line in hub.log.splitlines()
+                         if "/files/t/" in line and "<int:index> 200" in line]
+        assert len(ticket_chunks) == 4, ticket_chunks  # the second node's: all from nginx
 
         assert stage(hub, "esp-ngx", "firmware/app.bin", image).status_code in (200, 201)
         answer = esp8266_request(nginx.port, "/api/v1/ota/esp-ngx",

@@ -8,8 +8,15 @@ import json
 import os
 
 import pytest
+from support import ADMIN_TOKEN
+from sync_support import bearer
 from test_files_api import entry_of, fetch, stage
+from test_files_tickets import Admin
 from werkzeug.test import Client
+
+from dropsync import create_app
+
+ADMIN = bearer(ADMIN_TOKEN)
 
 CHUNK_ROUTE = "/api/v1/files/download/<device_id>/<package_id>/<int:version>/<int:index>"
 
@@ -59,6 +66,44 @@ def test_a_download_before_the_manifest_writes_no_manifest_version(client, admin
     assert stores.manifest_versions.get("esp002") == {}
     entry_of(client, "esp002", fleet["esp002"], "app.bin")  # the manifest: now stored
     assert stores.manifest_versions.get("esp002")["version"] >= 1
+
+
+@pytest.mark.parametrize("accel", [None, "/_blobs/"])
+def test_a_ticketed_chunk_takes_the_lane_with_its_bytes_even_behind_nginx(settings, accel):
+    """What nginx asks the hub on a cache miss: the lane checks the ticket and the token,
+    and answers the bytes themselves (never X-Accel: nginx caches this answer)."""
+    settings.update(DOWNLOAD_TICKET_SECRET="lane-ticket-secret-0123456789abcdefghij",
+                    DOWNLOAD_ACCEL_PREFIX=accel)
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        tokens = {d: client.post("/api/v1/admin/devices/register", json={"id": d},
+                                 headers=ADMIN).get_json()["token"] for d in ("esp001",
+                                                                              "esp002")}
+        data = os.urandom(4096 * 2 + 100)
+        stage(Admin(client), "all/app.bin", data)
+        entry = entry_of(client, "esp001", tokens["esp001"], "app.bin")
+        assert "/files/t/" in entry["url"]
+        hooks_run = []
+        app.before_request_funcs.setdefault(None, []).append(lambda: hooks_run.append(1))
+        by_lane = fetch(client, f"{entry['url']}/2", tokens["esp001"])
+        assert hooks_run == []  # the lane answered
+        by_app = Client(app.wsgi_app.wsgi_app).get(
+            f"{entry['url']}/2", headers={"Authorization": f"Bearer {tokens['esp001']}"},
+            buffered=True)
+        assert hooks_run == [1]
+        assert (by_lane.status_code, by_lane.data) == (by_app.status_code, by_app.data) \
+            == (200, data[8192:])
+        assert list(by_lane.headers.items()) == list(by_app.headers.items())
+        # refusals are the app's: a bad ticket, another device's token
+        sig = entry["url"].split("/")[6]
+        tampered = entry["url"].replace(sig, ("A" if sig[0] != "A" else "B") + sig[1:])
+        assert fetch(client, f"{tampered}/0", tokens["esp001"]).get_json()["error"]["code"] \
+            == "ticket_invalid"
+        assert fetch(client, f"{entry['url']}/0", tokens["esp002"]).status_code == 403
+        assert len(hooks_run) == 3
+    finally:
+        app.extensions["dropsync"].close()
 
 
 POLL_ROUTE = "/api/v1/device/commands/<device_id>"

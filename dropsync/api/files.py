@@ -10,7 +10,8 @@ from __future__ import annotations
 import werkzeug.utils
 from flask import Blueprint, Response, current_app, g, request
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..blobs import BlobInfo
+from ..errors import BadRequest, Forbidden, PayloadTooLarge
 from ..file_schemas import (
     DeviceUploadListSchema,
     DeviceUploadSchema,
@@ -66,6 +67,12 @@ def sync_packages(device_id: str):
             "count": len(listed)}
 
 
+def chunk_headers(blob: BlobInfo, index: int, version: int) -> dict[str, str]:
+    """What a device checks a chunk with (the same for every device)."""
+    return {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
+            "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
+
+
 # -- downloads -------------------------------------------------------------------------
 @bp.get("/download/<device_id>/<package_id>/<int:version>")
 @contract(produces=OCTET_STREAM, errors=(409, 416),
@@ -77,6 +84,10 @@ def download(device_id: str, package_id: str, version: int):
     A valid range gets 206 with ``Content-Range``, an unsatisfiable one 416; never 200
     with the whole file. ``x-MD5`` carries the MD5 for the ESP8266 Update class.
     """
+    return whole_download(package_id, version)
+
+
+def whole_download(package_id: str, version: int) -> Response:
     hub = current_hub()
     package = hub.packages.authorize_download(g.device, package_id, version)
     headers = {"x-MD5": package["md5"], "X-Content-SHA256": package["sha256"],
@@ -116,13 +127,51 @@ def download_chunk(device_id: str, package_id: str, version: int, index: int):
     packages = current_hub().packages
     package = packages.authorize_download(g.device, package_id, version)
     blob = packages.blob_info(package)
-    headers = {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
-               "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
+    headers = chunk_headers(blob, index, version)
     accel_prefix = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
     if accel_prefix and blob.size:  # nginx sends the chunk's bytes (as a 206)
         return accel.chunk(accel_prefix, blob, index, headers)
     return Response(current_hub().blobs.read_chunk(blob, index), mimetype=OCTET_STREAM,
                     headers=headers)
+
+
+# -- downloads by ticket (DOWNLOAD_TICKET_SECRET) ---------------------------------------
+TICKET_ROUTE = "/t/<int:expires>/<sig>/<device_id>/<package_id>/<int:version>"
+
+
+def check_ticket(expires: int, sig: str, device_id: str, package_id: str,
+                 version: int) -> None:
+    tickets = current_hub().packages.tickets
+    if tickets is None:
+        raise Forbidden("this hub issues no download tickets (DOWNLOAD_TICKET_SECRET is "
+                        "not set); fetch the manifest for a url", code="ticket_invalid")
+    tickets.check(expires, sig, device_id, package_id, version)
+
+
+@bp.get(TICKET_ROUTE)
+@contract(produces=OCTET_STREAM, errors=(409, 410, 416),
+          other_responses={206: "Partial content (Range)",
+                           304: "Not modified (If-None-Match with the SHA-256)"})
+def ticket_download(expires: int, sig: str, device_id: str, package_id: str, version: int):
+    """The whole file (or a ``Range``) at the url a manifest gives when the hub issues
+    download tickets: the ticket (403 ``ticket_invalid``, 410 ``ticket_expired``) and
+    the device's token are both checked."""
+    check_ticket(expires, sig, device_id, package_id, version)
+    return whole_download(package_id, version)
+
+
+@bp.get(TICKET_ROUTE + "/<int:index>")
+@contract(produces=OCTET_STREAM, errors=(409, 410))
+def ticket_chunk(expires: int, sig: str, device_id: str, package_id: str, version: int,
+                 index: int):
+    """One chunk at the url a manifest gives with a download ticket: the ticket and the
+    token checked, the bytes always in the answer itself (never ``X-Accel-Redirect``),
+    so nginx can keep the answer in its cache for every device."""
+    check_ticket(expires, sig, device_id, package_id, version)
+    packages = current_hub().packages
+    blob = packages.blob_info(packages.authorize_download(g.device, package_id, version))
+    return Response(current_hub().blobs.read_chunk(blob, index), mimetype=OCTET_STREAM,
+                    headers=chunk_headers(blob, index, version))
 
 
 # -- sync state ------------------------------------------------------------------------

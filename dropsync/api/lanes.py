@@ -32,9 +32,13 @@ from .context import device_token_of
 from .limits import credential_fingerprint
 
 CHUNK_ENDPOINT = "files.download_chunk"
+TICKET_CHUNK_ENDPOINT = "files.ticket_chunk"
 POLL_ENDPOINT = "device.poll_commands"
 #: The routes of those endpoints (ASCII ids, as the hub issues them).
 CHUNK_PATH = re.compile(r"/api/v1/files/download/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
+#: A chunk by download ticket (dropsync.tickets): what nginx asks on a cache miss.
+TICKET_CHUNK_PATH = re.compile(
+    r"/api/v1/files/t/([0-9]+)/([A-Za-z0-9_-]+)/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
 POLL_PATH = re.compile(r"/api/v1/device/commands/([^/]+)")
 #: The one query a poll may carry here (``limit``); any other goes to the app.
 POLL_QUERY = re.compile(r"limit=([0-9]{1,3})")
@@ -85,6 +89,11 @@ class DeviceLanes:
                     answer = self.poll(environ, start_response, found.group(1))
                 elif (found := CHUNK_PATH.fullmatch(path)) is not None:
                     answer = self.chunk(environ, start_response, *found.groups())
+                elif path.startswith("/api/v1/files/t/") \
+                        and (found := TICKET_CHUNK_PATH.fullmatch(path)) is not None:
+                    expires, sig, *chunk = found.groups()
+                    answer = self.chunk(environ, start_response, *chunk,
+                                        ticket=(int(expires), sig))
                 if answer is not None:
                     return answer
         return self.wsgi_app(environ, start_response)
@@ -148,10 +157,21 @@ class DeviceLanes:
         return [body]
 
     def chunk(self, environ: dict[str, Any], start_response: Callable, device_id: str,
-              package_id: str, version_text: str, index_text: str):
-        """The chunk, or None to leave the request to the app."""
+              package_id: str, version_text: str, index_text: str,
+              ticket: tuple[int, str] | None = None):
+        """The chunk, or None to leave the request to the app. With a download ``ticket``
+        (expires, signature) that is checked too, and the bytes are always in the answer
+        (nginx caches it for every device)."""
         started = time.perf_counter()
         version, index = int(version_text), int(index_text)
+        if ticket is not None:
+            tickets = self.hub.packages.tickets
+            try:
+                if tickets is None:
+                    return None
+                tickets.check(*ticket, device_id, package_id, version)
+            except DropSyncError:
+                return None
         device = self.authenticated(environ, device_id, "files")
         if device is None:
             return None
@@ -168,7 +188,7 @@ class DeviceLanes:
         self.hub.stores.liveness.update(device_id, last_seen=time.time(), ip=address)
         headers = {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
                    "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
-        if self.accel_prefix and blob.size:  # nginx sends the chunk's bytes (as a 206)
+        if self.accel_prefix and blob.size and ticket is None:  # nginx sends the bytes
             response = accel.chunk(self.accel_prefix, blob, index, headers)
             body = response(environ, start_response)
             length = 0
@@ -178,7 +198,8 @@ class DeviceLanes:
                 if send_range is not None else [self.hub.blobs.read_chunk(blob, index)]
             start_response("200 OK", [*headers.items(), ("Content-Type", OCTET_STREAM),
                                       ("Content-Length", str(length))])
-        self.finished(CHUNK_ENDPOINT, device_id, address, started, length)
+        self.finished(CHUNK_ENDPOINT if ticket is None else TICKET_CHUNK_ENDPOINT, device_id,
+                      address, started, length)
         return body
 
     def blob_path(self, sha256: str) -> str:

@@ -26,7 +26,8 @@ COMMON_ERRORS = (413, 429, 507)
 ERROR_TEXT = {
     400: "Invalid input", 401: "Missing or invalid credentials",
     403: "Credentials valid but not for this resource", 404: "Not found",
-    405: "Method not allowed", 409: "Conflict with the current state", 413: "Body too large",
+    405: "Method not allowed", 409: "Conflict with the current state",
+    410: "Gone (an expired download ticket)", 413: "Body too large",
     415: "Unsupported content type", 416: "Range not satisfiable",
     429: "Too many requests; see Retry-After", 507: "The hub's disk is full",
 }

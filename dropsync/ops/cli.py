@@ -1,4 +1,5 @@
-"""Operations commands: ``install-service``, ``tls``, ``backup`` and ``restore``.
+"""Operations commands: ``install-service``, ``nginx-ticket``, ``tls``, ``backup`` and
+``restore``.
 
 Registered on the main ``dropsync`` group by ``register``; kept apart from device and
 package management so either can change without the other.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,8 +23,10 @@ import click
 
 from ..config import load_config
 from ..store.files import fsync_dir
+from ..tickets import parse_secret
 from . import service
 from .backup import RestoreError, restore_archive
+from .nginx import render_ticket_conf
 
 #: Archives at least this large get a progress bar.
 PROGRESS_BAR_BYTES = 16 * 1024 * 1024
@@ -133,6 +137,65 @@ def make_folder(folder: Path, user: str, mode: int) -> Callable[[], None]:
         shutil.chown(folder, user, user)
         folder.chmod(mode)
     return run
+
+
+# -- nginx-ticket ----------------------------------------------------------------------
+SECRET_LINE = "DROPSYNC_DOWNLOAD_TICKET_SECRET="
+
+
+@click.command("nginx-ticket")
+@click.option("--env-file", type=click.Path(dir_okay=False),
+              default="/etc/dropsync/dropsync.env", show_default=True,
+              help="The hub's settings file: DROPSYNC_DOWNLOAD_TICKET_SECRET is set there.")
+@click.option("--nginx-conf", type=click.Path(dir_okay=False),
+              default="/etc/dropsync/nginx-ticket.conf", show_default=True,
+              help="The file the nginx site includes for the same secret.")
+@click.option("--nginx-group", default="www-data", show_default=True,
+              help="Group that may read the nginx file (set when it exists and we may).")
+@click.option("--rotate", is_flag=True,
+              help="Make a new secret even if the settings file has one (tickets already "
+                   "handed out stop working: devices fetch their manifest again).")
+def nginx_ticket(env_file, nginx_conf, nginx_group, rotate):
+    """Make the download-ticket secret, for the hub and for nginx (files mode 0640)."""
+    env_path, conf_path = Path(env_file), Path(nginx_conf)
+    lines = env_path.read_text().splitlines() if env_path.exists() else []
+    current = [line[len(SECRET_LINE):].strip() for line in lines
+               if line.startswith(SECRET_LINE)]
+    secret = current[-1] if current and not rotate else secrets.token_urlsafe(32)
+    try:
+        parse_secret(secret)
+    except ValueError as exc:
+        raise click.ClickException(f"{env_path}: {SECRET_LINE}... {exc}") from None
+    kept = [line for line in lines if not line.startswith(SECRET_LINE)]
+    write_private(env_path, "\n".join([*kept, SECRET_LINE + secret]) + "\n", None)
+    click.echo(f"{'kept' if current and not rotate else 'set'} "
+               f"DROPSYNC_DOWNLOAD_TICKET_SECRET in {env_path} (mode 640)")
+    group = write_private(conf_path, render_ticket_conf(secret), nginx_group)
+    click.echo(f"wrote {conf_path} (mode 640{f', group {group}' if group else ''}): the "
+               "same secret for the nginx site's secure_link")
+    click.echo("Then restart the hub and reload nginx:\n"
+               "  sudo systemctl restart dropsync.service\n"
+               "  sudo nginx -t && sudo systemctl reload nginx")
+
+
+def write_private(path: Path, text: str, group: str | None) -> str | None:
+    """Write ``text`` to ``path`` mode 0640 (never readable by others, not even briefly);
+    answers the group it was given, when it exists and may be set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    os.chmod(partial, 0o640)
+    given = None
+    if group and os.geteuid() == 0:
+        try:
+            shutil.chown(partial, group=group)
+            given = group
+        except (LookupError, PermissionError):
+            pass
+    os.replace(partial, path)
+    return given
 
 
 # -- tls -------------------------------------------------------------------------------
@@ -326,5 +389,5 @@ def restore(ctx, file, data_dir, staging_dir, keep_staging):
 
 
 def register(main: click.Group) -> None:
-    for command in (install_service, tls_group, backup, restore):
+    for command in (install_service, nginx_ticket, tls_group, backup, restore):
         main.add_command(command)

@@ -136,6 +136,8 @@ def env_file_template() -> str:
 #DROPSYNC_HOST=127.0.0.1
 #DROPSYNC_TRUSTED_PROXIES=127.0.0.1
 #DROPSYNC_DOWNLOAD_ACCEL_PREFIX=/_blobs/
+# and `sudo dropsync nginx-ticket` adds DROPSYNC_DOWNLOAD_TICKET_SECRET=... below (the
+# same secret goes to nginx; keep this file 0640).
 DROPSYNC_PORT=8000
 """
 

@@ -351,7 +351,9 @@ class VirtualDevice:
         while part.next_index < entry["chunks"]:
             index = part.next_index
             reply = await self.call("chunk", "GET", f"{entry['url']}/{index}",
-                                    ok=(200, 403, 409))
+                                    ok=(200, 403, 409, 410))
+            if reply.status == 410:  # its download ticket expired: the next manifest has
+                return False          # a fresh url; the chunks so far are kept
             if reply.status != 200:
                 code = (reply.json() or {}).get("error", {}).get("code")
                 if reply.status == 403 and code != "not_in_manifest":
