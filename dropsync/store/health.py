@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_atomically
+from .liveness import encode_in_slices
 from .periodic import Periodic
 from .tables import AtomicJSONStorage
 
@@ -156,10 +157,16 @@ class HealthSeries:
                         self._closed_since_checkpoint = True
             if not self._closed_since_checkpoint:
                 return False
-            payload = json.dumps({"bucket_s": self.bucket_s, "devices": {
-                device_id: [s.starts.tolist(), s.rssi.tolist(), s.heap.tolist()]
-                for device_id, s in self._series.items()}}, separators=(",", ":")).encode()
             self._closed_since_checkpoint = False
+            devices = list(self._series)
+
+        def points(device_id: str) -> list | None:
+            series = self._series.get(device_id)
+            return None if series is None else \
+                [series.starts.tolist(), series.rssi.tolist(), series.heap.tolist()]
+
+        payload = (f'{{"bucket_s":{json.dumps(self.bucket_s)},"devices":'
+                   f'{encode_in_slices(self._lock, devices, points)}}}').encode()
         try:
             write_atomically(self.path, payload)
         except Exception:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +48,19 @@ class LivenessTable:
         """The entries in a checkpoint file (subclasses may keep more beside them)."""
         return data
 
-    def _encode(self) -> dict[str, Any]:
-        """What a checkpoint writes; called with the lock held."""
-        return self._entries
+    def _wrapper(self) -> Callable[[str], str]:
+        """What a checkpoint writes around the entries' JSON object, as things stand when
+        it starts; called with the lock held."""
+        return lambda entries_json: entries_json
 
     def checkpoint(self) -> bool:
         """Write the table if it changed since the last checkpoint; True when it wrote."""
         with self._lock:
             if not self._dirty:
                 return False
-            payload = json.dumps(self._encode(), separators=(",", ":")).encode()
             self._dirty = False
+            keys, wrap = list(self._entries), self._wrapper()
+        payload = wrap(encode_in_slices(self._lock, keys, self._entries.get)).encode()
         try:
             write_atomically(self.path, payload)
         except Exception:
@@ -72,3 +76,26 @@ class LivenessTable:
     def stop(self) -> None:
         self._checkpoints.stop()
         self.checkpoint()
+
+
+#: Entries encoded at a time by a checkpoint, lock held; between slices the lock and the
+#: GIL are let go. Encoding 10,000 devices' liveness at once held both for 60-130 ms,
+#: and every poll on the event loop waited that long.
+SLICE = 250
+
+
+def encode_in_slices(lock: threading.Lock, keys: Iterable[str],
+                     value_of: Callable[[str], Any], slice_size: int = SLICE) -> str:
+    """A JSON object of ``keys`` and their values, encoded a slice at a time under
+    ``lock``: each slice is as it was at one moment, and no caller waits for all."""
+    keys = list(keys)
+    parts = []
+    for start in range(0, len(keys), slice_size):
+        with lock:
+            piece: Mapping[str, Any] = {key: value for key in keys[start:start + slice_size]
+                                        if (value := value_of(key)) is not None}
+            text = json.dumps(piece, separators=(",", ":"))
+        if len(text) > 2:
+            parts.append(text[1:-1])
+        time.sleep(0)  # lets the event loop's thread take the GIL between slices
+    return "{" + ",".join(parts) + "}"

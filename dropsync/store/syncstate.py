@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,12 @@ class SyncStateTable(LivenessTable):
         self._applied_seq = max((e.get("seq", 0) for e in data.values()), default=0)
         return data
 
-    def _encode(self) -> dict[str, Any]:
-        return {"applied_seq": self._applied_seq, "pairs": self._entries}
+    def _wrapper(self) -> Callable[[str], str]:
+        # The seq as the checkpoint starts: a report applied while it encodes has a later
+        # seq, so a start from this checkpoint replays it even if its pair was encoded
+        # before it.
+        applied = int(self._applied_seq)
+        return lambda pairs_json: f'{{"applied_seq":{applied},"pairs":{pairs_json}}}'
 
     def _replay_newer_history(self) -> None:
         for record in self.history.find(after_seq=self._applied_seq, newest_first=False):
