@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             took = register(hub, tokens, args.devices + PROBE_DEVICES, prefix="conn-")
             print(f"{args.devices + PROBE_DEVICES:,} devices imported in {took:.1f} s",
                   flush=True)
+            # a hub serves a fleet it knew at start (as after any restart)
+            hub.stop()
+            hub = Hub(work, int(args.interval))
             items = list(tokens.items())
             fleet, probes = dict(items[:args.devices]), dict(items[args.devices:])
             rounds = asyncio.run(drive(hub, fleet, probes, args, work))
