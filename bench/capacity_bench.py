@@ -25,6 +25,10 @@ command (``sync``) and a 256 KiB file to all, until every device has completed t
 and verified the file (read back through the admin API every 2 s; at most 300 s); it
 reports errors, how long that took, and latency (all requests, and polls).
 
+The simulator is a whole node in Python: one core drives some 3,000-4,000 devices, and
+past that its own lag is what the step measures. ``connections_bench.py`` drives 10,000
+devices (a connection each, at their pace) from a lean generator, with a separate probe.
+
 The benchmark reports; it does not assert (exit 0 either way). It exits 1 only when
 something is broken: the hub does not start, registration fails.
 
