@@ -29,6 +29,20 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def devices_and_a_file(hub, devices: tuple[str, ...], target: str) -> tuple[dict, bytes]:
+    """Register ``devices`` and stage a 10,000-byte ``fw/app.bin`` for ``target``."""
+    tokens = {}
+    for device in devices:
+        response = requests.post(hub.url + "/api/v1/admin/devices/register",
+                                 json={"id": device}, headers=ADMIN, timeout=10)
+        tokens[device] = response.json()["token"]
+    content = os.urandom(10_000)
+    response = requests.put(f"{hub.url}/api/v1/admin/staging/{target}/fw/app.bin",
+                            data=content, headers=ADMIN, timeout=10)
+    assert response.status_code == 200, response.text
+    return tokens, content
+
+
 @pytest.fixture(scope="module")
 def fronted(tmp_path_factory):
     """A hub set up for nginx (accel prefix, trusted proxy, tight limits), nginx in
@@ -46,16 +60,7 @@ def fronted(tmp_path_factory):
                 str(workdir / "tls"))
         tls = (workdir / "tls" / "hub.crt", workdir / "tls" / "hub.key")
         nginx = NginxFront(workdir / "nginx", hub.port, hub.data_dir, tls=tls).start()
-        tokens = {}
-        for device in ("esp001", "esp002"):
-            response = requests.post(hub.url + "/api/v1/admin/devices/register",
-                                     json={"id": device}, headers=ADMIN, timeout=10)
-            tokens[device] = response.json()["token"]
-        content = os.urandom(10_000)
-        response = requests.put(hub.url + "/api/v1/admin/staging/esp001/fw/app.bin",
-                                data=content, headers=ADMIN, timeout=10)
-        assert response.status_code == 200, response.text
-        yield hub, nginx, tokens, content
+        yield hub, nginx, *devices_and_a_file(hub, ("esp001", "esp002"), "esp001")
     finally:
         if nginx is not None:
             nginx.stop()
@@ -202,16 +207,8 @@ def ticketed(tmp_path_factory):
     nginx = None
     try:
         nginx = NginxFront(workdir / "nginx", hub.port, hub.data_dir, settings=limits).start()
-        tokens = {}
-        for device in ("tk001", "tk002", "tk003", "tk004", "tk005", "tk006"):
-            response = requests.post(hub.url + "/api/v1/admin/devices/register",
-                                     json={"id": device}, headers=ADMIN, timeout=10)
-            tokens[device] = response.json()["token"]
-        content = os.urandom(10_000)
-        response = requests.put(hub.url + "/api/v1/admin/staging/all/fw/app.bin",
-                                data=content, headers=ADMIN, timeout=10)
-        assert response.status_code == 200, response.text
-        yield hub, nginx, tokens, content
+        devices = ("tk001", "tk002", "tk003", "tk004", "tk005", "tk006")
+        yield hub, nginx, *devices_and_a_file(hub, devices, "all")
     finally:
         if nginx is not None:
             nginx.stop()

@@ -19,8 +19,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from .files import write_atomically
-from .liveness import encode_in_slices
+from .liveness import encode_in_slices, write_or_retry_later
 from .periodic import Periodic
 from .tables import AtomicJSONStorage
 
@@ -167,12 +166,8 @@ class HealthSeries:
 
         payload = (f'{{"bucket_s":{json.dumps(self.bucket_s)},"devices":'
                    f'{encode_in_slices(self._lock, devices, points)}}}').encode()
-        try:
-            write_atomically(self.path, payload)
-        except Exception:
-            with self._lock:
-                self._closed_since_checkpoint = True
-            raise
+        write_or_retry_later(self.path, payload, self._lock,
+                             lambda: setattr(self, "_closed_since_checkpoint", True))
         return True
 
     def start(self) -> None:

@@ -61,12 +61,8 @@ class LivenessTable:
             self._dirty = False
             keys, wrap = list(self._entries), self._wrapper()
         payload = wrap(encode_in_slices(self._lock, keys, self._entries.get)).encode()
-        try:
-            write_atomically(self.path, payload)
-        except Exception:
-            with self._lock:
-                self._dirty = True
-            raise
+        write_or_retry_later(self.path, payload, self._lock,
+                             lambda: setattr(self, "_dirty", True))
         return True
 
     def start(self) -> None:
@@ -76,6 +72,18 @@ class LivenessTable:
     def stop(self) -> None:
         self._checkpoints.stop()
         self.checkpoint()
+
+
+def write_or_retry_later(path: Path, payload: bytes, lock: threading.Lock,
+                         mark_unwritten: Callable[[], None]) -> None:
+    """Write a checkpoint; if it fails, mark it unwritten (under ``lock``) so the next
+    checkpoint writes it, and raise."""
+    try:
+        write_atomically(path, payload)
+    except Exception:
+        with lock:
+            mark_unwritten()
+        raise
 
 
 #: Entries encoded at a time by a checkpoint, lock held; between slices the lock and the
