@@ -236,6 +236,16 @@ def size_label(size: int) -> str:
 
 
 # -- (b) chunk throughput --------------------------------------------------------------
+#: The ``done`` of every wrk script here: one ``RESULT`` line that ``run_wrk`` parses (requests,
+#: bytes, duration, p50, p99, errors). A %-template fragment, like the scripts it ends.
+WRK_RESULT = """done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d\\n", summary.requests,
+    summary.bytes, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
 WRK_SCRIPT = """
 local paths = {}
 local ranges = {}
@@ -257,13 +267,7 @@ request = function()
   end
   return wrk.format("GET", base .. "/" .. index, {["Authorization"] = "%(auth)s"})
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d\\n", summary.requests,
-    summary.bytes, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
+""" + WRK_RESULT
 
 
 def run_wrk(wrk: str, url: str, path: str, piece: int, count: int, by_range: bool,

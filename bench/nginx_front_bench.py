@@ -50,6 +50,7 @@ from files_bench import (  # noqa: E402 (after the path set-up)
     KIB,
     MIB,
     RESULTS_DIR,
+    WRK_RESULT,
     ensure_tools,
     run_wrk,
     running_hub,
@@ -126,13 +127,7 @@ if cold then
     end
   end
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d\\n", summary.requests,
-    summary.bytes, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
+""" + WRK_RESULT
 
 
 def run_ticketed(wrk: str, url: str, fleet: list[tuple[str, str]], piece: int, count: int,
