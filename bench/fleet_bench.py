@@ -58,7 +58,7 @@ TARGET_P99_MS = 100.0
 
 
 def register_fleet(data_dir: Path, count: int) -> list[tuple[str, str]]:
-    from dropsync.devices import register_device
+    from dropsync.fleet.devices import register_device
     from dropsync.store import Stores
 
     stores = Stores(data_dir)

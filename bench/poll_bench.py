@@ -172,8 +172,8 @@ def seed_data_dir(data_dir: Path, devices: int, history: int) -> tuple[list[tupl
     Returns the (device id, token) pairs and how long each part took. The stores are closed
     before returning: the hub holds the data directory exclusively.
     """
-    from dropsync.commands import ID_FACT
-    from dropsync.devices import register_device
+    from dropsync.fleet.devices import register_device
+    from dropsync.relay.commands import ID_FACT
     from dropsync.store import Stores
 
     rng = random.Random(SEED)
@@ -653,11 +653,11 @@ PROFILE_RULES: tuple[tuple[str, str, str | None], ...] = (
     ("rate limits, per request", "/flask_limiter/", None),
     ("rate limits, per request", "/limits/", None),
     ("marshmallow", "/marshmallow/", None),
-    ("token check (sha256 + compare)", "/dropsync/credentials.py", None),
+    ("token check (sha256 + compare)", "/dropsync/fleet/credentials.py", None),
     ("device lookup (KeyedTable.get: TinyDB + deepcopy)", "/dropsync/store/tables.py", None),
     ("liveness update", "/dropsync/store/liveness.py", None),
-    ("pacing (next_poll_s)", "/dropsync/pacing.py", None),
-    ("command queue (lease)", "/dropsync/commands.py", None),
+    ("pacing (next_poll_s)", "/dropsync/fleet/pacing.py", None),
+    ("command queue (lease)", "/dropsync/relay/commands.py", None),
     ("JSON encode (flask json provider)", "/flask/json/", None),
     ("werkzeug (request, headers, routing, response)", "/werkzeug/", None),
     ("flask (contexts, session, dispatch, hooks)", "/flask/", None),

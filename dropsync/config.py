@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .tickets import parse_secret
+from .sync.tickets import parse_secret
 
 ENV_PREFIX = "DROPSYNC_"
 #: Names the seed read from the environment without a prefix.

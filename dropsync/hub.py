@@ -12,24 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .blobs import BlobStore
-from .bootstrap import (
+from .fleet.bootstrap import (
     DEVICE_AUTH_FILE,
     ensure_first_admin,
     import_seed_device_auth,
     load_or_create_secret_key,
 )
-from .commands import CommandQueue
-from .commands import Settings as CommandSettings
-from .credentials import AdminAuthority, new_token
-from .firmware_images import FirmwareImages, is_firmware_path
-from .pacing import Pacing
-from .packages import PackageCatalog
-from .staging import Staging
+from .fleet.credentials import AdminAuthority, new_token
+from .fleet.pacing import Pacing
+from .relay.commands import CommandQueue
+from .relay.commands import Settings as CommandSettings
 from .store import Stores
-from .tickets import Tickets
-from .uploads import DeviceUploads
-from .watcher import StagingWatcher
+from .sync.blobs import BlobStore
+from .sync.firmware_images import FirmwareImages, is_firmware_path
+from .sync.packages import PackageCatalog
+from .sync.staging import Staging
+from .sync.tickets import Tickets
+from .sync.uploads import DeviceUploads
+from .sync.watcher import StagingWatcher
 
 log = logging.getLogger("dropsync")
 

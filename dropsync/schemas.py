@@ -17,10 +17,10 @@ from marshmallow import (
 )
 
 from .clock import unix_seconds
-from .commands import STATES
-from .devices import DEVICE_ID_RE, GROUP_RE
+from .fleet.devices import DEVICE_ID_RE, GROUP_RE
+from .fleet.messages import LEVELS
 from .jsonbounds import JSONTooDeep, loads_bounded
-from .messages import LEVELS
+from .relay.commands import STATES
 
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
 

@@ -231,7 +231,7 @@ def wait_as_standby(worker, busy: DataDirBusy) -> None:
 
 def largest_body(settings: Mapping[str, Any]) -> int:
     """The largest request body any route accepts: the bridge refuses more at once."""
-    from .uploads import MULTIPART_OVERHEAD
+    from .sync.uploads import MULTIPART_OVERHEAD
 
     return max(settings["MAX_REQUEST_BYTES"], settings["UPLOAD_MAX_BYTES"] + MULTIPART_OVERHEAD,
                settings["STAGING_UPLOAD_MAX_BYTES"])

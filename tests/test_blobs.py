@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from dropsync.blobs import BlobStore
 from dropsync.errors import NotFound, StorageFull
 from dropsync.store import Stores
 from dropsync.store.files import AtomicFile
 from dropsync.store.history import HistoryLog
 from dropsync.store.syncstate import SyncStateTable
+from dropsync.sync.blobs import BlobStore
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from dropsync import create_app
-from dropsync.credentials import tokens_match, verify_operator
 from dropsync.errors import ConfigError
+from dropsync.fleet.credentials import tokens_match, verify_operator
 
 
 @pytest.fixture

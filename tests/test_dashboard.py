@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, assert_error
 
-from dropsync import credentials, devices
+from dropsync.fleet import credentials, devices
 from dropsync.store.health import HealthSeries
 
 PASSWORD = "operator-password-1"

@@ -191,7 +191,7 @@ def test_operators(admin, stores):
     admin.put("/operators/alice/password", json={"password": "battery staple"})
     names = [o["username"] for o in admin.get("/operators").get_json()["operators"]]
     assert names == ["admin", "alice"]
-    from dropsync.credentials import verify_operator
+    from dropsync.fleet.credentials import verify_operator
     assert verify_operator(stores, "alice", "battery staple")["username"] == "alice"
     assert "password_hash" not in str(admin.get("/operators").get_json())
 

@@ -340,7 +340,7 @@ def test_options_lists_only_the_methods_of_the_named_route(app, client):
 
 def test_tokens_match_compares_the_whole_hash():
     """The mutant that compared only a prefix of the two hashes passed every test."""
-    from dropsync.credentials import hash_token, tokens_match
+    from dropsync.fleet.credentials import hash_token, tokens_match
 
     token = "secure-token-esp001-0123456789"
     stored = hash_token(token)
@@ -352,7 +352,7 @@ def test_tokens_match_compares_the_whole_hash():
 
 def test_a_device_whose_stored_hash_differs_in_the_last_character_is_refused(client, admin,
                                                                              stores):
-    from dropsync.credentials import hash_token
+    from dropsync.fleet.credentials import hash_token
 
     admin.register_device("esp001")
     token = "secure-token-esp001-0123456789"

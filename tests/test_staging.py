@@ -11,7 +11,7 @@ import pytest
 from support import ADMIN_TOKEN
 from sync_support import bearer, wait_until
 
-from dropsync.staging import StagingFolder, is_ignored_name, path_problem, target_problem
+from dropsync.sync.staging import StagingFolder, is_ignored_name, path_problem, target_problem
 
 ADMIN = bearer(ADMIN_TOKEN)
 
@@ -299,7 +299,7 @@ def test_files_present_at_start_are_taken_in_by_the_first_rescan(watched_hub, se
 
 
 def test_open_for_writing_is_told_by_a_read_lease(tmp_path):
-    from dropsync.watcher import is_open_for_writing
+    from dropsync.sync.watcher import is_open_for_writing
 
     path = tmp_path / "f.bin"
     with open(path, "wb") as writer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Response, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
-from ..blobs import BlobInfo
+from ..sync.blobs import BlobInfo
 
 OCTET_STREAM = "application/octet-stream"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
-from .. import credentials, devices
+from ..fleet import credentials, devices
 from ..schemas import (
     AdminTokenCreateSchema,
     AdminTokenListSchema,

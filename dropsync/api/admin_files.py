@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from flask import current_app, request
 
-from ..file_schemas import (
+from ..sync.packages import PackageCatalog
+from ..sync.schemas import (
     PackageListQuerySchema,
     PackageListSchema,
     PackageStatusSchema,
@@ -19,7 +20,6 @@ from ..file_schemas import (
     UploadListSchema,
     WithdrawnSchema,
 )
-from ..packages import PackageCatalog
 from .admin import bp
 from .context import current_hub
 from .contract import contract

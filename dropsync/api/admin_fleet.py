@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from flask import g
 
-from .. import __version__, groups
-from ..commands import Target
-from ..messages import query_messages
+from .. import __version__
+from ..fleet import groups
+from ..fleet.messages import query_messages
+from ..relay.commands import Target
 from ..schemas import (
     CancelSchema,
     CommandCreateSchema,

@@ -6,7 +6,7 @@ import time
 
 from flask import current_app, g, request
 
-from ..devices import authenticate_device
+from ..fleet.devices import authenticate_device
 from ..hub import Hub
 from .limits import client_address
 

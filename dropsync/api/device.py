@@ -10,8 +10,8 @@ import time
 
 from flask import Blueprint, g
 
-from ..messages import record_message
-from ..pacing import record_heartbeat
+from ..fleet.messages import record_message
+from ..fleet.pacing import record_heartbeat
 from ..schemas import (
     CompleteSchema,
     CompletionSchema,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import werkzeug.utils
 from flask import Blueprint, Response, current_app, g, request
 
-from ..blobs import BlobInfo
 from ..errors import BadRequest, Forbidden, PayloadTooLarge
-from ..file_schemas import (
+from ..schemas import DeletedSchema
+from ..sync.blobs import BlobInfo
+from ..sync.packages import Manifest
+from ..sync.schemas import (
     DeviceUploadListSchema,
     DeviceUploadSchema,
     ManifestSchema,
@@ -23,9 +25,7 @@ from ..file_schemas import (
     SyncReportSchema,
     UploadQuerySchema,
 )
-from ..packages import Manifest
-from ..schemas import DeletedSchema
-from ..uploads import MULTIPART_OVERHEAD, READ_BUFFER
+from ..sync.uploads import MULTIPART_OVERHEAD, READ_BUFFER
 from . import accel
 from .context import current_hub, require_device_token
 from .contract import contract

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from .. import __version__
-from ..file_schemas import HealthWithStagingSchema
+from ..sync.schemas import HealthWithStagingSchema
 from .context import current_hub
 from .contract import contract
 

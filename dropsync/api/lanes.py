@@ -24,8 +24,8 @@ from typing import Any
 from flask import Flask
 from marshmallow import ValidationError
 
-from ..devices import authenticate_device
 from ..errors import DropSyncError
+from ..fleet.devices import authenticate_device
 from ..ops.requestlog import log as request_log
 from . import accel
 from .context import device_token_of
@@ -36,7 +36,7 @@ TICKET_CHUNK_ENDPOINT = "files.ticket_chunk"
 POLL_ENDPOINT = "device.poll_commands"
 #: The routes of those endpoints (ASCII ids, as the hub issues them).
 CHUNK_PATH = re.compile(r"/api/v1/files/download/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
-#: A chunk by download ticket (dropsync.tickets): what nginx asks on a cache miss.
+#: A chunk by download ticket (dropsync.sync.tickets): what nginx asks on a cache miss.
 TICKET_CHUNK_PATH = re.compile(
     r"/api/v1/files/t/([0-9]+)/([A-Za-z0-9_-]+)/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
 POLL_PATH = re.compile(r"/api/v1/device/commands/([^/]+)")

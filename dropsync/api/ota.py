@@ -1,6 +1,6 @@
 """The stock updaters' route, ``GET /api/v1/ota/{id}``: nodes that run only their core's
 ``ESPhttpUpdate`` (ESP8266) or ``httpUpdate`` (ESP32) get the firmware image staged for
-them (``staging/<target>/firmware/<name>.bin``, see firmware_images.py).
+them (``staging/<target>/firmware/<name>.bin``, see sync/firmware_images.py).
 
 Those updaters cannot send a bearer token: they send HTTP Basic credentials set with
 ``setAuthorization(user, password)`` or written as ``http://user:password@hub/...`` in the
@@ -18,9 +18,9 @@ import time
 
 from flask import Blueprint, Response, current_app, g, request
 
-from ..devices import authenticate_device
 from ..errors import Conflict, Forbidden, NotFound
-from ..firmware_images import AmbiguousImage, appended_digest, choose_image, is_running
+from ..fleet.devices import authenticate_device
+from ..sync.firmware_images import AmbiguousImage, appended_digest, choose_image, is_running
 from . import accel
 from .context import current_hub, device_token
 from .contract import contract

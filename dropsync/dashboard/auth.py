@@ -23,12 +23,12 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .. import credentials
 from ..api import errors as api_errors
 from ..api.context import current_hub
 from ..api.limits import client_address
-from ..devices import record_event
 from ..errors import DropSyncError, Forbidden, Unauthorized
+from ..fleet import credentials
+from ..fleet.devices import record_event
 from . import SECURITY_HEADERS, bp, csrf
 
 #: Endpoints open without a session (the login form and its post).

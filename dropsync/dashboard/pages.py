@@ -24,14 +24,15 @@ from flask import (
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import NotFound
 
-from .. import __version__, credentials, devices
+from .. import __version__
 from ..api.admin_files import stage_request_body
 from ..api.admin_fleet import queue_command
 from ..api.context import current_hub
 from ..api.files import send_stored_file
 from ..errors import BadRequest, DropSyncError, ValidationFailed
+from ..fleet import credentials, devices
+from ..fleet.messages import LEVELS
 from ..hub import local_url
-from ..messages import LEVELS
 from ..schemas import (
     AdminTokenCreateSchema,
     CommandCreateSchema,

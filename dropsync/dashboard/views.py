@@ -16,9 +16,9 @@ from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any
 
+from ..fleet.messages import query_messages
 from ..hub import Hub
-from ..messages import query_messages
-from ..packages import HOLDING_STATES, device_status
+from ..sync.packages import HOLDING_STATES, device_status
 from . import charts
 
 #: Seconds a fleet-wide figure is reused; the pages refresh every 2.5 s.

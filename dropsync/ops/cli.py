@@ -23,7 +23,7 @@ import click
 
 from ..config import load_config
 from ..store.files import fsync_dir
-from ..tickets import parse_secret
+from ..sync.tickets import parse_secret
 from . import service
 from .backup import RestoreError, restore_archive
 from .nginx import render_ticket_conf

@@ -17,7 +17,7 @@ naming the blob (``/_blobs/ab/<sha256>``). nginx then sends the bytes itself:
 
 The hub's headers (``X-Chunk-SHA256``, ``x-MD5``...) are copied onto nginx's answer.
 
-With download tickets (the hub's ``DOWNLOAD_TICKET_SECRET``, ``dropsync.tickets``) a
+With download tickets (the hub's ``DOWNLOAD_TICKET_SECRET``, ``dropsync.sync.tickets``) a
 manifest's urls are ``/api/v1/files/t/<expires>/<sig>/<device>/<package>/<version>``, and
 a chunk at such a url never reaches the hub twice: nginx checks the ticket itself
 (``secure_link``, with the secret from the small file ``dropsync nginx-ticket`` writes),

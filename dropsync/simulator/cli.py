@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from ..bootstrap import FIRST_ADMIN_FILE
 from ..config import load_config
 from ..errors import StartupError
+from ..fleet.bootstrap import FIRST_ADMIN_FILE
 from ..hubclient import HubError
 from ..store import current_holder
 from .faults import FAULT_KINDS, FaultPlan

@@ -149,7 +149,7 @@ class Stores:
         self.manifests = KeyedTable(self._open("manifests.json"), "manifests", "device_id",
                                     item="manifest")
         #: Each device's manifest version and the digest it was given for: memory,
-        #: checkpointed. Versions come from blocks reserved in ``meta`` (see packages.py),
+        #: checkpointed. Versions come from blocks reserved in ``meta`` (see sync/packages.py),
         #: so one lost with a crash is never given again.
         self.manifest_versions = LivenessTable(self.data_dir / "manifest_versions.json",
                                                checkpoint_s)

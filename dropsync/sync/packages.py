@@ -30,11 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import now_iso
+from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
+from ..fleet.devices import record_event
+from ..store import Document, Stores
 from .blobs import BlobInfo, BlobStore
-from .clock import now_iso
-from .devices import record_event
-from .errors import Conflict, Forbidden, NotFound, ValidationFailed
-from .store import Document, Stores
 from .tickets import Tickets
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import NotFound
-from .store.files import AtomicFile, write_atomically
+from ..errors import NotFound
+from ..store.files import AtomicFile, write_atomically
 
 log = logging.getLogger(__name__)
 

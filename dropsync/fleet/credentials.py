@@ -16,9 +16,9 @@ import time
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .clock import now_iso
-from .errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from .store import Document, Stores
+from ..clock import now_iso
+from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from ..store import Document, Stores
 
 TOKEN_BYTES = 24
 MIN_PASSWORD_LENGTH = 8

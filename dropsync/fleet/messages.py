@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .clock import iso_from_epoch
-from .store import Document, Stores
+from ..clock import iso_from_epoch
+from ..store import Document, Stores
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -13,12 +13,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .clock import now_iso
+from ..clock import now_iso
+from ..errors import ConfigError, DropSyncError, NotFound, ValidationFailed
+from ..jsonbounds import loads_bounded
+from ..store import Stores, write_atomically
 from .credentials import add_operator, check_password_policy, create_admin_token
 from .devices import import_device_tokens
-from .errors import ConfigError, DropSyncError, NotFound, ValidationFailed
-from .jsonbounds import loads_bounded
-from .store import Stores, write_atomically
 
 log = logging.getLogger("dropsync")
 

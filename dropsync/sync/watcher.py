@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .clock import now_iso
+from ..clock import now_iso
 from .staging import StagedFileChanged, Staging, file_stamp
 
 log = logging.getLogger(__name__)

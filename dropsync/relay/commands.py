@@ -35,11 +35,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import iso_from_epoch
-from .devices import record_event
-from .errors import Conflict, NotFound, ValidationFailed
-from .store import Document, Stores
-from .store.periodic import Periodic
+from ..clock import iso_from_epoch
+from ..errors import Conflict, NotFound, ValidationFailed
+from ..fleet.devices import record_event
+from ..store import Document, Stores
+from ..store.periodic import Periodic
 
 log = logging.getLogger(__name__)
 

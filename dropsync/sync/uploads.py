@@ -23,11 +23,11 @@ from typing import Any
 
 from werkzeug.sansio.multipart import Data, Epilogue, File, MultipartDecoder, NeedData
 
-from .clock import now_iso
-from .devices import validate_device_id
-from .errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from .store import Document, Stores
-from .store.files import AtomicFile
+from ..clock import now_iso
+from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..fleet.devices import validate_device_id
+from ..store import Document, Stores
+from ..store.files import AtomicFile
 
 log = logging.getLogger(__name__)
 

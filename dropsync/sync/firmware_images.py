@@ -20,9 +20,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .config import flash_limits_from
+from ..config import flash_limits_from
+from ..store import Document
 from .packages import ALL_TARGET, GROUP_PREFIX, targets_of
-from .store import Document
 
 FIRMWARE_FOLDER = "firmware/"
 FIRMWARE_SUFFIX = ".bin"

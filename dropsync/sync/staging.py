@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import timings
-from .devices import DEVICE_ID_RE, GROUP_RE
-from .errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
+from .. import timings
+from ..errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
+from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
+from ..store import Document
+from ..store.files import AtomicFile
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
-from .store import Document
-from .store.files import AtomicFile
 
 log = logging.getLogger(__name__)
 

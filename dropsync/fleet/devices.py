@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import now_iso
+from ..clock import now_iso
+from ..errors import Conflict, Forbidden, NotFound, StorageFull, Unauthorized, ValidationFailed
+from ..store import Document, Stores
 from .credentials import hash_token, new_token, tokens_match
-from .errors import Conflict, Forbidden, NotFound, StorageFull, Unauthorized, ValidationFailed
-from .store import Document, Stores
 
 log = logging.getLogger(__name__)
 

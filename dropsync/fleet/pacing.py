@@ -17,8 +17,8 @@ import random
 import time
 from typing import Any
 
-from .clock import iso_from_epoch
-from .store import Document, Stores
+from ..clock import iso_from_epoch
+from ..store import Document, Stores
 
 ONLINE, OVERDUE, OFFLINE = "online", "overdue", "offline"
 #: Heartbeat fields with a meaning of their own; anything else is an extra attribute.

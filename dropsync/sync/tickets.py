@@ -25,7 +25,7 @@ import hmac
 import re
 import time
 
-from .errors import DropSyncError, Forbidden
+from ..errors import DropSyncError, Forbidden
 
 #: Where ticketed downloads live (the chunk is ``<this>/<index>``).
 TICKET_PATH = "/api/v1/files/t/{expires}/{sig}/{device_id}/{package_id}/{version}"

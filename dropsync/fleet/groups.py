@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .clock import now_iso
+from ..clock import now_iso
+from ..errors import NotFound
+from ..store import Document, Stores
 from .devices import update_device, validate_groups
-from .errors import NotFound
-from .store import Document, Stores
 
 
 def list_groups(stores: Stores) -> list[Document]:

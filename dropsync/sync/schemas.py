@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ..schemas import HealthSchema, UnixSeconds
 from .packages import SOURCES, SYNC_STATES
-from .schemas import HealthSchema, UnixSeconds
 
 
 class ManifestFileSchema(Schema):
