@@ -8,6 +8,7 @@ without ``cryptography``, so the store and staging can use them cheaply.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,11 @@ PRIVATE_KEY_SNIFF = 64
 PRIVATE_KEY_MAX_BYTES = 64 * 1024
 #: ``read_at(offset, size)``: bytes of a file, as ``os.pread`` gives them.
 ReadAt = Callable[[int, int], bytes]
+
+
+def read_at_of(fd: int) -> ReadAt:
+    """A ``ReadAt`` over an open file descriptor."""
+    return lambda offset, size: os.pread(fd, size, offset)
 
 
 def looks_like_private_key(head: bytes) -> bool:

@@ -190,19 +190,6 @@ def verify_image(read_at: ReadAt, size: int, keys: Iterable[PublicKey]) -> Signa
     return None
 
 
-def has_signature_shape(read_at: ReadAt, size: int) -> bool:
-    """Whether the image ends like a signed one of either format (whoever signed it)."""
-    if size > LENGTH_TRAILER.size:
-        (length,) = LENGTH_TRAILER.unpack(read_at(size - LENGTH_TRAILER.size,
-                                                  LENGTH_TRAILER.size))
-        if length in (256, 384, 512) and size > length + LENGTH_TRAILER.size:
-            return True
-    if size > ESP32_SIGNATURE_BLOCK:
-        block = read_at(size - ESP32_SIGNATURE_BLOCK, ESP32_SIGNATURE_BLOCK)
-        return _esp32_signature_length(block) is not None
-    return False
-
-
 def _digest(read_at: ReadAt, length: int, algorithm: hashes.HashAlgorithm) -> bytes:
     digest = hashlib.new(algorithm.name)
     offset = 0

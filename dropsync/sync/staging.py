@@ -31,7 +31,6 @@ import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,7 +39,7 @@ from ..errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
 from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
 from ..store import Document
 from ..store.files import AtomicFile
-from .keyfiles import PRIVATE_KEY_SNIFF, ReadAt, looks_like_private_key
+from .keyfiles import PRIVATE_KEY_SNIFF, ReadAt, looks_like_private_key, read_at_of
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
 
 log = logging.getLogger(__name__)
@@ -320,7 +319,7 @@ class Staging:
         with reader:
             before = file_stamp(os.fstat(reader.fileno()))
             refused = self.refused_content(staged.target, staged.rel,
-                                           partial(os.pread, reader.fileno()), before["size"])
+                                           read_at_of(reader.fileno()), before["size"])
             if refused:
                 self._note(Problem("refused_content", staged.slot, refused))
                 return None, False
@@ -383,7 +382,7 @@ class Staging:
                                      code="empty_body")
                 with open(incoming.temp, "rb") as written:
                     refused = self.refused_content(target, rel,
-                                                   partial(os.pread, written.fileno()),
+                                                   read_at_of(written.fileno()),
                                                    incoming.size)
                 if refused:
                     raise ValidationFailed(refused, {"target": target, "path": rel},
@@ -489,7 +488,7 @@ class Staging:
                 continue
             with open(self.catalog.blobs.path_of(package["sha256"]), "rb") as blob:
                 refused = self.refused_content(package["target"], package["path"],
-                                               partial(os.pread, blob.fileno()),
+                                               read_at_of(blob.fileno()),
                                                package["size"])
             if refused:
                 self._note(Problem("refused_content", slot, refused))
