@@ -140,6 +140,17 @@ def parse_flash_limits(text: str) -> str:
     return ",".join(f"{kind}={size}" for kind, size in flash_limits_from(text).items())
 
 
+def parse_path_list(text: str) -> str:
+    """Comma-separated file paths (empty items dropped); each must name a file."""
+    paths = [item.strip() for item in text.split(",") if item.strip()]
+    if not paths:
+        raise ValueError("expected one or more file paths, comma-separated")
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise ValueError(f"no such file: {', '.join(missing)}")
+    return ",".join(paths)
+
+
 def parse_address_list(text: str) -> str:
     """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
     import ipaddress
@@ -258,6 +269,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FIRMWARE_MAX_BYTES", "esp8266=1044464,esp32=1310720", parse_flash_limits,
             "Largest firmware image per device type (`firmware/*.bin` in staging); larger "
             "ones are refused at staging. A group or `all` takes its smallest device's."),
+    Setting("FIRMWARE_SIGNING_KEYS", None, parse_path_list,
+            "Public keys (PEM files, comma-separated) that firmware images must be signed "
+            "with (`dropsync keys new`, `dropsync sign`); an unsigned image, or one no key "
+            "verifies, is refused at staging. Unset: images are not checked for a signature."),
     # -- operations (issue 13): request log, proxies, TLS, discovery ----------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import ConfigError
 from .fleet.bootstrap import (
     DEVICE_AUTH_FILE,
     ensure_first_admin,
@@ -25,6 +26,7 @@ from .relay.commands import Settings as CommandSettings
 from .store import Stores
 from .sync.blobs import BlobStore
 from .sync.firmware_images import FirmwareImages, is_firmware_path
+from .sync.keyfiles import private_key_files
 from .sync.packages import PackageCatalog
 from .sync.staging import Staging
 from .sync.tickets import Tickets
@@ -35,6 +37,25 @@ log = logging.getLogger("dropsync")
 
 #: Where the seed kept its token map, relative to the working directory.
 SEED_APP_DIR = Path("app")
+
+
+def signing_keys(settings: dict[str, Any]) -> list:
+    """The public keys of ``FIRMWARE_SIGNING_KEYS`` (a private key there is a config
+    error); a private key lying in the data folder is one too, keys or not."""
+    found = private_key_files(Path(settings["DATA_DIR"]))
+    if found:
+        raise ConfigError(f"{found[0]} is a private key in the hub's data folder: move it "
+                          "to the machine that signs (the hub needs only public keys, and "
+                          "a backup would carry it)")
+    paths = settings["FIRMWARE_SIGNING_KEYS"]
+    if not paths:
+        return []
+    from .sync.signing import SigningError, load_public_keys  # cryptography: only if set
+
+    try:
+        return load_public_keys(paths.split(","))
+    except SigningError as exc:
+        raise ConfigError(f"FIRMWARE_SIGNING_KEYS: {exc}") from None
 
 
 def local_url(settings: dict[str, Any]) -> str:
@@ -135,8 +156,9 @@ class Hub:
             self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
                                             settings["DOWNLOAD_TICKET_TTL_S"])
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
-        self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
-                                                      self.stores.devices).problem
+        self.firmware = FirmwareImages(settings["FIRMWARE_MAX_BYTES"], self.stores.devices,
+                                       signing_keys(settings))
+        self.staging.content_problem = self.firmware.problem
         firmware_chunk = settings["FIRMWARE_CHUNK_SIZE"]
         self.staging.chunk_size_for = \
             lambda rel: firmware_chunk if is_firmware_path(rel) else None
@@ -146,6 +168,11 @@ class Hub:
         self.watcher = StagingWatcher(self.staging, settle_s=settings["STAGING_SETTLE_S"],
                                       rescan_s=settings["STAGING_RESCAN_S"],
                                       observer=settings["STAGING_OBSERVER"])
+        if self.firmware.keys:
+            # images taken in before the keys were set (or with other keys) stop here
+            for package in self.staging.recheck(is_firmware_path):
+                log.warning("firmware image %s/%s withdrawn: %s", package["target"],
+                            package["path"], "its signature does not verify")
         self.packages.remove_unreferenced_blobs()
         self.uploads.forget_missing_files()
 

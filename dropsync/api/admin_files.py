@@ -30,9 +30,11 @@ PROGRESS_FIELDS = ("targets", "have", "downloading", "failed")
 
 def with_progress(catalog: PackageCatalog, packages: list[dict]) -> list[dict]:
     """Packages with how far their target devices are (one pass over the sync state)."""
-    status = catalog.status(current_hub().stores.devices.all(), [p["id"] for p in packages])
+    hub = current_hub()
+    status = catalog.status(hub.stores.devices.all(), [p["id"] for p in packages])
     return [{**p, "progress": {k: status[p["id"]][k] for k in PROGRESS_FIELDS},
-             "devices": status[p["id"]]["devices"]} for p in packages]
+             "devices": status[p["id"]]["devices"],
+             "signature": hub.firmware.signature_dict(p)} for p in packages]
 
 
 # -- packages --------------------------------------------------------------------------

@@ -312,11 +312,13 @@ def package_list():
 
 @bp.get("/packages/<package_id>")
 def package_detail(package_id: str):
-    hub().packages.get(package_id)  # 404 for an unknown id
+    stored = hub().packages.get(package_id)  # 404 for an unknown id
     found = views.package_progress(hub(), [package_id])
     return render_page("dashboard/package.html",
                        {"package-devices": "dashboard/_package_devices.html"},
-                       package=found[0] if found else hub().packages.get(package_id))
+                       package=found[0] if found else stored,
+                       signature=hub().firmware.signature_dict(stored),
+                       signing=bool(hub().firmware.keys))
 
 
 @bp.post("/packages/<package_id>/withdraw")

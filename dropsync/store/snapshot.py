@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict
+from ..sync.keyfiles import is_private_key_file
 from .datadir import LOCK_FILE
 from .files import TEMP_SUFFIX
 
@@ -173,6 +174,10 @@ class Snapshotter:
                 path = base / name
                 rel = path.relative_to(data_dir)
                 if is_archived(rel.parts) and path.is_file() and not path.is_symlink():
+                    if len(rel.parts) == 1 and is_private_key_file(path):
+                        log.warning("backup: %s left out: a private key is never backed "
+                                    "up with the hub's data (keep it off the hub)", rel)
+                        continue
                     yield path, rel
 
     @staticmethod

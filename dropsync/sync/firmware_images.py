@@ -11,18 +11,25 @@ chunks and streams it into ``Update``), and it is also served whole at
 An image that could never boot is refused when it is staged, not when a node has already
 erased its update slot: its first byte must be 0xE9 (the magic byte of every ESP8266 and
 ESP32 application image; both updaters check it too) and it must fit the target's flash
-(``FIRMWARE_MAX_BYTES``, per device type).
+(``FIRMWARE_MAX_BYTES``, per device type). With ``FIRMWARE_SIGNING_KEYS`` set, an image
+must also carry a signature one of those keys verifies (``signing.py``), so nothing that
+can write to staging, the admin API or the hub's disk can make nodes flash its own image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import flash_limits_from
 from ..store import Document
+from .keyfiles import ReadAt
 from .packages import ALL_TARGET, GROUP_PREFIX, targets_of
+
+if TYPE_CHECKING:  # cryptography is loaded only when keys are configured
+    from .signing import PublicKey, Signature
 
 FIRMWARE_FOLDER = "firmware/"
 FIRMWARE_SUFFIX = ".bin"
@@ -41,9 +48,13 @@ class FirmwareImages:
     target: a device folder by its device type, a group or ``all`` by the smallest limit
     of the devices it reaches (the smallest configured one when it reaches none yet)."""
 
-    def __init__(self, limits: str, devices: Any):
+    def __init__(self, limits: str, devices: Any, keys: list[PublicKey] | None = None):
         self.limits = flash_limits_from(limits)
         self.devices = devices  # the devices table (its ``get`` and ``all``)
+        #: Public keys an image must be signed with; empty: signatures are not checked.
+        self.keys = keys or []
+        #: The signature of each image taken in, by its SHA-256, for the package page.
+        self.signatures: dict[str, Signature] = {}
 
     def limit_for(self, target: str) -> int:
         smallest = min(self.limits.values())
@@ -57,14 +68,15 @@ class FirmwareImages:
         sizes = [self.limits.get(str(d.get("type") or "").lower(), smallest) for d in reached]
         return min(sizes, default=smallest)
 
-    def problem(self, target: str, rel: str, head: bytes, size: int) -> str | None:
+    def problem(self, target: str, rel: str, read_at: ReadAt, size: int) -> str | None:
         """Why the staged file at ``target/rel`` cannot be taken in, or None.
 
-        ``head`` is the file's first bytes and ``size`` its length. Files that are not
-        firmware images are never refused here.
+        ``read_at(offset, size)`` reads the file's bytes and ``size`` is its length. Files
+        that are not firmware images are never refused here.
         """
         if not is_firmware_path(rel):
             return None
+        head = read_at(0, HEAD_BYTES)
         if not head or head[0] != IMAGE_MAGIC:
             found = f"0x{head[0]:02X}" if head else "an empty file"
             return (f"not an ESP firmware image: the first byte is {found}, an image "
@@ -73,7 +85,39 @@ class FirmwareImages:
         if size > limit:
             return (f"the image is {size} bytes; the flash of {target} takes at most "
                     f"{limit} (FIRMWARE_MAX_BYTES)")
+        return self.signature_problem(read_at, size)
+
+    def signature_problem(self, read_at: ReadAt, size: int) -> str | None:
+        """Why an image's signature is not good enough, or None (always None when no
+        keys are configured). What verified is remembered for ``signature_of``."""
+        if not self.keys:
+            return None
+        from .signing import key_id, verify_image
+
+        found = verify_image(read_at, size, self.keys)
+        if found is None:
+            wanted = ", ".join(key_id(k) for k in self.keys)
+            # (an unsigned image cannot be told from a tampered one by its shape: its
+            # last 512 bytes are as good a block as an RSA-4096 signature padded in)
+            return ("the image carries no signature that verifies with a key of "
+                    f"FIRMWARE_SIGNING_KEYS ({wanted}): it is unsigned, changed after "
+                    "signing, or signed with another key; sign it with `dropsync sign` "
+                    "on the machine that holds the private key")
+        self.signatures[_sha256_of(read_at, size)] = found
         return None
+
+    def signature_dict(self, package: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Which key signed a firmware package's image, as the admin API and the package
+        page show it (None when signatures are not checked or it is not an image)."""
+        found = self.signatures.get(package.get("sha256", ""))
+        return found.as_dict() if found else None
+
+
+def _sha256_of(read_at: ReadAt, size: int) -> str:
+    digest = hashlib.sha256()
+    for offset in range(0, size, 256 * 1024):
+        digest.update(read_at(offset, min(256 * 1024, size - offset)))
+    return digest.hexdigest()
 
 
 def choose_image(device: Mapping[str, Any], files: Mapping[str, Document]) -> Document | None:

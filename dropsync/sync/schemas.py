@@ -124,6 +124,13 @@ class ProgressSchema(Schema):
     failed = fields.Integer()
 
 
+class SignatureSchema(Schema):
+    format = fields.String(metadata={"description": "esp8266 or esp32 (the cores' layouts)."})
+    key_id = fields.String(metadata={
+        "description": "The verifying public key: SHA-256 of its DER form, 16 hex digits."})
+    signed_size = fields.Integer(metadata={"description": "Bytes of image the signature covers."})
+
+
 class PackageSchema(Schema):
     id = fields.String()
     target = fields.String()
@@ -137,6 +144,9 @@ class PackageSchema(Schema):
     created = fields.String()
     source = fields.String()
     progress = fields.Nested(ProgressSchema)
+    signature = fields.Nested(SignatureSchema, allow_none=True, metadata={
+        "description": "Which configured key signed this firmware image "
+                       "(FIRMWARE_SIGNING_KEYS); null when signatures are not checked."})
 
 
 class PackageListQuerySchema(Schema):

@@ -39,6 +39,7 @@ from ..errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
 from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
 from ..store import Document
 from ..store.files import AtomicFile
+from .keyfiles import PRIVATE_KEY_SNIFF, ReadAt, looks_like_private_key, read_at_of
 from .packages import ALL_TARGET, GROUP_PREFIX, PackageCatalog
 
 log = logging.getLogger(__name__)
@@ -278,10 +279,11 @@ class Staging:
         #: Guards the two above: the settle thread and requests both note problems.
         self._problems_lock = threading.Lock()
         #: Why a staged file's content cannot be taken in, or None; called with its
-        #: target, its path below it, its first 16 bytes and its size. The hub sets the
-        #: firmware image check (firmware_images.py) here.
-        self.content_problem: Callable[[str, str, bytes, int], str | None] = \
-            lambda target, rel, head, size: None
+        #: target, its path below it, a ``read_at(offset, size)`` of its bytes and its
+        #: size. The hub sets the firmware image check (firmware_images.py) here; private
+        #: keys are refused before it, whatever the hub sets (``refused_content``).
+        self.content_problem: Callable[[str, str, ReadAt, int], str | None] = \
+            lambda target, rel, read_at, size: None
         #: The chunk size for a staged path (below its target), or None for the blob
         #: store's own; the hub gives firmware images theirs here.
         self.chunk_size_for: Callable[[str], int | None] = lambda rel: None
@@ -316,8 +318,8 @@ class Staging:
         self._clear_problems(staged.slot)
         with reader:
             before = file_stamp(os.fstat(reader.fileno()))
-            refused = self.content_problem(staged.target, staged.rel,
-                                           os.pread(reader.fileno(), 16, 0), before["size"])
+            refused = self.refused_content(staged.target, staged.rel,
+                                           read_at_of(reader.fileno()), before["size"])
             if refused:
                 self._note(Problem("refused_content", staged.slot, refused))
                 return None, False
@@ -369,18 +371,19 @@ class Staging:
                             code="outside_staging") from None
         try:
             with AtomicFile(destination.parent, destination.name, mode=0o644) as incoming:
-                head = b""
                 while data := stream.read(COPY_BUFFER):
                     if incoming.size + len(data) > max_bytes:
                         raise PayloadTooLarge(f"a staged file may be at most {max_bytes} "
                                               "bytes (STAGING_UPLOAD_MAX_BYTES)")
-                    head = head or data[:16]
                     incoming.write(data)
                 if not incoming.size:
                     raise BadRequest("the body is empty: send the file's bytes (an empty "
                                      "file can still be dropped into the folder)",
                                      code="empty_body")
-                refused = self.content_problem(target, rel, head, incoming.size)
+                with open(incoming.temp, "rb") as written:
+                    refused = self.refused_content(target, rel,
+                                                   read_at_of(written.fileno()),
+                                                   incoming.size)
                 if refused:
                     raise ValidationFailed(refused, {"target": target, "path": rel},
                                            code="refused_content")
@@ -388,6 +391,16 @@ class Staging:
         except BaseException:
             remove_empty_folders(destination.parent, down_to=existing)
             raise
+
+    def refused_content(self, target: str, rel: str, read_at: ReadAt, size: int) \
+            -> str | None:
+        """Why a staged file's bytes cannot become a package, or None: a private key
+        never can (whoever staged it meant to keep it, not to hand it to every node),
+        then whatever the hub's ``content_problem`` says."""
+        if looks_like_private_key(read_at(0, PRIVATE_KEY_SNIFF)):
+            return ("a PEM private key: keys are never offered to devices (a signing key "
+                    "stays on the machine that signs; the hub needs only its public key)")
+        return self.content_problem(target, rel, read_at, size)
 
     def _publish_then_place(self, incoming: AtomicFile, destination: Path, target: str,
                             rel: str, source: str) -> tuple[Document, bool]:
@@ -463,6 +476,24 @@ class Staging:
             except Refused:
                 pass  # still there, but now leads outside: withdraw it
             return self.catalog.withdraw(package["id"])
+
+    def recheck(self, applies: Callable[[str], bool]) -> list[Document]:
+        """Check the published packages whose path ``applies`` again, against today's
+        rules, and withdraw those that are now refused (the staged file stays, with its
+        problem shown): a hub started with ``FIRMWARE_SIGNING_KEYS`` for the first time
+        must not go on offering the unsigned images it took in before."""
+        withdrawn = []
+        for slot, package in list(self.catalog.catalog.by_slot.items()):
+            if not applies(package["path"]):
+                continue
+            with open(self.catalog.blobs.path_of(package["sha256"]), "rb") as blob:
+                refused = self.refused_content(package["target"], package["path"],
+                                               read_at_of(blob.fileno()),
+                                               package["size"])
+            if refused:
+                self._note(Problem("refused_content", slot, refused))
+                withdrawn.append(self.catalog.withdraw(package["id"]))
+        return withdrawn
 
     def withdraw(self, package_id: str) -> Document:
         """Withdraw a package on request: its staged file is removed too, or the folder

@@ -15,6 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "dropsync_core/hub_client.h"
 #include "dropsync_core/text.h"
 
@@ -22,9 +27,25 @@ using dropsync::copy_text;
 using dropsync::append_text;
 
 // -- HTTP over POSIX sockets (HTTP/1.0: one request per connection, no chunked bodies) ----
+PosixTransport::~PosixTransport() {
+  close();
+  if (session_) SSL_SESSION_free(session_);
+  if (ctx_) SSL_CTX_free(ctx_);
+}
+
 bool PosixTransport::configure(const char* base) {
   const char* p = base;
   if (strncmp(p, "http://", 7) == 0) p += 7;
+  if (strncmp(p, "https://", 8) == 0) {
+    p += 8;
+    tls_ = true;
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (!ctx_) return false;
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    // The pin decides, not a chain to a CA (a hub's certificate is its own, self-signed).
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_NONE, nullptr);
+    SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT);
+  }
   const char* colon = strchr(p, ':');
   if (!colon || colon - p >= static_cast<long>(sizeof(host_))) return false;
   memcpy(host_, p, colon - p);
@@ -33,15 +54,72 @@ bool PosixTransport::configure(const char* base) {
   return port_ > 0;
 }
 
+bool PosixTransport::pin_certificate(const char* pem_path) {
+  FILE* file = fopen(pem_path, "r");
+  if (!file) return false;
+  X509* certificate = PEM_read_X509(file, nullptr, nullptr, nullptr);
+  fclose(file);
+  if (!certificate) return false;
+  unsigned int length = 0;
+  pinned_ = X509_digest(certificate, EVP_sha256(), pin_, &length) == 1 && length == 32;
+  X509_free(certificate);
+  return pinned_;
+}
+
+// The handshake, then the pin: any certificate but the pinned one ends the connection.
+bool PosixTransport::start_tls() {
+  ssl_ = SSL_new(ctx_);
+  if (!ssl_ || SSL_set_fd(ssl_, socket_) != 1) return false;
+  if (session_) SSL_set_session(ssl_, session_);
+  timespec started{};
+  clock_gettime(CLOCK_MONOTONIC, &started);
+  int shaken = SSL_connect(ssl_);
+  timespec ended{};
+  clock_gettime(CLOCK_MONOTONIC, &ended);
+  if (shaken != 1) {
+    fprintf(stderr, "tls: handshake with %s:%d failed\n", host_, port_);
+    return false;
+  }
+  tls_stats_.handshakes++;
+  if (SSL_session_reused(ssl_)) tls_stats_.resumed++;
+  tls_stats_.handshake_ms += (ended.tv_sec - started.tv_sec) * 1e3 +
+                             (ended.tv_nsec - started.tv_nsec) / 1e6;
+  X509* presented = SSL_get1_peer_certificate(ssl_);
+  unsigned char digest[32];
+  unsigned int length = 0;
+  bool matches = presented && X509_digest(presented, EVP_sha256(), digest, &length) == 1 &&
+                 length == 32 && pinned_ && memcmp(digest, pin_, 32) == 0;
+  X509_free(presented);
+  if (!matches) {
+    fprintf(stderr, "tls: %s:%d presented a certificate that is not the pinned one\n",
+            host_, port_);
+    if (session_) SSL_SESSION_free(session_);
+    session_ = nullptr;  // never resume a session with an unpinned peer
+    return false;
+  }
+  pinned_connection_ = true;
+  return true;
+}
+
 bool PosixTransport::write_all(const void* data, size_t length) {
   const char* p = static_cast<const char*>(data);
   while (length) {
-    ssize_t n = ::send(socket_, p, length, MSG_NOSIGNAL);
+    ssize_t n = ssl_ ? SSL_write(ssl_, p, static_cast<int>(length))
+                     : ::send(socket_, p, length, MSG_NOSIGNAL);
     if (n <= 0) return false;
     p += n;
     length -= static_cast<size_t>(n);
   }
   return true;
+}
+
+long PosixTransport::receive(void* buffer, size_t length) {
+  if (!ssl_) return recv(socket_, buffer, length, 0);
+  int n = SSL_read(ssl_, buffer, static_cast<int>(length));
+  if (n > 0) return n;
+  // a hub that closes after the answer ends the TLS stream cleanly (or just the socket)
+  int error = SSL_get_error(ssl_, n);
+  return error == SSL_ERROR_ZERO_RETURN || error == SSL_ERROR_SYSCALL ? 0 : -1;
 }
 
 int PosixTransport::send(const dropsync::HttpRequest& request) {
@@ -56,6 +134,10 @@ int PosixTransport::send(const dropsync::HttpRequest& request) {
   setsockopt(socket_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   setsockopt(socket_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   if (connect(socket_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close();
+    return dropsync::kUnreachable;
+  }
+  if (tls_ && !start_tls()) {
     close();
     return dropsync::kUnreachable;
   }
@@ -104,7 +186,7 @@ int PosixTransport::read_head() {
   body_read_ = 0;
   for (;;) {
     if (head_length_ + 1 >= sizeof(head_)) break;
-    ssize_t n = recv(socket_, head_ + head_length_, sizeof(head_) - 1 - head_length_, 0);
+    long n = receive(head_ + head_length_, sizeof(head_) - 1 - head_length_);
     if (n <= 0) break;
     head_length_ += static_cast<size_t>(n);
     head_[head_length_] = '\0';
@@ -158,7 +240,7 @@ int PosixTransport::read(uint8_t* buffer, size_t length) {
     body_read_ += static_cast<long>(n);
     return static_cast<int>(n);
   }
-  ssize_t n = recv(socket_, buffer, length, 0);
+  long n = receive(buffer, length);
   if (n < 0) return -1;
   if (n == 0 && content_length_ >= 0) return -1;  // closed before the announced end
   body_read_ += n;
@@ -166,6 +248,24 @@ int PosixTransport::read(uint8_t* buffer, size_t length) {
 }
 
 void PosixTransport::close() {
+  if (ssl_) {
+    if (pinned_connection_) {  // TLS 1.3 tickets come after the handshake: keep it now
+      SSL_SESSION* session = SSL_get1_session(ssl_);
+      if (session && SSL_SESSION_is_resumable(session)) {
+        if (session_) SSL_SESSION_free(session_);
+        session_ = session;
+      } else if (session) {
+        SSL_SESSION_free(session);
+      }
+    }
+    pinned_connection_ = false;
+    BIO* wire = SSL_get_rbio(ssl_);
+    tls_stats_.wire_received += BIO_number_read(wire);
+    tls_stats_.wire_sent += BIO_number_written(wire);
+    SSL_shutdown(ssl_);  // close_notify, not waiting for the hub's
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+  }
   if (socket_ >= 0) ::close(socket_);
   socket_ = -1;
 }

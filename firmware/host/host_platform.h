@@ -6,23 +6,52 @@
 #include "dropsync_core/json_writer.h"
 #include "dropsync_core/platform.h"
 
+struct ssl_ctx_st;
+struct ssl_st;
+struct ssl_session_st;
+
+// What TLS cost this client: handshakes (full and resumed), their time, bytes on the wire.
+struct TlsStats {
+  unsigned long handshakes = 0;
+  unsigned long resumed = 0;
+  double handshake_ms = 0;
+  unsigned long long wire_sent = 0;
+  unsigned long long wire_received = 0;
+};
+
 class PosixTransport : public dropsync::HttpTransport {
  public:
-  // base: http://<IPv4 address>:<port>
+  ~PosixTransport();
+  // base: http://<IPv4 address>:<port> or https://<IPv4 address>:<port>
   bool configure(const char* base);
+  // HTTPS only: the hub's certificate (PEM file, as `dropsync tls init` writes it). The
+  // connection is refused unless the hub presents exactly this certificate, as an ESP8266
+  // pinned with setFingerprint() refuses any other (the pin here is its SHA-256).
+  bool pin_certificate(const char* pem_path);
   int send(const dropsync::HttpRequest& request) override;
   bool header(const char* name, char* out, size_t out_size) override;
   long content_length() override { return content_length_; }
   int read(uint8_t* buffer, size_t length) override;
   void close() override;
+  const TlsStats& tls_stats() const { return tls_stats_; }
 
  private:
   bool write_all(const void* data, size_t length);
+  long receive(void* buffer, size_t length);
+  bool start_tls();
   int read_head();
 
   char host_[64] = "";
   int port_ = 0;
   int socket_ = -1;
+  bool tls_ = false;
+  unsigned char pin_[32] = {};
+  bool pinned_ = false;
+  ssl_ctx_st* ctx_ = nullptr;
+  ssl_st* ssl_ = nullptr;
+  ssl_session_st* session_ = nullptr;  // resumed on the next connection, as BearSSL::Session
+  bool pinned_connection_ = false;     // this connection's peer matched the pin
+  TlsStats tls_stats_;
   char head_[2048];
   size_t head_length_ = 0;
   size_t body_start_ = 0;   // leftover body bytes read with the head: head_[body_start_..]

@@ -2,6 +2,7 @@
 // The tests (tests/test_firmware*.py) run it; it is also a handy node simulator.
 //
 //   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash
+//                 [--hub-cert hub.crt]   (with an https:// hub: the certificate to pin)
 //                 [--poll-s 30] [--heartbeat-s 60] [--manifest-s 300]
 //                 [--backoff-base-ms 1000] [--backoff-cap-ms 300000] [--outbox-slots 16]
 //                 [--firmware-version 1.0.0] [--exit-after-sync] [--run-s N]
@@ -92,7 +93,12 @@ int main(int argc, char** argv) {
 
   static PosixTransport transport;
   if (!transport.configure(hub)) {
-    fprintf(stderr, "--hub must be http://<IPv4 address>:<port>\n");
+    fprintf(stderr, "--hub must be http(s)://<IPv4 address>:<port>\n");
+    return 2;
+  }
+  const char* hub_cert = option(argc, argv, "--hub-cert", nullptr);
+  if (!strncmp(hub, "https://", 8) && (!hub_cert || !transport.pin_certificate(hub_cert))) {
+    fprintf(stderr, "https:// needs --hub-cert FILE: the hub's certificate (PEM) to pin\n");
     return 2;
   }
   static FolderStorage storage(flash);
@@ -126,6 +132,12 @@ int main(int argc, char** argv) {
   }
   printf("node_bytes %zu\npeak_heap_bytes %zu\n", sizeof(dropsync::Node),
          heap_peak() - before);
+  const TlsStats& tls = transport.tls_stats();
+  if (tls.handshakes) {
+    printf("tls_handshakes %lu\ntls_resumed %lu\ntls_handshake_ms %.1f\n"
+           "tls_wire_sent %llu\ntls_wire_received %llu\n", tls.handshakes, tls.resumed,
+           tls.handshake_ms, tls.wire_sent, tls.wire_received);
+  }
   fflush(stdout);
   delete node;
   return status;
