@@ -93,6 +93,19 @@ def parse_chunk_size(text: str) -> int:
     return value
 
 
+#: The firmware core holds one firmware chunk in RAM until its SHA-256 is checked, and
+#: refuses a manifest whose firmware chunks are larger than this.
+FIRMWARE_CHUNK_MAX = 8192
+
+
+def parse_firmware_chunk_size(text: str) -> int:
+    value = int(text)
+    if not 512 <= value <= FIRMWARE_CHUNK_MAX:
+        raise ValueError(f"must be between 512 and {FIRMWARE_CHUNK_MAX}: the node firmware "
+                         f"refuses firmware chunks over {FIRMWARE_CHUNK_MAX} bytes")
+    return value
+
+
 def parse_extension_list(text: str) -> str:
     items = [part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()]
     if not items or not all(item == "*" or item.isalnum() for item in items):
@@ -218,7 +231,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_DEVICE", "600/minute", parse_rate_limit,
             "Requests per device on the device API."),
     Setting("RATE_LIMIT_FILES", "6000/minute", parse_rate_limit,
-            "Requests per device on the files API (a 1 MiB file is 256 chunks of 4 KiB)."),
+            "Requests per device on the files API (a 1 MiB file is 32 chunks of 32 KiB; a "
+            "1 MiB firmware image 256 of 4 KiB)."),
     Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
             "Refused (401/403) requests per client address and credential; past it that "
             "credential gets 429 from that address, and so does every credential the "
@@ -241,10 +255,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Bytes per download chunk of a file (512 to 1048576). A node streams a chunk "
             "to flash as it arrives, so its size costs no RAM; fewer chunks mean fewer "
             "requests (and TLS handshakes) per file."),
-    Setting("FIRMWARE_CHUNK_SIZE", 4096, parse_chunk_size,
-            "Bytes per download chunk of a firmware image (`firmware/*.bin`): the firmware "
-            "core holds one chunk in RAM until its SHA-256 is checked (it refuses over "
-            "8192)."),
+    Setting("FIRMWARE_CHUNK_SIZE", 4096, parse_firmware_chunk_size,
+            "Bytes per download chunk of a firmware image (`firmware/*.bin`; 512 to 8192): "
+            "the firmware core holds one chunk in RAM until its SHA-256 is checked, and "
+            "refuses larger ones."),
     Setting("UPLOAD_MAX_BYTES", 10_485_760, parse_positive_int,
             "Largest file a device may upload; larger get 413."),
     Setting("UPLOAD_ALLOWED_TYPES", "bin,csv,jpg,json,log,png,txt", parse_extension_list,

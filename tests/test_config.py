@@ -50,6 +50,8 @@ def test_config_file_named_by_environment(tmp_path):
     ({"DROPSYNC_THREADS": "0"}, "at least 1"),
     ({"DROPSYNC_LOG_LEVEL": "loud"}, "DEBUG, INFO"),
     ({"DROPSYNC_IMPORT_DEVICE_AUTH": "maybe"}, "true/false"),
+    ({"DROPSYNC_FIRMWARE_CHUNK_SIZE": "8193"}, "refuses firmware chunks over 8192 bytes"),
+    ({"DROPSYNC_FIRMWARE_CHUNK_SIZE": "1048576"}, "between 512 and 8192"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(environ, fragment):
     with pytest.raises(ConfigError) as caught:
@@ -75,6 +77,7 @@ def test_readme_settings_table_matches_the_code():
     rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", readme, re.M)
     documented = {name: default for name, default, _ in rows}
     assert list(documented) == [s.name for s in SETTINGS]
+    meanings = {name: meaning for name, _, meaning in rows}
     for setting in SETTINGS:
         if setting.default is None:
             expected = "*(unset)*"
@@ -83,6 +86,7 @@ def test_readme_settings_table_matches_the_code():
         else:
             expected = f"`{setting.default}`"
         assert documented[setting.name] == expected, setting.name
+        assert meanings[setting.name] == setting.help, setting.name
 
 
 def test_secret_key_is_generated_once_and_kept(tmp_path):
