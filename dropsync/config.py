@@ -268,11 +268,11 @@ SETTINGS: tuple[Setting, ...] = (
             "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
             "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
             "`DATA_DIR/blobs/`."),
-    # -- firmware images for stock updaters (issue 10) ----------------------------------
+    # -- firmware images for stock updaters --------------------------------------------
     Setting("FIRMWARE_MAX_BYTES", "esp8266=1044464,esp32=1310720", parse_flash_limits,
             "Largest firmware image per device type (`firmware/*.bin` in staging); larger "
             "ones are refused at staging. A group or `all` takes its smallest device's."),
-    # -- operations (issue 13): request log, proxies, TLS, discovery ----------------------
+    # -- operations: request log, proxies, TLS, discovery --------------------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "
             "credential) at INFO, for journald."),
@@ -287,7 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MDNS", True, parse_bool,
             "While serving, advertise the hub as `_dropsync._tcp` over mDNS (port, API "
             "path) so nodes find it without a fixed address."),
-    # -- serving (issue 11) --
+    # -- serving: which server, its connections and deadlines --------------------------
     Setting("SERVER", "granian", parse_server,
             "`granian` (Rust HTTP, the hub on one asyncio loop plus `THREADS` threads) or "
             "`gunicorn` (one gthread worker): what `dropsync serve` runs."),
@@ -304,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a request body may stall before the request gets 408 and its "
             "connection is cut (also cut below 1 KiB/s on average); a partial body is "
             "never stored."),
-    # -- dashboard (issue 9) -----------------------------------------------------------
+    # -- dashboard ----------------------------------------------------------------------
     Setting("DASHBOARD_SESSION_S", 43_200, parse_positive_int,
             "Seconds a dashboard login lasts; logging out or a password change ends it "
             "sooner."),
@@ -314,7 +314,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_SERIES_BUCKET_S", 300, parse_positive_int,
             "Seconds per point of each device's RSSI and free-heap series (24 hours kept, "
             "at most 1,440 points; checkpointed with liveness)."),
-    # -- download tickets behind nginx (issue 13) ----------------------------------------
+    # -- download tickets behind nginx ------------------------------------------------
     Setting("DOWNLOAD_TICKET_SECRET", None, parse_secret,
             "When set, manifest urls carry a signed, expiring download ticket that nginx "
             "checks (`secure_link`) to serve chunks from its cache; 32+ characters of "

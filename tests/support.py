@@ -42,6 +42,27 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     return error
 
 
+#: A value for each path parameter of a JSON route.
+PATH_VALUES = {"device_id": "esp001", "username": "admin", "command_id": "1", "name": "field"}
+
+
+def json_routes(app) -> list[tuple[str, str, str, list[str]]]:
+    """(method, concrete path, blueprint, body field names) of every route that takes a
+    JSON body."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        declared = getattr(app.view_functions[rule.endpoint], "contract", None)
+        if declared is None or declared.body is None:
+            continue
+        path = rule.rule
+        for name, value in PATH_VALUES.items():
+            path = path.replace(f"<{name}>", value).replace(f"<int:{name}>", value)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            routes.append((method, path, rule.endpoint.partition(".")[0],
+                           sorted(declared.body.fields)))
+    return routes
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

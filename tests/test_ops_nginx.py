@@ -161,7 +161,8 @@ def test_rate_limits_count_per_device_and_per_real_client_behind_nginx(fronted):
 
     # RATE_LIMIT_FAILED_AUTH=8/minute per client address and credential: the hub sees each
     # client's own address through nginx (TRUSTED_PROXIES), so one bad node's token is shut
-    # out from its address only, and good tokens from that address still work (issue 8).
+    # out from its address only, and good tokens from that address still work: nginx must
+    # not turn one misconfigured node into a lockout for the whole site.
     garbage = bearer("garbage-token-0123456789abcdef0123")
     manifest = f"{FILES}/manifest/esp001"
     refused = [from_address("127.0.0.2", nginx.port, manifest, garbage) for _ in range(10)]
