@@ -3,7 +3,8 @@
 Each setting is read from ``DROPSYNC_<NAME>``; the seed's bare ``HOST``, ``PORT``,
 ``SECRET_KEY`` and ``LOG_LEVEL`` are honoured too, below their ``DROPSYNC_`` forms. The
 config file (TOML, named by ``DROPSYNC_CONFIG`` or ``dropsync --config``) uses the setting
-names as keys, in any case. The README's settings table is checked against ``SETTINGS``.
+names as keys, in any case. The settings table in ``docs/admin/settings.md`` is checked
+against ``SETTINGS``, help text included.
 """
 
 from __future__ import annotations

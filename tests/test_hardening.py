@@ -480,7 +480,8 @@ def test_device_show_prints_inventory_readably(cli, app, client, admin):
     assert not any("{" in line for line in shown), shown
 
 
-def test_readme_says_how_to_withdraw_without_a_prompt():
+def test_docs_say_how_to_withdraw_without_a_prompt():
     from support import ROOT
 
-    assert "dropsync withdraw 1cff6733c9e4 --yes" in (ROOT / "README.md").read_text()
+    assert "dropsync withdraw 1cff6733c9e4 --yes" in \
+        (ROOT / "docs" / "operators" / "staging.md").read_text()
