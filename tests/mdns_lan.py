@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,12 +34,16 @@ def main(workdir: Path) -> None:
            if not key.startswith("DROPSYNC_") and key not in ("HOST", "PORT")}
     with open(workdir / "hub.log", "wb") as log:
         hub = subprocess.Popen([str(BIN / "dropsync"), "serve"], cwd=workdir, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             info = browse_mdns(timeout=25, port=8000)
         finally:
-            hub.terminate()
-            hub.wait(timeout=20)
+            os.killpg(hub.pid, signal.SIGTERM)  # granian's worker too
+            try:
+                hub.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(hub.pid, signal.SIGKILL)
+                hub.wait()
     print(json.dumps(None if info is None else {
         "port": info.port,
         "addresses": [socket.inet_ntoa(a) for a in info.addresses],
