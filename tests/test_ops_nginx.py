@@ -353,7 +353,7 @@ def test_the_simulator_syncs_through_nginx_with_tickets(ticketed):
 
 
 def test_a_ticket_opens_cached_chunks_only_and_a_miss_needs_the_token(ticketed):
-    """The trade-off the README states: nginx cannot check tokens, so a cached chunk goes
+    """The trade-off docs/admin/nginx.md states: nginx cannot check tokens, so a cached chunk goes
     to whoever holds a valid ticket url; a chunk not yet cached reaches the hub, which
     wants the device's token too (and nginx never caches its refusal)."""
     hub, nginx, tokens, content = ticketed
