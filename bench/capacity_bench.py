@@ -3,7 +3,7 @@
 What it measures: a real hub (``dropsync serve`` as it stands, rate limits on) driven by
 ``dropsync simulate`` in a separate process, N devices polling at the hub's 10 s interval
 as the firmware behaves (a poll each interval, a heartbeat every 60 s, a manifest check
-at boot and every 300 s, an occasional message; see README "Simulator"). N is stepped up
+at boot and every 300 s, an occasional message; see docs/operators/simulator.md). N is stepped up
 (250, 500, 1,000, 2,000, ...) until the poll p99 (after 20 s of warm-up: devices come up
 over the first 10 s) exceeds 100 ms, an error appears, or the fleet cannot keep its pace
 (fewer than 90% of the polls it should make). The largest N that held is the capacity.

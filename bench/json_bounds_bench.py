@@ -1,4 +1,4 @@
-"""What the hostile-input bounds cost (issue 8), as ratios against the unbounded code.
+"""What the hostile-input bounds cost, as ratios against the unbounded code.
 
 - ``loads_bounded`` (JSON with a nesting limit) against plain ``json.loads``, for a
   device's message, an operator's 4 KiB command and a 600 KiB body full of brackets;
@@ -24,7 +24,7 @@ from dropsync.store.tables import detached
 
 
 def recursive_copy(doc: dict) -> dict:
-    """The store's copy before issue 8 (a RecursionError past ~490 levels in the hub)."""
+    """The store's copy before the bounds (a RecursionError past ~490 levels in the hub)."""
     def copy(value: Any) -> Any:
         if isinstance(value, dict):
             return {key: copy(item) for key, item in value.items()}

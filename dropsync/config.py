@@ -3,7 +3,8 @@
 Each setting is read from ``DROPSYNC_<NAME>``; the seed's bare ``HOST``, ``PORT``,
 ``SECRET_KEY`` and ``LOG_LEVEL`` are honoured too, below their ``DROPSYNC_`` forms. The
 config file (TOML, named by ``DROPSYNC_CONFIG`` or ``dropsync --config``) uses the setting
-names as keys, in any case. The README's settings table is checked against ``SETTINGS``.
+names as keys, in any case. The settings table in ``docs/admin/settings.md`` is checked
+against ``SETTINGS``, help text included.
 """
 
 from __future__ import annotations
@@ -90,6 +91,19 @@ def parse_chunk_size(text: str) -> int:
     value = int(text)
     if not 512 <= value <= 1_048_576:
         raise ValueError("must be between 512 and 1048576")
+    return value
+
+
+#: The firmware core holds one firmware chunk in RAM until its SHA-256 is checked, and
+#: refuses a manifest whose firmware chunks are larger than this.
+FIRMWARE_CHUNK_MAX = 8192
+
+
+def parse_firmware_chunk_size(text: str) -> int:
+    value = int(text)
+    if not 512 <= value <= FIRMWARE_CHUNK_MAX:
+        raise ValueError(f"must be between 512 and {FIRMWARE_CHUNK_MAX}: the node firmware "
+                         f"refuses firmware chunks over {FIRMWARE_CHUNK_MAX} bytes")
     return value
 
 
@@ -229,7 +243,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_DEVICE", "600/minute", parse_rate_limit,
             "Requests per device on the device API."),
     Setting("RATE_LIMIT_FILES", "6000/minute", parse_rate_limit,
-            "Requests per device on the files API (a 1 MiB file is 256 chunks of 4 KiB)."),
+            "Requests per device on the files API (a 1 MiB file is 32 chunks of 32 KiB; a "
+            "1 MiB firmware image 256 of 4 KiB)."),
     Setting("RATE_LIMIT_FAILED_AUTH", "30/minute", parse_rate_limit,
             "Refused (401/403) requests per client address and credential; past it that "
             "credential gets 429 from that address, and so does every credential the "
@@ -252,10 +267,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Bytes per download chunk of a file (512 to 1048576). A node streams a chunk "
             "to flash as it arrives, so its size costs no RAM; fewer chunks mean fewer "
             "requests (and TLS handshakes) per file."),
-    Setting("FIRMWARE_CHUNK_SIZE", 4096, parse_chunk_size,
-            "Bytes per download chunk of a firmware image (`firmware/*.bin`): the firmware "
-            "core holds one chunk in RAM until its SHA-256 is checked (it refuses over "
-            "8192)."),
+    Setting("FIRMWARE_CHUNK_SIZE", 4096, parse_firmware_chunk_size,
+            "Bytes per download chunk of a firmware image (`firmware/*.bin`; 512 to 8192): "
+            "the firmware core holds one chunk in RAM until its SHA-256 is checked, and "
+            "refuses larger ones."),
     Setting("UPLOAD_MAX_BYTES", 10_485_760, parse_positive_int,
             "Largest file a device may upload; larger get 413."),
     Setting("UPLOAD_ALLOWED_TYPES", "bin,csv,jpg,json,log,png,txt", parse_extension_list,
@@ -265,7 +280,7 @@ SETTINGS: tuple[Setting, ...] = (
             "When set (e.g. `/_blobs/`), whole-file downloads are handed to nginx with "
             "`X-Accel-Redirect: <prefix><blob path>`; nginx maps the prefix to "
             "`DATA_DIR/blobs/`."),
-    # -- firmware images for stock updaters (issue 10) ----------------------------------
+    # -- firmware images for stock updaters --------------------------------------------
     Setting("FIRMWARE_MAX_BYTES", "esp8266=1044464,esp32=1310720", parse_flash_limits,
             "Largest firmware image per device type (`firmware/*.bin` in staging); larger "
             "ones are refused at staging. A group or `all` takes its smallest device's."),
@@ -273,7 +288,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Public keys (PEM files, comma-separated) that firmware images must be signed "
             "with (`dropsync keys new`, `dropsync sign`); an unsigned image, or one no key "
             "verifies, is refused at staging. Unset: images are not checked for a signature."),
-    # -- operations (issue 13): request log, proxies, TLS, discovery ----------------------
+    # -- operations: request log, proxies, TLS, discovery --------------------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "
             "credential) at INFO, for journald."),
@@ -288,7 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MDNS", True, parse_bool,
             "While serving, advertise the hub as `_dropsync._tcp` over mDNS (port, API "
             "path) so nodes find it without a fixed address."),
-    # -- serving (issue 11) --
+    # -- serving: which server, its connections and deadlines --------------------------
     Setting("SERVER", "granian", parse_server,
             "`granian` (Rust HTTP, the hub on one asyncio loop plus `THREADS` threads) or "
             "`gunicorn` (one gthread worker): what `dropsync serve` runs."),
@@ -305,7 +320,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a request body may stall before the request gets 408 and its "
             "connection is cut (also cut below 1 KiB/s on average); a partial body is "
             "never stored."),
-    # -- dashboard (issue 9) -----------------------------------------------------------
+    # -- dashboard ----------------------------------------------------------------------
     Setting("DASHBOARD_SESSION_S", 43_200, parse_positive_int,
             "Seconds a dashboard login lasts; logging out or a password change ends it "
             "sooner."),
@@ -315,7 +330,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_SERIES_BUCKET_S", 300, parse_positive_int,
             "Seconds per point of each device's RSSI and free-heap series (24 hours kept, "
             "at most 1,440 points; checkpointed with liveness)."),
-    # -- download tickets behind nginx (issue 13) ----------------------------------------
+    # -- download tickets behind nginx ------------------------------------------------
     Setting("DOWNLOAD_TICKET_SECRET", None, parse_secret,
             "When set, manifest urls carry a signed, expiring download ticket that nginx "
             "checks (`secure_link`) to serve chunks from its cache; 32+ characters of "

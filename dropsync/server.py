@@ -7,7 +7,7 @@ when the worker stops.
 - granian (``SERVER=granian``, what ``dropsync serve`` runs): granian parses HTTP in Rust
   and calls the hub through ``bridge.RSGIBridge`` on one asyncio loop, so an idle, slow or
   stalled client costs no thread. It measured faster than gunicorn and than the seed's
-  FastAPI stack (README, "Serving").
+  FastAPI stack (docs/admin/serving.md).
 - gunicorn (``SERVER=gunicorn``, or ``gunicorn -c python:dropsync.gunicorn_conf wsgi:app``):
   one gthread worker with ``THREADS`` threads. More workers are refused: the config forces
   one, and under a bare ``gunicorn -w N wsgi:app`` the extra workers wait as standbys.

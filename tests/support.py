@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +42,63 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     return error
 
 
+#: A value for each path parameter of a JSON route.
+PATH_VALUES = {"device_id": "esp001", "username": "admin", "command_id": "1", "name": "field"}
+
+
+def json_routes(app) -> list[tuple[str, str, str, list[str]]]:
+    """(method, concrete path, blueprint, body field names) of every route that takes a
+    JSON body."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        declared = getattr(app.view_functions[rule.endpoint], "contract", None)
+        if declared is None or declared.body is None:
+            continue
+        path = rule.rule
+        for name, value in PATH_VALUES.items():
+            path = path.replace(f"<{name}>", value).replace(f"<int:{name}>", value)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            routes.append((method, path, rule.endpoint.partition(".")[0],
+                           sorted(declared.body.fields)))
+    return routes
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def browse_mdns(timeout: float = 20.0, port: int | None = None):
+    """The first ``_dropsync._tcp`` service (on the given port) advertised on loopback, as
+    a node's mDNS query would find it on the LAN, or None. Multicast stays on the machine."""
+    import zeroconf
+
+    found: list = []
+    seen = threading.Event()
+    browser_zc = zeroconf.Zeroconf(interfaces=["127.0.0.1"],
+                                   ip_version=zeroconf.IPVersion.V4Only)
+
+    class Listener(zeroconf.ServiceListener):
+        def add_service(self, zc, type_, name):
+            info = zc.get_service_info(type_, name, timeout=3000)
+            if info is not None and (port is None or info.port == port):
+                found.append(info)
+                seen.set()
+
+        def update_service(self, zc, type_, name):
+            self.add_service(zc, type_, name)
+
+        def remove_service(self, zc, type_, name):
+            pass
+
+    browser = zeroconf.ServiceBrowser(browser_zc, "_dropsync._tcp.local.", Listener())
+    try:
+        seen.wait(timeout)
+        return found[0] if found else None
+    finally:
+        browser.cancel()
+        browser_zc.close()
 
 
 def readme_command(index: int) -> str:

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from support import ADMIN_TOKEN
+
+FILES = "/api/v1/files"
+
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, every: float = 0.05,
                message: str = "condition") -> Any:
@@ -26,6 +30,31 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, every: float
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def stage(admin, target_path: str, data: bytes, **query):
+    headers = {**bearer(ADMIN_TOKEN), "Content-Type": "application/octet-stream"}
+    response = admin.client.put(f"/api/v1/admin/staging/{target_path}", data=data,
+                                headers=headers, query_string=query)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def fetch(client, path, token, **headers):
+    """GET a download, read whole and closed (``buffered``), as a device would."""
+    return client.get(path, headers={**bearer(token), **headers}, buffered=True)
+
+
+def entry_of(client, device_id, token, path):
+    files = client.get(f"{FILES}/manifest/{device_id}", headers=bearer(token)).get_json()
+    return next(f for f in files["files"] if f["path"] == path)
+
+
+class Admin:
+    """Enough of conftest's admin client for ``stage`` when a test has only a Flask client."""
+
+    def __init__(self, client):
+        self.client = client
 
 
 def tree(folder) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ have xtensa-lx106-elf-g++ || need+=(gcc-xtensa-lx106 binutils-xtensa-lx106)
 have systemd-analyze || need+=(systemd)
 have npm || need+=(npm)
 have wrk || need+=(wrk)
+have ip || need+=(iproute2)  # a private network namespace for the mDNS test on 0.0.0.0
 
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "system-deps: installing ${need[*]}" >&2

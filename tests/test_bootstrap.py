@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -118,3 +119,28 @@ def test_seed_import_can_be_switched_off(start, tmp_path):
     seed.parent.mkdir()
     seed.write_text(json.dumps({"esp001": "secure-token-esp001-original"}))
     assert len(start(IMPORT_DEVICE_AUTH=False).stores.devices) == 0
+
+
+def test_first_start_log_reads_as_lines_and_outside_names_stay_escaped(hub_process, tmp_path):
+    """A real ``dropsync serve``'s stderr as a person reads it: the credentials on lines of
+    their own, while a staged file named with a newline still cannot forge a line."""
+    evil = tmp_path / "staging" / "esp001" / "a\nFAKE line.txt"
+    evil.parent.mkdir(parents=True)
+    evil.write_text("x")
+    hub = hub_process({"DROPSYNC_STAGING_DIR": str(tmp_path / "staging")})
+    saved = hub.data_dir / "first-admin.txt"
+    token = saved.read_text().split("admin API token:  ")[1].split()[0]
+    password = saved.read_text().split("dashboard login:  admin / ")[1].split()[0]
+    lines = hub.log.splitlines()
+    first = next(i for i, line in enumerate(lines)
+                 if line.endswith("dropsync: First start: created the first admin credentials."))
+    assert lines[first + 1:first + 4] == [
+        f"    admin API token:  {token}",
+        f"    dashboard login:  admin / {password}",
+        f"    Also saved to {saved} (mode 0600): store them safely, then delete it.",
+    ], "\n".join(lines[first:first + 4])
+    deadline = time.monotonic() + 10  # the start-up reconcile logs the bad name just after
+    while "a\\nFAKE line.txt" not in hub.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "a\\nFAKE line.txt" in hub.log
+    assert not any(line.startswith("FAKE") for line in hub.log.splitlines())

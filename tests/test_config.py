@@ -1,4 +1,5 @@
-"""Settings: layered as documented, validated clearly, and the README table kept honest."""
+"""Settings: layered as documented, validated clearly, and the settings table
+(docs/admin/settings.md) kept honest."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def test_config_file_named_by_environment(tmp_path):
     ({"DROPSYNC_THREADS": "0"}, "at least 1"),
     ({"DROPSYNC_LOG_LEVEL": "loud"}, "DEBUG, INFO"),
     ({"DROPSYNC_IMPORT_DEVICE_AUTH": "maybe"}, "true/false"),
+    ({"DROPSYNC_FIRMWARE_CHUNK_SIZE": "8193"}, "refuses firmware chunks over 8192 bytes"),
+    ({"DROPSYNC_FIRMWARE_CHUNK_SIZE": "1048576"}, "between 512 and 8192"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(environ, fragment):
     with pytest.raises(ConfigError) as caught:
@@ -70,11 +73,12 @@ def test_unknown_or_broken_config_file_is_refused(tmp_path):
         load_config(environ={}, config_file=tmp_path / "missing.toml")
 
 
-def test_readme_settings_table_matches_the_code():
-    readme = (ROOT / "README.md").read_text()
-    rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", readme, re.M)
+def test_settings_table_matches_the_code():
+    table = (ROOT / "docs" / "admin" / "settings.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", table, re.M)
     documented = {name: default for name, default, _ in rows}
     assert list(documented) == [s.name for s in SETTINGS]
+    meanings = {name: meaning for name, _, meaning in rows}
     for setting in SETTINGS:
         if setting.default is None:
             expected = "*(unset)*"
@@ -83,6 +87,7 @@ def test_readme_settings_table_matches_the_code():
         else:
             expected = f"`{setting.default}`"
         assert documented[setting.name] == expected, setting.name
+        assert meanings[setting.name] == setting.help, setting.name
 
 
 def test_secret_key_is_generated_once_and_kept(tmp_path):

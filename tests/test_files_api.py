@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import AdminClient
 from support import ADMIN_TOKEN, Observed, assert_error
-from sync_support import bearer, tree
+from sync_support import bearer, entry_of, fetch, stage, tree
 
 from dropsync import create_app
 
@@ -25,24 +25,6 @@ def fleet(admin, client):
     """Two devices, esp001 (group field) and esp002, and their tokens."""
     return {"esp001": admin.register_device("esp001", groups=["field"]),
             "esp002": admin.register_device("esp002")}
-
-
-def stage(admin, target_path: str, data: bytes, **query):
-    response = admin.client.put(f"/api/v1/admin/staging/{target_path}", data=data,
-                                headers={**ADMIN, "Content-Type": "application/octet-stream"},
-                                query_string=query)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
-def fetch(client, path, token, **headers):
-    """GET a download, read whole and closed (``buffered``), as a device would."""
-    return client.get(path, headers={**bearer(token), **headers}, buffered=True)
-
-
-def entry_of(client, device_id, token, path):
-    files = client.get(f"{FILES}/manifest/{device_id}", headers=bearer(token)).get_json()
-    return next(f for f in files["files"] if f["path"] == path)
 
 
 # -- auth ------------------------------------------------------------------------------

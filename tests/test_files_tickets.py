@@ -12,8 +12,7 @@ import time
 
 import pytest
 from support import ADMIN_TOKEN, ROOT, assert_error
-from sync_support import bearer, wait_until
-from test_files_api import entry_of, fetch, stage
+from sync_support import Admin, bearer, entry_of, fetch, stage, wait_until
 
 from dropsync import create_app
 from dropsync.errors import ConfigError
@@ -51,11 +50,6 @@ def fleet(ticketed):
                                headers=bearer(ADMIN_TOKEN))
         tokens[device] = response.get_json()["token"]
     return client, tokens
-
-
-class Admin:  # what test_files_api.stage needs
-    def __init__(self, client):
-        self.client = client
 
 
 def test_without_the_setting_urls_stay_as_today_and_tickets_are_refused(client, admin):

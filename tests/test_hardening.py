@@ -1,4 +1,4 @@
-"""Hostile input (issue 8): nothing a client sends may answer 500, make the store
+"""Hostile input: nothing a client sends may answer 500, make the store
 unloadable, get past a size limit, or leave a refused write behind."""
 
 from __future__ import annotations
@@ -11,36 +11,17 @@ import time
 
 import pytest
 import requests
-from support import ADMIN_TOKEN, assert_error
+from support import ADMIN_TOKEN, assert_error, json_routes
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from dropsync import create_app
 from dropsync.jsonbounds import MAX_JSON_DEPTH
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-#: A value for each path parameter of a JSON route.
-PATH_VALUES = {"device_id": "esp001", "username": "admin", "command_id": "1", "name": "field"}
 
 
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
-
-
-def json_routes(app) -> list[tuple[str, str, str, list[str]]]:
-    """(method, concrete path, blueprint, body field names) of every route that takes a
-    JSON body."""
-    routes = []
-    for rule in app.url_map.iter_rules():
-        declared = getattr(app.view_functions[rule.endpoint], "contract", None)
-        if declared is None or declared.body is None:
-            continue
-        path = rule.rule
-        for name, value in PATH_VALUES.items():
-            path = path.replace(f"<{name}>", value).replace(f"<int:{name}>", value)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            routes.append((method, path, rule.endpoint.partition(".")[0],
-                           sorted(declared.body.fields)))
-    return routes
 
 
 @pytest.fixture
@@ -49,7 +30,7 @@ def device_headers(admin):
     return {"Authorization": f"Bearer {token}"}
 
 
-# -- 1, 2: nesting depth -------------------------------------------------------------------
+# -- nesting depth -------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [
     nested(1000), nested(10_000),
     '{"target": "esp001", "name": "x", "args": {"a": ' + nested(499) + "}}",
@@ -112,7 +93,7 @@ def test_a_deeply_nested_stored_command_loads_and_the_hub_and_cli_work(hub_proce
     again = requests.post(hub.url + "/api/v1/admin/commands", headers=ADMIN, timeout=10,
                           json={"target": "esp001", "name": "deep", "args": deep_command(490)})
     assert_error(again, 400, "json_too_deep")
-    # 6: through the real server, a chunked body past the limit is a 413, not cut short
+    # through the real server, a chunked body past the limit is a 413, not cut short
     padded = requests.post(hub.url + "/api/v1/admin/commands", timeout=30,
                            headers={**ADMIN, "Content-Type": "application/json"},
                            data=iter([b'{"target": "esp001", "name": "padded"}',
@@ -146,7 +127,7 @@ def test_a_config_file_nested_too_deeply_is_a_config_error(tmp_path, settings):
         create_app({**settings, "CONFIG_FILE": str(config)})
 
 
-# -- 3: multipart ----------------------------------------------------------------------
+# -- multipart -------------------------------------------------------------------------
 def test_a_truncated_multipart_upload_answers_400_and_stores_nothing(client, device_headers,
                                                                      hub):
     body = (b'--BB\r\nContent-Disposition: form-data; name="file"; filename="boot.log"\r\n'
@@ -159,7 +140,7 @@ def test_a_truncated_multipart_upload_answers_400_and_stores_nothing(client, dev
     assert [p for p in hub.uploads.root.rglob("*") if p.is_file()] == []
 
 
-# -- 6: chunked bodies -----------------------------------------------------------------
+# -- chunked bodies --------------------------------------------------------------------
 class Endless(io.RawIOBase):
     """A request body of ``size`` bytes (JSON ``head``, then spaces), made as it is read."""
 
@@ -222,7 +203,7 @@ def test_chunked_uploads_and_staging_obey_their_limits(settings, tmp_path):
     app.extensions["dropsync"].close()
 
 
-# -- 5: a full disk --------------------------------------------------------------------
+# -- a full disk -----------------------------------------------------------------------
 def test_a_staging_put_refused_for_a_full_disk_leaves_nothing(tiny_fs, settings):
     folder = tiny_fs(1024)
     where = {"DATA_DIR": str(folder / "data"), "STAGING_DIR": str(folder / "staging")}
@@ -250,7 +231,7 @@ def test_a_bodyless_staging_put_is_refused(admin, hub):
     assert [p for p in hub.staging.root.rglob("*") if p.is_file()] == []
 
 
-# -- 7: hardlinks ----------------------------------------------------------------------
+# -- hardlinks -------------------------------------------------------------------------
 def test_a_hardlink_in_staging_is_refused_and_reported(client, admin, device_headers, hub):
     folder = hub.staging.root / "esp001"
     folder.mkdir(parents=True)
@@ -270,7 +251,7 @@ def test_a_hardlink_in_staging_is_refused_and_reported(client, admin, device_hea
     assert client.get("/health").get_json()["status"] == "degraded"
 
 
-# -- 9: the smaller ones ---------------------------------------------------------------
+# -- logs and /health ------------------------------------------------------------------
 def test_log_lines_escape_control_characters_in_names(hub):
     handler = logging.getLogger("dropsync").handlers[0]
     captured = io.StringIO()
@@ -296,7 +277,7 @@ def test_health_without_credentials_shows_no_paths(client, admin, tmp_path):
     assert admin.get("/staging").get_json()["staging_dir"] == str(tmp_path / "staging")
 
 
-# -- 9: what schemathesis found --------------------------------------------------------
+# -- what schemathesis found -----------------------------------------------------------
 def test_null_args_mean_no_args_in_json_and_forms(admin, device_headers):
     for sent in ({"json": {"target": "esp001", "name": "a", "args": None}},
                  {"data": {"target": "esp001", "name": "b", "args": "null"}}):
@@ -499,7 +480,8 @@ def test_device_show_prints_inventory_readably(cli, app, client, admin):
     assert not any("{" in line for line in shown), shown
 
 
-def test_readme_says_how_to_withdraw_without_a_prompt():
+def test_docs_say_how_to_withdraw_without_a_prompt():
     from support import ROOT
 
-    assert "dropsync withdraw 1cff6733c9e4 --yes" in (ROOT / "README.md").read_text()
+    assert "dropsync withdraw 1cff6733c9e4 --yes" in \
+        (ROOT / "docs" / "operators" / "staging.md").read_text()

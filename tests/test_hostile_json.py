@@ -17,8 +17,7 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ADMIN_TOKEN, assert_error
-from test_hardening import json_routes
+from support import ADMIN_TOKEN, assert_error, json_routes
 
 from dropsync import create_app
 

@@ -9,9 +9,7 @@ import os
 
 import pytest
 from support import ADMIN_TOKEN
-from sync_support import bearer
-from test_files_api import entry_of, fetch, stage
-from test_files_tickets import Admin
+from sync_support import Admin, bearer, entry_of, fetch, stage
 from werkzeug.test import Client
 
 from dropsync import create_app

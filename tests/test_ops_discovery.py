@@ -1,57 +1,29 @@
 """mDNS: a serving hub advertises ``_dropsync._tcp`` so nodes find it without an address.
 
-The hub listens on 127.0.0.1 and so advertises on the loopback interface only; the test
-browses there with python-zeroconf, as a node's mDNS query would on the LAN. Multicast
-stays on the machine.
+A hub on 127.0.0.1 advertises on the loopback interface only; the tests browse there with
+python-zeroconf, as a node's mDNS query would on the LAN. A hub on its default host
+(``0.0.0.0``) runs in a private network namespace with a stand-in LAN, so multicast stays
+on the machine either way.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
-import threading
+import subprocess
+import sys
 import time
 
 import pytest
 import requests
-from support import ADMIN_TOKEN
+from support import ADMIN_TOKEN, ROOT, browse_mdns
 
 zeroconf = pytest.importorskip("zeroconf")
 
-SERVICE_TYPE = "_dropsync._tcp.local."
-
-
-def browse(timeout: float = 20.0, port: int | None = None):
-    """The first advertised _dropsync._tcp service (on the given port), or None."""
-    found: list = []
-    seen = threading.Event()
-    browser_zc = zeroconf.Zeroconf(interfaces=["127.0.0.1"],
-                                   ip_version=zeroconf.IPVersion.V4Only)
-
-    class Listener(zeroconf.ServiceListener):
-        def add_service(self, zc, type_, name):
-            info = zc.get_service_info(type_, name, timeout=3000)
-            if info is not None and (port is None or info.port == port):
-                found.append(info)
-                seen.set()
-
-        def update_service(self, zc, type_, name):
-            self.add_service(zc, type_, name)
-
-        def remove_service(self, zc, type_, name):
-            pass
-
-    browser = zeroconf.ServiceBrowser(browser_zc, SERVICE_TYPE, Listener())
-    try:
-        seen.wait(timeout)
-        return found[0] if found else None
-    finally:
-        browser.cancel()
-        browser_zc.close()
-
-
 def test_a_serving_hub_is_found_over_mdns_with_its_port_and_api_path(hub_process):
     hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_MDNS": "true"})
-    info = browse(port=hub.port)
+    info = browse_mdns(port=hub.port)
     assert info is not None, f"not advertised; hub log:\n{hub.log}"
     assert info.port == hub.port
     assert [socket.inet_ntoa(a) for a in info.addresses] == ["127.0.0.1"]
@@ -66,8 +38,31 @@ def test_a_serving_hub_is_found_over_mdns_with_its_port_and_api_path(hub_process
 def test_mdns_and_the_request_log_are_off_when_the_settings_say_so(hub_process):
     hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_MDNS": "false",
                        "DROPSYNC_REQUEST_LOG": "false"})
-    assert browse(timeout=2, port=hub.port) is None
+    assert browse_mdns(timeout=2, port=hub.port) is None
     requests.get(f"{hub.url}/api/v1/admin/devices", timeout=10,
                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     hub.stop()
     assert "mDNS" not in hub.log and "dropsync.requests" not in hub.log
+
+
+def test_a_hub_on_its_default_host_and_port_is_found_over_mdns(tmp_path):
+    """What a newcomer runs: ``dropsync serve`` with no HOST, so it listens on 0.0.0.0 and
+    advertises its LAN address (here a veth address inside the namespace)."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare (util-linux) and ip (iproute2)")
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespaces here: {probe.stderr.decode().strip()}")
+    helper = subprocess.run(
+        ["unshare", "--net", "--fork", sys.executable,
+         str(ROOT / "tests" / "mdns_lan.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=90)
+    log = (tmp_path / "hub.log").read_text(errors="replace") \
+        if (tmp_path / "hub.log").exists() else ""
+    assert helper.returncode == 0, helper.stdout + helper.stderr + log
+    found = json.loads(helper.stdout.strip().splitlines()[-1])
+    assert found is not None, f"not advertised; hub log:\n{log}"
+    assert found["port"] == 8000
+    assert found["addresses"] == ["198.51.100.7"]
+    assert found["properties"]["path"] == "/api/v1"
+    assert "could not advertise" not in log

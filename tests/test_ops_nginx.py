@@ -161,7 +161,8 @@ def test_rate_limits_count_per_device_and_per_real_client_behind_nginx(fronted):
 
     # RATE_LIMIT_FAILED_AUTH=8/minute per client address and credential: the hub sees each
     # client's own address through nginx (TRUSTED_PROXIES), so one bad node's token is shut
-    # out from its address only, and good tokens from that address still work (issue 8).
+    # out from its address only, and good tokens from that address still work: nginx must
+    # not turn one misconfigured node into a lockout for the whole site.
     garbage = bearer("garbage-token-0123456789abcdef0123")
     manifest = f"{FILES}/manifest/esp001"
     refused = [from_address("127.0.0.2", nginx.port, manifest, garbage) for _ in range(10)]
@@ -352,7 +353,7 @@ def test_the_simulator_syncs_through_nginx_with_tickets(ticketed):
 
 
 def test_a_ticket_opens_cached_chunks_only_and_a_miss_needs_the_token(ticketed):
-    """The trade-off the README states: nginx cannot check tokens, so a cached chunk goes
+    """The trade-off docs/admin/nginx.md states: nginx cannot check tokens, so a cached chunk goes
     to whoever holds a valid ticket url; a chunk not yet cached reaches the hub, which
     wants the device's token too (and nginx never caches its refusal)."""
     hub, nginx, tokens, content = ticketed

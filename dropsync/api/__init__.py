@@ -84,7 +84,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ota.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
-    from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
+    from ..dashboard import init_app as init_dashboard  # the browser's audience
     init_dashboard(app)
     limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
                                         files.bp: app.config["RATE_LIMIT_FILES"],

@@ -214,7 +214,7 @@ def init_app(app: Flask, device_limits: dict[Blueprint, str],
     return limits
 
 
-# -- dashboard logins (issue 9) ----------------------------------------------------------
+# -- dashboard logins --------------------------------------------------------------------
 class LoginLimits:
     """Failed dashboard logins, counted per client address and per username.
 

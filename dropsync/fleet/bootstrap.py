@@ -69,9 +69,12 @@ def ensure_first_admin(stores: Stores, settings: dict[str, Any]) -> None:
         body = "DropSync first admin credentials (shown once; store them, then delete this " \
                "file)\n" + "\n".join(lines) + "\n"
         write_atomically(path, body.encode(), mode=0o600)
-        log.warning("First start: created the first admin credentials.\n    %s\n"
-                    "    Also saved to %s (mode 0600): store them safely, then delete it.",
-                    "\n    ".join(lines), path)
+        # The hub's own lines go into the message text: the log filter escapes control
+        # characters in arguments (names from outside), which would show "\n" here.
+        told = "".join(f"\n    {line}" for line in lines).replace("%", "%%")
+        log.warning("First start: created the first admin credentials." + told +
+                    "\n    Also saved to %s (mode 0600): store them safely, then delete it.",
+                    path)
     stores.meta.insert({"name": FIRST_START_MARKER, "at": now_iso()})
 
 

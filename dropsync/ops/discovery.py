@@ -54,7 +54,7 @@ class Advertiser:
         self._thread.start()
 
     def _register(self) -> None:
-        from zeroconf import IPVersion, ServiceInfo, Zeroconf
+        from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
         addresses = advertised_addresses(self.host)
         if not addresses:
@@ -72,8 +72,10 @@ class Advertiser:
             with self._lock:
                 if self._stopped:
                     return
+                # zeroconf refuses None; on 0.0.0.0 the hub answers on every interface
                 self._zeroconf = Zeroconf(
-                    interfaces=addresses if specific else None, ip_version=IPVersion.V4Only)
+                    interfaces=addresses if specific else InterfaceChoice.All,
+                    ip_version=IPVersion.V4Only)
             self._zeroconf.register_service(info, allow_name_change=True)
             self._info = info
             log.info("mDNS: advertising %s on %s port %d", info.name, ", ".join(addresses),

@@ -52,8 +52,8 @@ class TrustedProxyFix:
     ``TRUSTED_PROXIES`` (one hop, as a local nginx adds). Anyone else could forge them to
     dodge the per-address failed-auth limit, so their requests pass through untouched.
 
-    The hardening work (issue 8) may land its own trusted-proxy handling in
-    ``api/limits.py``; this is the minimal version, one WSGI wrapper in one place.
+    The one place forwarded headers are believed: the rate limits (``api/limits.py``)
+    and the request log read the ``REMOTE_ADDR`` this wrapper has set.
     """
 
     def __init__(self, wsgi_app: Any, trusted: str):

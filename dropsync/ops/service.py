@@ -58,7 +58,7 @@ RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 def hub_unit(layout: Layout) -> str:
     return f"""\
 # DropSync hub. Written by `dropsync install-service`; settings go in {layout.env_file}
-# (DROPSYNC_<NAME>=value, see the README's settings table), not here.
+# (DROPSYNC_<NAME>=value, see docs/admin/settings.md), not here.
 [Unit]
 Description=DropSync hub (commands and verified file sync for ESP8266/ESP32 nodes)
 After=network-online.target
@@ -131,7 +131,7 @@ WantedBy=timers.target
 
 def env_file_template() -> str:
     return """\
-# DropSync hub settings: DROPSYNC_<NAME>=value (the README's settings table lists them).
+# DropSync hub settings: DROPSYNC_<NAME>=value (docs/admin/settings.md lists them).
 # Behind nginx on this machine (deploy/nginx.conf), listen on loopback only:
 #DROPSYNC_HOST=127.0.0.1
 #DROPSYNC_TRUSTED_PROXIES=127.0.0.1

@@ -205,7 +205,7 @@ def format_summary(summary: dict[str, Any], hub_url: str) -> str:
         for k, v in sorted(faults["injected"].items())) or "none"
     spread = summary["spread"]
     if spread["spread_after_s"] is None:
-        spread_text = "not spread evenly within the run (see README: Simulator)"
+        spread_text = "not spread evenly within the run (see docs/operators/simulator.md)"
     else:
         spread_text = (f"spread evenly after {spread['spread_after_s']} s (last "
                        f"{spread['window_s']} s: busiest second "

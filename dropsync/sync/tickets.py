@@ -10,7 +10,7 @@ a chunk as before, so nothing changes for them. nginx checks the ticket with its
 The signature is the form nginx documents for ``secure_link_md5``:
 ``base64url(md5("<expires><device>/<package>/<version> <secret>"))`` without padding.
 MD5 is what nginx offers there; the secret is 32+ random characters, so a forger has to
-find a preimage, not a collision (see the README, "Behind nginx").
+find a preimage, not a collision (see docs/admin/nginx.md).
 
 ``expires`` is rounded up to the end of the next whole ``ttl_s`` window, so a ticket is
 good for between one and two windows and a device's manifest changes at most once per
