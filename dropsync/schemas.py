@@ -517,7 +517,8 @@ class HeartbeatSchema(Schema):
 
     firmware_version = fields.String(validate=validate.Length(max=64))
     uptime_s = fields.Integer(validate=validate.Range(min=0))
-    free_heap = fields.Integer(validate=validate.Range(min=0))
+    # the health series keeps it as a 32-bit signed int; no ESP has 2 GiB of heap
+    free_heap = fields.Integer(validate=validate.Range(min=0, max=2**31 - 1))
     rssi = fields.Integer(validate=validate.Range(-150, 0))
     ip = fields.String(validate=validate.Length(max=45))
     attributes = fields.Dict(keys=fields.String(validate=validate.Length(1, 64)),

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from firmware_support import ADMIN, HostClient, admin_get, register
 from support import ADMIN_TOKEN, BIN
 from sync_support import wait_until
-from test_firmware_ota import basic, esp32_request, esp8266_request
+from updater_support import basic, esp32_request, esp8266_request
 
 from dropsync.sync import signing
 
