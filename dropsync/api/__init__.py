@@ -21,6 +21,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     ota,
     parsing,
 )
+from .device_requests import DeviceGate
 
 
 class SessionOnlyWithCookie(SecureCookieSessionInterface):
@@ -86,7 +87,10 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin_ops.bp)  # /metrics
     from ..dashboard import init_app as init_dashboard  # the browser's audience (issue 9)
     init_dashboard(app)
-    limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
-                                        files.bp: app.config["RATE_LIMIT_FILES"],
-                                        ota.bp: app.config["RATE_LIMIT_DEVICE"]},
-                    guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])
+    rate_limits = limits.init_app(
+        app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
+                            files.bp: app.config["RATE_LIMIT_FILES"],
+                            ota.bp: app.config["RATE_LIMIT_DEVICE"]},
+        guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])
+    app.extensions["dropsync.gate"] = DeviceGate(app.extensions["dropsync"], rate_limits)
+    lanes.check_hooks(app)
