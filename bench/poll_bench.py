@@ -704,8 +704,8 @@ def component(stack: list[tuple[str, str]]) -> str:
 #: Functions whose inclusive share is worth showing (any frame in the stack).
 INCLUSIVE = (
     ("Flask app (wsgi_app), all of it", "/flask/app.py", "wsgi_app"),
-    ("  require_device_token (auth + liveness)", "/dropsync/api/context.py",
-     "require_device_token"),
+    ("DeviceGate.admit (limits, auth, liveness; both paths)",
+     "/dropsync/api/device_requests.py", "admit"),
     ("  contract.run (query load, view, dump, JSON)", "/dropsync/api/contract.py", "run"),
     ("  flask session open/save", "/flask/sessions.py", None),
     ("  rate limits (check + count)", "/dropsync/api/limits.py", None),

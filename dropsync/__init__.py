@@ -45,7 +45,8 @@ def create_app(config: Mapping[str, Any] | None = None):
     """
     from flask import Flask
 
-    from . import api
+    from . import api, dashboard
+    from .api import lanes
     from .config import load_config
     from .hub import Hub
 
@@ -68,7 +69,9 @@ def create_app(config: Mapping[str, Any] | None = None):
     )
     app.json.sort_keys = False
     app.extensions["dropsync"] = hub
-    api.init_app(app)
+    api.init_app(app)  # the device, files, admin, docs and updater audiences; ops
+    dashboard.init_app(app)  # the operators' browser
+    lanes.check_hooks(app)  # last: no hook may hide from the device lanes
     atexit.register(hub.close)
     return app
 

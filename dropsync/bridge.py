@@ -2,12 +2,12 @@
 
 granian parses HTTP in Rust and hands each request to this bridge on one asyncio loop:
 
-- A request with no body to a fast, memory-only route (device polls, status and ping,
-  manifests, chunk, whole-file and Range downloads, ``/health``) runs the Flask app right
-  there on the loop: no hand-off to a thread, no GIL contention between threads (the
-  peer's "tuned" mode, for WSGI). A route that may write or read the disk per request
-  must not be listed: manifests were, while each new manifest version was stored (an
-  fsync), and a file dropped for 500 devices then held every poll for over a second.
+- A request with no body to a view marked ``@on_loop`` (``dropsync.api.serving``: device
+  polls, status and ping, manifests, chunk, whole-file and Range downloads, ``/health``)
+  runs the Flask app right there on the loop: no hand-off to a thread, no GIL contention
+  between threads (the peer's "tuned" mode, for WSGI); a marked POST (the heartbeat, which
+  only changes memory) runs there once its body has arrived. Which views may is said on
+  the views and read here through the app's URL map (``loop_routes``).
 - Any other request runs in a pool of ``THREADS`` threads (writes fsync; admin pages read
   history from disk) once its whole body has arrived. The body is received on the loop,
   so a client that sends it slowly holds a coroutine, never a thread; one that stops
@@ -41,13 +41,6 @@ SPOOL_IN_MEMORY_BYTES = 1 << 20
 MIN_BODY_BYTES_PER_S = 1024
 #: Answers larger than this are streamed rather than sent as one piece.
 STREAM_ABOVE_BYTES = 1 << 20
-#: Path prefixes whose GET/HEAD requests are served on the loop: read memory or a
-#: page-cached blob, never write, never wait.
-LOOP_PREFIXES = ("/api/v1/device/", "/api/v1/files/download/", "/api/v1/files/t/",
-                 "/api/v1/files/manifest/", "/health")
-#: POSTs that only change memory (a heartbeat is kept in memory and checkpointed): once
-#: their body has arrived they run on the loop too, never queued behind fsyncing writes.
-LOOP_BODY_PREFIXES = ("/api/v1/device/heartbeat/",)
 
 #: A request line longer than this gets 414, a header section larger than this 431, both
 #: in the JSON error shape. granian's own limits are higher (a 64 KiB URI, 100 headers,
@@ -145,14 +138,15 @@ class RSGIBridge:
     def __init__(self, wsgi_app: Callable, *, threads: int, body_timeout_s: float,
                  max_body_bytes: int, spool_dir: str | Path | None = None,
                  on_close: Callable[[], None] | None = None,
-                 loop_prefixes: tuple[str, ...] = LOOP_PREFIXES):
+                 runs_on_loop: Callable[[str, str], bool] = lambda method, path: False):
         self.wsgi_app = wsgi_app
         self.spool_dir = spool_dir
         self.on_close = on_close
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dropsync-request")
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
-        self.loop_prefixes = loop_prefixes
+        #: ``runs_on_loop(method, path)``: the view it reaches is marked ``@on_loop``.
+        self.runs_on_loop = runs_on_loop
         self.base_environ = {
             "SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": _Errors(),
             "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
@@ -180,7 +174,7 @@ class RSGIBridge:
         has_body = environ.get("CONTENT_LENGTH", "0") not in ("", "0") \
             or "HTTP_TRANSFER_ENCODING" in environ
         if not has_body and scope.method in ("GET", "HEAD") \
-                and scope.path.startswith(self.loop_prefixes):
+                and self.runs_on_loop(scope.method, environ["PATH_INFO"]):
             environ["wsgi.input"] = _EMPTY
             await self.respond(proto, *self.call_app(environ))
             return
@@ -195,7 +189,7 @@ class RSGIBridge:
                 proto.response_bytes(413, CLOSE_JSON_HEADERS, error_body(
                     "payload_too_large", "the request body is larger than the hub accepts"))
                 return
-            if scope.method == "POST" and scope.path.startswith(LOOP_BODY_PREFIXES):
+            if scope.method == "POST" and self.runs_on_loop("POST", environ["PATH_INFO"]):
                 status, headers, result = self.call_app_buffered(environ)
                 await self.respond(proto, status, headers, result)
                 return

@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -21,7 +20,7 @@ import click
 from . import __version__
 from .config import load_config
 from .errors import DataDirBusy, StartupError
-from .hubclient import HubError, connect
+from .hubclient import call_hub
 from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
@@ -32,19 +31,6 @@ from .sync import signing_cli
 def admin_api(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
     """Call the admin API for this invocation's data directory; errors end the command."""
     return call_hub(ctx, lambda hub: hub.request(method, "/api/v1/admin" + path, body))
-
-
-def call_hub(ctx: click.Context, call: Callable[[Any], Any]) -> Any:
-    """``call(hub)`` on the admin API of this invocation's data directory; a hub error
-    ends the command with its message."""
-    try:
-        with connect(ctx.obj) as hub:
-            return call(hub)
-    except HubError as exc:
-        detail = f"\n  details: {json.dumps(exc.details)}" if exc.details else ""
-        raise click.ClickException(f"{exc.message} ({exc.code}){detail}") from None
-    except StartupError as exc:
-        raise click.ClickException(exc.message) from None
 
 
 def echo_json(value: Any) -> None:

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import click
+
 from .config import load_config
 from .errors import DataDirBusy, StartupError
 from .store import current_holder
@@ -196,3 +198,16 @@ def _hub_from_holder(data_dir: Path, holder: dict[str, Any]) -> HttpHub:
         raise StartupError(f"data directory {data_dir} is in use by another DropSync command "
                            f"(process {pid}); try again when it has finished")
     return HttpHub(holder["url"], holder["cli_token"], holder.get("tls_cert"))
+
+
+def call_hub(ctx: click.Context, call: Callable[[Any], Any]) -> Any:
+    """``call(hub)`` on the admin API of this invocation's data directory; a hub error
+    ends the command with its message."""
+    try:
+        with connect(ctx.obj) as hub:
+            return call(hub)
+    except HubError as exc:
+        detail = f"\n  details: {json.dumps(exc.details)}" if exc.details else ""
+        raise click.ClickException(f"{exc.message} ({exc.code}){detail}") from None
+    except StartupError as exc:
+        raise click.ClickException(exc.message) from None

@@ -1,4 +1,6 @@
-"""HTTP interface: one blueprint per audience, plus the shared error and auth plumbing."""
+"""HTTP interface of the API audiences (health, device, files, admin, docs, metrics, stock
+updaters): their blueprints, and the error, auth, rate-limit and lane plumbing they share.
+``create_app`` registers this, then the dashboard."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     ota,
     parsing,
 )
+from .device_requests import DeviceGate
 
 
 class SessionOnlyWithCookie(SecureCookieSessionInterface):
@@ -84,9 +87,9 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ota.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
-    from ..dashboard import init_app as init_dashboard  # the browser's audience
-    init_dashboard(app)
-    limits.init_app(app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
-                                        files.bp: app.config["RATE_LIMIT_FILES"],
-                                        ota.bp: app.config["RATE_LIMIT_DEVICE"]},
-                    guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])
+    rate_limits = limits.init_app(
+        app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
+                            files.bp: app.config["RATE_LIMIT_FILES"],
+                            ota.bp: app.config["RATE_LIMIT_DEVICE"]},
+        guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])
+    app.extensions["dropsync.gate"] = DeviceGate(app.extensions["dropsync"], rate_limits)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from flask import Response, current_app, request
 from marshmallow import Schema
 
+from .device_requests import json_bytes
 from .parsing import parse_body, parse_query
 
 
@@ -73,8 +74,9 @@ def contract(*, body: type[Schema] | None = None, query: type[Schema] | None = N
                 result, headers = result
             if declared.response is not None:
                 result = declared.response.dump(result)
-            answer = current_app.json.response(result)
-            answer.status_code = declared.status
+            answer = current_app.response_class(json_bytes(current_app.json, result),
+                                                status=declared.status,
+                                                mimetype=current_app.json.mimetype)
             if headers:
                 answer.headers.update(headers)
             return answer

@@ -11,7 +11,6 @@ import time
 from flask import Blueprint, g
 
 from ..fleet.messages import record_message
-from ..fleet.pacing import record_heartbeat
 from ..schemas import (
     CompleteSchema,
     CompletionSchema,
@@ -24,14 +23,17 @@ from ..schemas import (
     PollQuerySchema,
     PollSchema,
 )
-from .context import current_hub, require_device_token
+from .context import admit_device_request, current_hub
 from .contract import contract
+from .device_requests import heartbeat_answer, poll_answer
+from .serving import lane, on_loop
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/device")
-bp.before_request(require_device_token)
+bp.before_request(admit_device_request)
 
 
 @bp.get("/ping/<device_id>")
+@on_loop
 @contract(response=PingSchema)
 def ping(device_id: str):
     """Check the hub is reachable and the token works."""
@@ -39,6 +41,8 @@ def ping(device_id: str):
 
 
 @bp.get("/commands/<device_id>")
+@lane("poll")
+@on_loop
 @contract(query=PollQuerySchema, response=PollSchema)
 def poll_commands(device_id: str, query):
     """Poll: hand out (and lease) pending commands, highest priority then oldest first.
@@ -46,10 +50,7 @@ def poll_commands(device_id: str, query):
     Complete each within its lease (``lease_s``) or it is handed out again, up to the
     hub's attempt limit. The same command id may arrive twice; run it once.
     """
-    hub = current_hub()
-    handed = hub.commands.lease_pending_commands(device_id, query["limit"])
-    return {"commands": handed, "next_poll_s": hub.pacing.next_poll_s(g.device),
-            "server_time": int(time.time())}
+    return poll_answer(current_hub(), g.device, query["limit"])
 
 
 @bp.post("/commands/<device_id>/complete")
@@ -73,16 +74,16 @@ def post_message(device_id: str, body):
 
 
 @bp.post("/heartbeat/<device_id>")
+@lane("heartbeat")
+@on_loop
 @contract(body=HeartbeatSchema, response=HeartbeatAckSchema)
 def heartbeat(device_id: str, body):
     """Report firmware version, uptime, free heap, RSSI, IP and any other attributes."""
-    hub = current_hub()
-    record_heartbeat(hub.stores, device_id, body)
-    return {"status": "ok", "next_poll_s": hub.pacing.next_poll_s(g.device),
-            "server_time": int(time.time())}
+    return heartbeat_answer(current_hub(), g.device, body)
 
 
 @bp.get("/status/<device_id>")
+@on_loop
 @contract(response=DeviceStatusSchema)
 def status(device_id: str):
     """What the hub knows of this device: connection, its open commands (pending: not

@@ -12,7 +12,6 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..errors import BadRequest, Forbidden, PayloadTooLarge
 from ..schemas import DeletedSchema
-from ..sync.blobs import BlobInfo
 from ..sync.packages import Manifest
 from ..sync.schemas import (
     DeviceUploadListSchema,
@@ -27,11 +26,13 @@ from ..sync.schemas import (
 )
 from ..sync.uploads import MULTIPART_OVERHEAD, READ_BUFFER
 from . import accel
-from .context import current_hub, require_device_token
+from .context import admit_device_request, current_hub
 from .contract import contract
+from .device_requests import Chunk, chunk_answer, nginx_sends_chunk
+from .serving import lane, on_loop
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
-bp.before_request(require_device_token)
+bp.before_request(admit_device_request)
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -42,6 +43,7 @@ def manifest_headers(manifest: Manifest) -> dict[str, str]:
 
 # -- manifests -------------------------------------------------------------------------
 @bp.get("/manifest/<device_id>")
+@on_loop
 @contract(response=ManifestSchema, other_responses={304: "Not modified (If-None-Match)"})
 def manifest(device_id: str):
     """Every file this device should hold, with the version of the list.
@@ -67,14 +69,9 @@ def sync_packages(device_id: str):
             "count": len(listed)}
 
 
-def chunk_headers(blob: BlobInfo, index: int, version: int) -> dict[str, str]:
-    """What a device checks a chunk with (the same for every device)."""
-    return {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
-            "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
-
-
 # -- downloads -------------------------------------------------------------------------
 @bp.get("/download/<device_id>/<package_id>/<int:version>")
+@on_loop
 @contract(produces=OCTET_STREAM, errors=(409, 416),
           other_responses={206: "Partial content (Range)",
                            304: "Not modified (If-None-Match with the SHA-256)"})
@@ -120,19 +117,22 @@ def send_stored_file(path, *, etag: str, download_name: str,
 
 
 @bp.get("/download/<device_id>/<package_id>/<int:version>/<int:index>")
+@lane("chunk")
+@on_loop
 @contract(produces=OCTET_STREAM, errors=(409,))
 def download_chunk(device_id: str, package_id: str, version: int, index: int):
     """One chunk (``chunk_size`` bytes, the last may be shorter), its SHA-256 in
     ``X-Chunk-SHA256``: computed at ingest, never per request."""
-    packages = current_hub().packages
-    package = packages.authorize_download(g.device, package_id, version)
-    blob = packages.blob_info(package)
-    headers = chunk_headers(blob, index, version)
+    return chunk_response(chunk_answer(current_hub(), g.device, package_id, version, index),
+                          ticketed=False)
+
+
+def chunk_response(chunk: Chunk, *, ticketed: bool) -> Response:
     accel_prefix = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
-    if accel_prefix and blob.size:  # nginx sends the chunk's bytes (as a 206)
-        return accel.chunk(accel_prefix, blob, index, headers)
-    return Response(current_hub().blobs.read_chunk(blob, index), mimetype=OCTET_STREAM,
-                    headers=headers)
+    if nginx_sends_chunk(accel_prefix, chunk, ticketed=ticketed):  # as a 206 from nginx
+        return accel.chunk(accel_prefix, chunk.blob, chunk.index, chunk.headers)
+    return Response(current_hub().blobs.read_chunk(chunk.blob, chunk.index),
+                    mimetype=OCTET_STREAM, headers=chunk.headers)
 
 
 # -- downloads by ticket (DOWNLOAD_TICKET_SECRET) ---------------------------------------
@@ -149,6 +149,7 @@ def check_ticket(expires: int, sig: str, device_id: str, package_id: str,
 
 
 @bp.get(TICKET_ROUTE)
+@on_loop
 @contract(produces=OCTET_STREAM, errors=(409, 410, 416),
           other_responses={206: "Partial content (Range)",
                            304: "Not modified (If-None-Match with the SHA-256)"})
@@ -161,6 +162,8 @@ def ticket_download(expires: int, sig: str, device_id: str, package_id: str, ver
 
 
 @bp.get(TICKET_ROUTE + "/<int:index>")
+@lane("ticket_chunk")
+@on_loop
 @contract(produces=OCTET_STREAM, errors=(409, 410))
 def ticket_chunk(expires: int, sig: str, device_id: str, package_id: str, version: int,
                  index: int):
@@ -168,10 +171,8 @@ def ticket_chunk(expires: int, sig: str, device_id: str, package_id: str, versio
     token checked, the bytes always in the answer itself (never ``X-Accel-Redirect``),
     so nginx can keep the answer in its cache for every device."""
     check_ticket(expires, sig, device_id, package_id, version)
-    packages = current_hub().packages
-    blob = packages.blob_info(packages.authorize_download(g.device, package_id, version))
-    return Response(current_hub().blobs.read_chunk(blob, index), mimetype=OCTET_STREAM,
-                    headers=chunk_headers(blob, index, version))
+    return chunk_response(chunk_answer(current_hub(), g.device, package_id, version, index),
+                          ticketed=True)
 
 
 # -- sync state ------------------------------------------------------------------------

@@ -8,11 +8,13 @@ from .. import __version__
 from ..sync.schemas import HealthWithStagingSchema
 from .context import current_hub
 from .contract import contract
+from .serving import on_loop
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
+@on_loop
 @contract(response=HealthWithStagingSchema)
 def show():
     """The hub's state, for monitors and people; needs no credentials."""

@@ -1,48 +1,51 @@
-"""Short ways through for the two requests a fleet makes most: the poll and the chunk.
+"""Short ways through for the requests a fleet makes most: the poll, the chunk, the
+heartbeat.
 
-A node polls every few seconds and fetches a file 4 KiB at a time. Through Flask each of
-those paid for a request context, URL matching, the hooks, the contract and a ``Response``
-object: several times the work it is for (a poll's profile put Flask and werkzeug at half
-its time). This WSGI wrapper answers a poll, or a chunk GET that will succeed, with the same
-rules (the device's token, the failed-auth and per-device limits; for a chunk the manifest
-and version check), the same answer byte for byte, the same liveness update, metrics and
-log line; a chunk's bytes go to the server by path when it can (``dropsync.file_range``,
-see ``dropsync.bridge``). Anything else, any refusal or error included, goes to the app,
-which answers it exactly as before: a request a lane leaves has changed nothing but, at
-most, one more count of a per-device limit already used up.
+A node polls every few seconds, fetches files a chunk at a time and reports a heartbeat.
+Through Flask each of those paid for a request context, the hooks, the contract and a
+``Response`` object: several times the work it is for. A view marked ``@lane(name)``
+(``serving.py``) has its common case answered here instead, by the method of that name,
+with the view's own rules (``device_requests``: admission, the answer, the chunk
+headers, JSON) and its own contract's schemas, and the same metrics and log line
+(``ops.requestlog.note_request``); a chunk's bytes go to the server by path when it can
+(``dropsync.file_range``, see ``dropsync.bridge``).
+
+Routes come from the app's URL map, so a lane answers exactly the requests its view
+would. Anything a lane is not sure of (a refusal, an error, an unusual query or body)
+goes to the app, which answers it exactly as it always does: a request a lane leaves
+has changed nothing but, at most, one more count of a per-device limit already used up.
+The lanes run only the hooks ``KNOWN_HOOKS`` names (through the gate and the request
+log); ``check_hooks`` refuses, at start, any other hook on a lane-served blueprint.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import re
+import io
 import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
 from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
 
 from ..errors import DropSyncError
-from ..fleet.devices import authenticate_device
-from ..ops.requestlog import log as request_log
+from ..ops.requestlog import note_request
 from . import accel
-from .context import device_token_of
-from .limits import credential_fingerprint
+from .device_requests import (
+    Caller,
+    chunk_answer,
+    heartbeat_answer,
+    json_bytes,
+    nginx_sends_chunk,
+    poll_answer,
+)
+from .parsing import is_json, load_json_body
+from .serving import lane_of
 
-CHUNK_ENDPOINT = "files.download_chunk"
-TICKET_CHUNK_ENDPOINT = "files.ticket_chunk"
-POLL_ENDPOINT = "device.poll_commands"
-#: The routes of those endpoints (ASCII ids, as the hub issues them).
-CHUNK_PATH = re.compile(r"/api/v1/files/download/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
-#: A chunk by download ticket (dropsync.sync.tickets): what nginx asks on a cache miss.
-TICKET_CHUNK_PATH = re.compile(
-    r"/api/v1/files/t/([0-9]+)/([A-Za-z0-9_-]+)/([^/]+)/([^/]+)/([0-9]+)/([0-9]+)")
-POLL_PATH = re.compile(r"/api/v1/device/commands/([^/]+)")
-#: The one query a poll may carry here (``limit``); any other goes to the app.
-POLL_QUERY = re.compile(r"limit=([0-9]{1,3})")
 OCTET_STREAM = "application/octet-stream"
+#: The most a poll may ask for in its query (``?limit=N``); anything else goes to the app.
+POLL_QUERY_PREFIX = "limit="
 
 
 class DeviceLanes:
@@ -56,151 +59,134 @@ class DeviceLanes:
         """What the app builds after this wrapper is installed: read on the first request."""
         app = self.app
         self.hub = app.extensions["dropsync"]
+        self.gate = app.extensions["dropsync.gate"]
         self.metrics = app.extensions["dropsync.metrics"]
-        limits = app.extensions["dropsync.limits"]
-        self.limits = limits if limits.enabled else None
-        self.per_device = {blueprint: limits.per_device.get(blueprint)
-                           if blueprint in limits.guarded_blueprints else None
-                           for blueprint in ("files", "device")}
         self.accel_prefix = app.config["DOWNLOAD_ACCEL_PREFIX"]
         self.log_requests = app.config["REQUEST_LOG"]
-        self.routes = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
-        poll = app.view_functions[POLL_ENDPOINT].contract
-        self.poll_query, self.poll_response = poll.query, poll.response
-        self.poll_default_limit = poll.query.load({})["limit"]
-        provider = app.json
-        # The app's JSON answers, as app.json.response writes them (compact unless debug).
-        self.encoder = None if provider.compact is False or (
-            provider.compact is None and app.debug) else json.JSONEncoder(
-            default=provider.default, ensure_ascii=provider.ensure_ascii,
-            sort_keys=provider.sort_keys, separators=(",", ":"))
+        self.max_body = app.config["MAX_REQUEST_BYTES"]
+        self.urls = app.url_map.bind("hub")
+        #: endpoint -> (this lane's method, the view's route, its contract, its blueprint)
+        self.lanes: dict[str, tuple[Callable, str, Any, str]] = {}
+        for rule in app.url_map.iter_rules():
+            view = app.view_functions[rule.endpoint]
+            name = lane_of(view)
+            if name is not None:
+                self.lanes[rule.endpoint] = (getattr(self, name), rule.rule, view.contract,
+                                             rule.endpoint.partition(".")[0])
         self.ready = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
-        if environ["REQUEST_METHOD"] == "GET" \
-                and environ.get("CONTENT_LENGTH", "") in ("", "0") \
-                and "HTTP_TRANSFER_ENCODING" not in environ:
-            path = environ.get("PATH_INFO", "")
-            if path.isascii():
-                if not self.ready:
-                    self.setup()
-                answer = None
-                if (found := POLL_PATH.fullmatch(path)) is not None:
-                    answer = self.poll(environ, start_response, found.group(1))
-                elif (found := CHUNK_PATH.fullmatch(path)) is not None:
-                    answer = self.chunk(environ, start_response, *found.groups())
-                elif path.startswith("/api/v1/files/t/") \
-                        and (found := TICKET_CHUNK_PATH.fullmatch(path)) is not None:
-                    expires, sig, *chunk = found.groups()
-                    answer = self.chunk(environ, start_response, *chunk,
-                                        ticket=(int(expires), sig))
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "")
+        if method in ("GET", "POST") and path.isascii():
+            if not self.ready:
+                self.setup()
+            try:
+                endpoint, args = self.urls.match(path, method)
+            except HTTPException:
+                endpoint = None
+            found = self.lanes.get(endpoint)
+            if found is not None:
+                handler, route, contract, blueprint = found
+                started = time.perf_counter()
+                answer = handler(environ, args, contract, blueprint)
                 if answer is not None:
-                    return answer
+                    status, headers, body, length = answer
+                    start_response(status, headers)
+                    device_id = args["device_id"]
+                    note_request(self.metrics, self.log_requests, method, route, endpoint,
+                                 int(status[:3]), time.perf_counter() - started, length,
+                                 device_id, environ.get("REMOTE_ADDR") or "unknown")
+                    return body
         return self.wsgi_app(environ, start_response)
 
-    def authenticated(self, environ: dict[str, Any], device_id: str, blueprint: str):
-        """The device whose token this is, or None for the app to answer (and count)."""
-        authorization = environ.get("HTTP_AUTHORIZATION", "")
-        token_header = environ.get("HTTP_X_DEVICE_TOKEN", "")
-        limits = self.limits
-        if limits is not None and blueprint in limits.guarded_blueprints \
-                and limits.failed_credential.exceeded(
-                    environ.get("REMOTE_ADDR") or "unknown",
-                    credential_fingerprint(authorization, token_header)):
-            return None
+    def admitted(self, environ: dict[str, Any], blueprint: str, device_id: str):
+        """The device, or None for the app to answer (and count) the refusal."""
         try:
-            return authenticate_device(self.hub.stores, device_id,
-                                       device_token_of(authorization, token_header))
-        except DropSyncError:
+            return self.gate.admit(blueprint, device_id, Caller.of(environ))
+        except Exception:  # noqa: BLE001 (a refusal of any kind: the app answers it)
             return None
 
-    def within_limit(self, device_id: str, blueprint: str) -> bool:
-        """Counts the request against the device's limit; False: the app counts it once
-        more and answers 429."""
-        per_device = self.per_device[blueprint]
-        return self.limits is None or per_device is None or per_device.count(device_id)
+    def json_answer(self, data: Any) -> tuple[str, list, list[bytes], int]:
+        body = json_bytes(self.app.json, data)
+        return ("200 OK", [("Content-Type", "application/json"),
+                           ("Content-Length", str(len(body)))], [body], len(body))
 
-    def poll(self, environ: dict[str, Any], start_response: Callable, device_id: str):
+    # -- the lanes ----------------------------------------------------------------------
+    def poll(self, environ, args, contract, blueprint):
         """The poll, or None to leave the request to the app."""
-        started = time.perf_counter()
+        if environ.get("CONTENT_LENGTH", "") not in ("", "0") \
+                or "HTTP_TRANSFER_ENCODING" in environ:
+            return None
         query = environ.get("QUERY_STRING", "")
-        if not query:
-            limit = self.poll_default_limit
-        elif (found := POLL_QUERY.fullmatch(query)) is not None:
-            try:
-                limit = self.poll_query.load({"limit": found.group(1)})["limit"]
-            except ValidationError:
-                return None
-        else:
+        if query and not query.startswith(POLL_QUERY_PREFIX):
             return None
-        device = self.authenticated(environ, device_id, "device")
-        if device is None or not self.within_limit(device_id, "device"):
+        try:  # the contract's own query schema (its defaults when there is no query)
+            limit = contract.query.load(
+                {"limit": query[len(POLL_QUERY_PREFIX):]} if query else {})["limit"]
+        except ValidationError:
             return None
-        hub = self.hub
-        address = environ.get("REMOTE_ADDR") or "unknown"
-        hub.stores.liveness.update(device_id, last_seen=time.time(), ip=address)
-        # From here on the poll is answered here: its commands are leased.
-        handed = hub.commands.lease_pending_commands(device_id, limit)
-        poll = {"commands": [], "next_poll_s": hub.pacing.next_poll_s(device),
-                "server_time": int(time.time())}
-        if handed:  # shaped by the contract's schema, as the app does; [] needs no shaping
-            poll = self.poll_response.dump({**poll, "commands": handed})
-        if self.encoder is not None:
-            body = (self.encoder.encode(poll) + "\n").encode()
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))])
-        else:
-            answer = self.app.json.response(poll)
-            body = answer.get_data()
-            start_response("200 OK", answer.headers.to_wsgi_list())
-        self.finished(POLL_ENDPOINT, device_id, address, started, len(body))
-        return [body]
-
-    def chunk(self, environ: dict[str, Any], start_response: Callable, device_id: str,
-              package_id: str, version_text: str, index_text: str,
-              ticket: tuple[int, str] | None = None):
-        """The chunk, or None to leave the request to the app. With a download ``ticket``
-        (expires, signature) that is checked too, and the bytes are always in the answer
-        (nginx caches it for every device)."""
-        started = time.perf_counter()
-        version, index = int(version_text), int(index_text)
-        if ticket is not None:
-            tickets = self.hub.packages.tickets
-            try:
-                if tickets is None:
-                    return None
-                tickets.check(*ticket, device_id, package_id, version)
-            except DropSyncError:
-                return None
-        device = self.authenticated(environ, device_id, "files")
+        device = self.admitted(environ, blueprint, args["device_id"])
         if device is None:
             return None
-        packages = self.hub.packages
+        # From here on the poll is answered here: its commands are leased.
+        poll = poll_answer(self.hub, device, limit)
+        if poll["commands"]:  # shaped by the contract's schema; [] needs no shaping
+            poll = contract.response.dump(poll)
+        return self.json_answer(poll)
+
+    def heartbeat(self, environ, args, contract, blueprint):
+        """The heartbeat (a JSON body of a declared length), or None for the app."""
+        declared = environ.get("CONTENT_LENGTH", "")
+        if not declared.isdigit() or int(declared) > self.max_body \
+                or not is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip()):
+            return None
+        raw = environ["wsgi.input"].read(int(declared))
+        environ["wsgi.input"] = io.BytesIO(raw)  # for the app, if it answers after all
+        device = self.admitted(environ, blueprint, args["device_id"])
+        if device is None:
+            return None
         try:
-            package = packages.authorize_download(device, package_id, version)
-            blob = packages.blob_info(package)
-            first, length = blob.chunk_span(index)
+            body = load_json_body(raw, contract.body)
         except DropSyncError:
             return None
-        if not self.within_limit(device_id, "files"):
+        return self.json_answer(contract.response.dump(
+            heartbeat_answer(self.hub, device, body)))
+
+    def chunk(self, environ, args, contract, blueprint, ticketed: bool = False):
+        """The chunk, or None to leave the request to the app."""
+        device = self.admitted(environ, blueprint, args["device_id"])
+        if device is None:
             return None
-        address = environ.get("REMOTE_ADDR") or "unknown"
-        self.hub.stores.liveness.update(device_id, last_seen=time.time(), ip=address)
-        headers = {"X-Chunk-SHA256": blob.chunk_sha256(index), "X-Chunk-Index": str(index),
-                   "X-Chunk-Count": str(blob.chunk_count), "X-Package-Version": str(version)}
-        if self.accel_prefix and blob.size and ticket is None:  # nginx sends the bytes
-            response = accel.chunk(self.accel_prefix, blob, index, headers)
-            body = response(environ, start_response)
-            length = 0
-        else:
-            send_range = environ.get("dropsync.file_range")
-            body = send_range(self.blob_path(blob.sha256), first, first + length) \
-                if send_range is not None else [self.hub.blobs.read_chunk(blob, index)]
-            start_response("200 OK", [*headers.items(), ("Content-Type", OCTET_STREAM),
-                                      ("Content-Length", str(length))])
-        self.finished(CHUNK_ENDPOINT if ticket is None else TICKET_CHUNK_ENDPOINT, device_id,
-                      address, started, length)
-        return body
+        try:
+            chunk = chunk_answer(self.hub, device, args["package_id"], args["version"],
+                                 args["index"])
+        except DropSyncError:
+            return None
+        if nginx_sends_chunk(self.accel_prefix, chunk, ticketed=ticketed):
+            captured: list = []
+            body = accel.chunk(self.accel_prefix, chunk.blob, chunk.index, chunk.headers)(
+                environ, lambda status, headers: captured.extend((status, headers)))
+            return captured[0], captured[1], body, 0
+        send_range = environ.get("dropsync.file_range")
+        body = send_range(self.blob_path(chunk.blob.sha256), chunk.first,
+                          chunk.first + chunk.length) if send_range is not None \
+            else [self.hub.blobs.read_chunk(chunk.blob, chunk.index)]
+        return ("200 OK", [*chunk.headers.items(), ("Content-Type", OCTET_STREAM),
+                           ("Content-Length", str(chunk.length))], body, chunk.length)
+
+    def ticket_chunk(self, environ, args, contract, blueprint):
+        """A chunk by download ticket (what nginx asks on a cache miss): the ticket is
+        checked too, and the bytes are always in the answer (nginx caches it)."""
+        tickets = self.hub.packages.tickets
+        if environ["REQUEST_METHOD"] != "GET" or tickets is None:
+            return None
+        try:
+            tickets.check(args["expires"], args["sig"], args["device_id"],
+                          args["package_id"], args["version"])
+        except DropSyncError:
+            return None
+        return self.chunk(environ, args, contract, blueprint, ticketed=True)
 
     def blob_path(self, sha256: str) -> str:
         path = self.paths.get(sha256)
@@ -210,15 +196,37 @@ class DeviceLanes:
             path = self.paths[sha256] = str(self.hub.blobs.path_of(sha256))
         return path
 
-    def finished(self, endpoint: str, device_id: str, address: str, started: float,
-                 length: int) -> None:
-        """The metrics and log line ``ops.requestlog`` gives every request."""
-        seconds = time.perf_counter() - started
-        route = self.routes[endpoint]
-        self.metrics.count_request("GET", route, endpoint, 200, seconds, length)
-        if self.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info("%s %s %d %.1fms device=%s client=%s", "GET", route, 200,
-                             seconds * 1000, device_id, address)
+
+#: The hooks the lanes account for: what they do is in ``DeviceGate.admit`` (auth,
+#: limits, liveness) and ``note_request`` (the request log and metrics), by name.
+KNOWN_HOOKS = frozenset({
+    "RequestObserver.start", "RequestObserver.finish", "RateLimits.check",
+    "RateLimits.count_refusal", "admit_device_request",
+})
+
+
+#: Flask-WTF's app-wide hook; with ``WTF_CSRF_CHECK_DEFAULT`` off it checks nothing.
+CSRF_HOOK = "CSRFProtect.init_app.<locals>.csrf_protect"
+
+
+def check_hooks(app: Flask) -> None:
+    """Refuse, at start, a request hook that a lane would skip: one on the app or on a
+    blueprint whose views a lane answers, that the lanes do not account for."""
+    served = {rule.endpoint.partition(".")[0] for rule in app.url_map.iter_rules()
+              if lane_of(app.view_functions[rule.endpoint]) is not None}
+    for hooks in (app.before_request_funcs, app.after_request_funcs,
+                  app.teardown_request_funcs, app.url_value_preprocessors):
+        for blueprint in (None, *served):
+            for hook in hooks.get(blueprint, ()):
+                name = getattr(hook, "__qualname__", repr(hook))
+                if name == CSRF_HOOK and app.config.get("WTF_CSRF_CHECK_DEFAULT") is False:
+                    continue  # Flask-WTF's hook checks nothing unless asked (dashboard)
+                if name not in KNOWN_HOOKS:
+                    raise RuntimeError(
+                        f"request hook {name} on {blueprint or 'the app'} would be skipped "
+                        "by the device lanes (api/lanes.py), which answer that blueprint's "
+                        "common requests without Flask: put its rule in device_requests "
+                        "(both paths call it) and name it in lanes.KNOWN_HOOKS")
 
 
 def init_app(app: Flask) -> None:

@@ -156,6 +156,15 @@ class KeyedLimit:
         raise TooManyRequests(response=self.too_many(*key))
 
 
+class RateLimited(Exception):
+    """Over a rate limit, found outside a request hook (``device_requests.DeviceGate``):
+    answered 429 with ``Retry-After`` by ``limit.too_many(*key)``."""
+
+    def __init__(self, limit: KeyedLimit, key: tuple[str, ...]):
+        super().__init__(f"rate limited: {limit.scope}")
+        self.limit, self.key = limit, key
+
+
 class RateLimits:
     """The hub's limits, checked in ``before_request`` and counted after."""
 
@@ -179,17 +188,15 @@ class RateLimits:
         return KeyedLimit(self.strategy, rate, scope)
 
     def check(self) -> None:
+        """The failed-credential limit of the guarded blueprints that are not a device's:
+        the device blueprints check it, with their own, in ``DeviceGate.admit``."""
         blueprint = request.blueprint
-        if not self.enabled or blueprint not in self.guarded_blueprints:
+        if not self.enabled or blueprint not in self.guarded_blueprints \
+                or blueprint in self.per_device:
             return
         client = (client_address(), presented_credential())
         if self.failed_credential.exceeded(*client):
             self.failed_credential.refuse(*client)
-        per_device = self.per_device.get(blueprint)
-        if per_device is not None:
-            device_id = (request.view_args or {}).get("device_id", "")
-            if not per_device.count(device_id):
-                per_device.refuse(device_id)
 
     def count_refusal(self, response: Response) -> Response:
         if not (self.enabled and response.status_code in REFUSED
@@ -210,6 +217,7 @@ def init_app(app: Flask, device_limits: dict[Blueprint, str],
                         {bp.name for bp in guarded_blueprints})
     app.before_request(limits.check)
     app.after_request(limits.count_refusal)
+    app.register_error_handler(RateLimited, lambda exc: exc.limit.too_many(*exc.key))
     app.extensions["dropsync.limits"] = limits
     return limits
 

@@ -14,37 +14,19 @@ staged image.
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, Response, current_app, g, request
 
-from ..errors import Conflict, Forbidden, NotFound
-from ..fleet.devices import authenticate_device
+from ..errors import Conflict, NotFound
 from ..sync.firmware_images import AmbiguousImage, appended_digest, choose_image, is_running
 from . import accel
-from .context import current_hub, device_token
+from .context import admit_updater_request, current_hub
 from .contract import contract
 from .files import OCTET_STREAM, send_stored_file
 
 bp = Blueprint("ota", __name__, url_prefix="/api/v1/ota")
 
 
-@bp.before_request
-def require_updater_credentials() -> None:
-    """HTTP Basic (user = the device id, password = its token), or the device's bearer
-    token; then the device counts as seen, as on every device route."""
-    device_id = (request.view_args or {}).get("device_id", "")
-    auth = request.authorization
-    if auth is not None and auth.type == "basic":
-        if auth.username != device_id:
-            raise Forbidden("the HTTP Basic user must be the device id in the URL",
-                            code="wrong_device")
-        token = auth.password or None
-    else:
-        token = device_token()
-    stores = current_hub().stores
-    g.device = authenticate_device(stores, device_id, token)
-    stores.liveness.update(device_id, last_seen=time.time(), ip=request.remote_addr)
+bp.before_request(admit_updater_request)
 
 
 @bp.after_request

@@ -292,7 +292,7 @@ def backup(ctx, file, folder, keep):
     Through the running hub when one holds the data directory, so it goes on serving;
     otherwise the data directory is opened (and held) for the time of the backup.
     """
-    from ..cli import call_hub
+    from ..hubclient import call_hub
 
     if bool(file) == bool(folder):
         raise click.UsageError("give either FILE or --dir")

@@ -19,6 +19,18 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .metrics import HubMetrics
 
 log = logging.getLogger("dropsync.requests")
+
+
+def note_request(metrics: HubMetrics, log_requests: bool, method: str, route: str,
+                 endpoint: str | None, status: int, seconds: float, length: int | None,
+                 device_id: str, address: str) -> None:
+    """The metrics and the log line every request gets, through Flask or a lane (never a
+    credential: the route pattern, not the path or its query string)."""
+    metrics.count_request(method, route, endpoint, status, seconds, length)
+    if log_requests and log.isEnabledFor(logging.INFO):
+        log.info("%s %s %d %.1fms device=%s client=%s", method, route, status,
+                 seconds * 1000, device_id, address)
+
 STARTED = "dropsync.started"
 
 
@@ -34,16 +46,12 @@ class RequestObserver:
         started = request.environ.get(STARTED)
         if started is None:  # a request that failed before our first hook
             return response
-        seconds = time.perf_counter() - started
         rule = request.url_rule
-        route = rule.rule if rule is not None else "-"
-        status = response.status_code
-        self.metrics.count_request(request.method, route, request.endpoint, status, seconds,
-                                   response.content_length)
-        if self.log_requests and log.isEnabledFor(logging.INFO):
-            device = (request.view_args or {}).get("device_id") or "-"
-            log.info("%s %s %d %.1fms device=%s client=%s", request.method, route, status,
-                     seconds * 1000, device, request.remote_addr)
+        note_request(self.metrics, self.log_requests, request.method,
+                     rule.rule if rule is not None else "-", request.endpoint,
+                     response.status_code, time.perf_counter() - started,
+                     response.content_length,
+                     (request.view_args or {}).get("device_id") or "-", request.remote_addr)
         return response
 
 

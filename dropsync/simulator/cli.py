@@ -16,6 +16,7 @@ from ..fleet.bootstrap import FIRST_ADMIN_FILE
 from ..hubclient import HubError
 from ..store import current_holder
 from .faults import FAULT_KINDS, FaultPlan
+from .stats import progress_printer
 
 FAULT_HELP = "; ".join(f"{name}: {what} (default rate {rate:g})"
                        for name, (what, rate) in FAULT_KINDS.items())
@@ -55,23 +56,6 @@ def locate_hub(overrides: dict[str, Any], hub_url: str | None,
     if admin_token is None:
         admin_token = first_admin_token(data_dir)
     return hub_url.rstrip("/"), admin_token
-
-
-def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
-    """Where the live line goes: rewritten in place on a terminal, a line per interval
-    otherwise (logs, CI)."""
-    if quiet:
-        return None, 0.0
-    live = sys.stderr.isatty()
-
-    def show(line: str) -> None:
-        if live:
-            sys.stderr.write("\r\x1b[2K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    return show, every_s or (1.0 if live else 10.0)
 
 
 @click.command()

@@ -29,8 +29,8 @@ import aiohttp
 import click
 
 from ..hubclient import HubError
-from .cli import progress_printer
 from .fleet import AdminAPI, Fleet, FleetOptions, prepare_credentials
+from .stats import progress_printer
 
 GROUPS = ("greenhouse", "barn")
 SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "data/calibration.bin"

@@ -8,6 +8,7 @@ locks). Latencies are kept per request in milliseconds for exact percentiles; a 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -234,3 +235,20 @@ def format_summary(summary: dict[str, Any], hub_url: str) -> str:
     ]
     lines += [f"    {sample}" for sample in errors["samples"][:5]]
     return "\n".join(lines)
+
+
+def progress_printer(quiet: bool, every_s: float | None) -> tuple[Any, float]:
+    """Where the live line goes: rewritten in place on a terminal, a line per interval
+    otherwise (logs, CI)."""
+    if quiet:
+        return None, 0.0
+    live = sys.stderr.isatty()
+
+    def show(line: str) -> None:
+        if live:
+            sys.stderr.write("\r\x1b[2K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return show, every_s or (1.0 if live else 10.0)
