@@ -7,7 +7,7 @@ granian parses HTTP in Rust and hands each request to this bridge on one asyncio
   runs the Flask app right there on the loop: no hand-off to a thread, no GIL contention
   between threads (the peer's "tuned" mode, for WSGI); a marked POST (the heartbeat, which
   only changes memory) runs there once its body has arrived. Which views may is said on
-  the views and read here through the app's URL map (``loop_routes``).
+  the views and read here through the app's URL map (``serving.MarkedRoutes``).
 - Any other request runs in a pool of ``THREADS`` threads (writes fsync; admin pages read
   history from disk) once its whole body has arrived. The body is received on the loop,
   so a client that sends it slowly holds a coroutine, never a thread; one that stops

@@ -239,7 +239,7 @@ def largest_body(settings: Mapping[str, Any]) -> int:
 
 def load_hub_bridge(overrides: Mapping[str, Any]):
     """In granian's worker: create the hub (it takes the data directory here) and wrap it."""
-    from .api.serving import loop_routes
+    from .api.serving import MarkedRoutes
     from .bridge import RSGIBridge
 
     stop_with_parent()
@@ -250,7 +250,7 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
                         body_timeout_s=settings["REQUEST_BODY_TIMEOUT_S"],
                         max_body_bytes=largest_body(settings),
                         spool_dir=hub.stores.data_dir, on_close=hub.close,
-                        runs_on_loop=loop_routes(app))
+                        runs_on_loop=MarkedRoutes(app).runs_on_loop)
     from .ops.tls import tls_files
 
     scheme = "https" if tls_files(settings) else "http"

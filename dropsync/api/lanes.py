@@ -27,7 +27,6 @@ from typing import Any
 
 from flask import Flask
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
 
 from ..errors import DropSyncError
 from ..ops.requestlog import note_request
@@ -41,7 +40,7 @@ from .device_requests import (
     poll_answer,
 )
 from .parsing import is_json, load_json_body
-from .serving import lane_of
+from .serving import MarkedRoutes, lane_of
 
 OCTET_STREAM = "application/octet-stream"
 #: The most a poll may ask for in its query (``?limit=N``); anything else goes to the app.
@@ -64,7 +63,7 @@ class DeviceLanes:
         self.accel_prefix = app.config["DOWNLOAD_ACCEL_PREFIX"]
         self.log_requests = app.config["REQUEST_LOG"]
         self.max_body = app.config["MAX_REQUEST_BYTES"]
-        self.urls = app.url_map.bind("hub")
+        self.routes = MarkedRoutes(app)
         #: endpoint -> (this lane's method, the view's route, its contract, its blueprint)
         self.lanes: dict[str, tuple[Callable, str, Any, str]] = {}
         for rule in app.url_map.iter_rules():
@@ -73,6 +72,10 @@ class DeviceLanes:
             if name is not None:
                 self.lanes[rule.endpoint] = (getattr(self, name), rule.rule, view.contract,
                                              rule.endpoint.partition(".")[0])
+        poll = app.view_functions[next(e for e, lane in self.lanes.items()
+                                       if lane[0] == self.poll)].contract
+        #: A poll's limit when it names none: the contract's own default, loaded once.
+        self.poll_default_limit = poll.query.load({})["limit"]
         self.ready = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
@@ -81,12 +84,10 @@ class DeviceLanes:
         if method in ("GET", "POST") and path.isascii():
             if not self.ready:
                 self.setup()
-            try:
-                endpoint, args = self.urls.match(path, method)
-            except HTTPException:
-                endpoint = None
-            found = self.lanes.get(endpoint)
+            route = self.routes.match(method, path)
+            found = self.lanes.get(route[0]) if route is not None else None
             if found is not None:
+                endpoint, args = route[0], route[1]
                 handler, route, contract, blueprint = found
                 started = time.perf_counter()
                 answer = handler(environ, args, contract, blueprint)
@@ -121,11 +122,13 @@ class DeviceLanes:
         query = environ.get("QUERY_STRING", "")
         if query and not query.startswith(POLL_QUERY_PREFIX):
             return None
-        try:  # the contract's own query schema (its defaults when there is no query)
-            limit = contract.query.load(
-                {"limit": query[len(POLL_QUERY_PREFIX):]} if query else {})["limit"]
-        except ValidationError:
-            return None
+        if not query:
+            limit = self.poll_default_limit
+        else:
+            try:  # through the contract's own query schema
+                limit = contract.query.load({"limit": query[len(POLL_QUERY_PREFIX):]})["limit"]
+            except ValidationError:
+                return None
         device = self.admitted(environ, blueprint, args["device_id"])
         if device is None:
             return None
