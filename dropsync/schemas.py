@@ -25,6 +25,16 @@ from .relay.commands import STATES
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
 
 
+class FullMatch(validate.Regexp):
+    """``validate.Regexp`` that must match the whole value: its ``match`` and a ``$``
+    let ``"admin\\n"`` through. The pattern still documents the rule in OpenAPI."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class GroupList(fields.Field):
     """A list of group names; form posts may send them comma-separated or repeated."""
 
@@ -34,7 +44,7 @@ class GroupList(fields.Field):
         if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
             raise ValidationError("must be a list of group names")
         for group in value:
-            if not GROUP_RE.match(group):
+            if not GROUP_RE.fullmatch(group):
                 raise ValidationError(f"{group!r}: use 1-64 letters, digits, '-' or '_'")
         return value
 
@@ -57,7 +67,7 @@ DEVICE_ALIASES = {"device_id": "id", "device_type": "type"}
 
 
 class DeviceRegisterSchema(Schema):
-    id = fields.String(required=True, validate=validate.Regexp(
+    id = fields.String(required=True, validate=FullMatch(
         DEVICE_ID_RE, error="use 1-64 letters, digits, '-', '_' or ':'"))
     name = fields.String(validate=validate.Length(1, 100))
     type = fields.String(load_default="esp8266", validate=validate.Length(1, 32))
@@ -130,7 +140,7 @@ class AdminTokenSchema(Schema):
 
 
 class OperatorCreateSchema(Schema):
-    username = fields.String(required=True, validate=validate.Regexp(
+    username = fields.String(required=True, validate=FullMatch(
         USERNAME_RE, error="use 1-64 letters, digits, '.', '@', '-' or '_'"))
     password = fields.String(required=True, validate=validate.Length(max=1024))
 
@@ -305,8 +315,8 @@ class NameList(fields.Field):
 
 
 # -- commands ----------------------------------------------------------------------------
-COMMAND_NAME = validate.Regexp(r"^[A-Za-z0-9_.:-]{1,64}$",
-                               error="use 1-64 letters, digits, '.', '_', ':' or '-'")
+COMMAND_NAME = FullMatch(r"^[A-Za-z0-9_.:-]{1,64}$",
+                         error="use 1-64 letters, digits, '.', '_', ':' or '-'")
 MAX_EXPIRY_S = 10 * 365 * 86_400
 COMMAND_ALIASES = {"command": "name", "params": "args", "parameters": "args"}
 

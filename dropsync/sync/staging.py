@@ -64,10 +64,10 @@ def target_problem(target: str) -> str | None:
     if target == ALL_TARGET:
         return None
     if target.startswith(GROUP_PREFIX):
-        if GROUP_RE.match(target[len(GROUP_PREFIX):]):
+        if GROUP_RE.fullmatch(target[len(GROUP_PREFIX):]):
             return None
         return "a group folder is group-<name>, the name 1-64 letters, digits, '-' or '_'"
-    if DEVICE_ID_RE.match(target):
+    if DEVICE_ID_RE.fullmatch(target):
         return None
     return "a target folder is a device id, group-<name> or all"
 

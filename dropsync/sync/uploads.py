@@ -31,7 +31,7 @@ from ..store.files import AtomicFile
 
 log = logging.getLogger(__name__)
 
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 READ_BUFFER = 64 * 1024
 #: Room for a multipart body's boundaries and part headers beside the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -39,7 +39,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 def validate_upload_name(name: str) -> str:
     """``name`` if it is a safe single file name, else a 400 saying what is allowed."""
-    if not isinstance(name, str) or not SAFE_NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not SAFE_NAME_RE.fullmatch(name) or ".." in name:
         raise BadRequest("file names are 1-128 ASCII letters, digits, '.', '_' or '-', "
                          "not starting with '.' and without '..'", {"filename": repr(name)},
                          code="unsafe_filename")
