@@ -167,7 +167,10 @@ def multipart_file_parts(read: Callable[[int], bytes], boundary: bytes) \
     the hub would then copy it again). Each part's bytes must be consumed before the next
     part is asked for.
     """
-    decoder = MultipartDecoder(boundary, max_form_memory_size=MULTIPART_OVERHEAD)
+    # The decoder holds back the bytes after a file part's last line break (they may
+    # start the boundary) and refuses a read that would take its buffer past its limit:
+    # a limit of one read's size refused any binary file past 64 KiB.
+    decoder = MultipartDecoder(boundary, max_form_memory_size=MULTIPART_OVERHEAD + READ_BUFFER)
     state: dict[str, Any] = {"event": None, "done": False}
 
     def next_event():
