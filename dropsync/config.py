@@ -200,6 +200,8 @@ SETTINGS: tuple[Setting, ...] = (
             "fails with reason `timeout`."),
     Setting("COMMAND_JSON_MAX_BYTES", 4096, parse_positive_int,
             "Largest command `args` and completion `result`, as JSON."),
+    Setting("MESSAGE_DATA_MAX_BYTES", 4096, parse_positive_int,
+            "Largest device message `data`, as JSON; larger get 400."),
     Setting("COMMAND_SWEEP_S", 2.0, parse_positive_float,
             "Seconds between sweeps that expire, time out and tidy away finished commands."),
     Setting("POLL_INTERVAL_S", 30, parse_positive_int,

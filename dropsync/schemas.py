@@ -466,7 +466,9 @@ class CompletionSchema(Schema):
 class MessageCreateSchema(Schema):
     level = fields.String(load_default="info", validate=validate.OneOf(LEVELS))
     text = fields.String(required=True, validate=validate.Length(1, 2000))
-    data = fields.Raw(load_default=None, allow_none=True)
+    data = fields.Raw(load_default=None, allow_none=True, metadata={
+        "description": "any JSON, at most MESSAGE_DATA_MAX_BYTES (4096 unless set) as "
+                       "compact JSON; more is a 400"})
     device_time = fields.Raw(load_default=None, allow_none=True, metadata={
         "description": "the device's own timestamp, kept as sent",
         "oneOf": [{"type": "string", "maxLength": 64}, {"type": "number"}],

@@ -27,7 +27,6 @@ Durability, and why it is cheap:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 from ..clock import iso_from_epoch
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..fleet.devices import record_event
+from ..jsonbounds import check_json_size
 from ..store import Document, Stores
 from ..store.periodic import Periodic
 
@@ -113,13 +113,6 @@ class Settings:
                    max_attempts=config["COMMAND_MAX_ATTEMPTS"],
                    json_max_bytes=config["COMMAND_JSON_MAX_BYTES"],
                    sweep_s=config["COMMAND_SWEEP_S"])
-
-
-def check_json_size(value: Any, limit: int, name: str) -> None:
-    size = len(json.dumps(value, separators=(",", ":")).encode())
-    if size > limit:
-        raise ValidationFailed(f"{name} is {size} bytes as JSON; the limit is {limit}",
-                               {name: [f"at most {limit} bytes"]})
 
 
 class CommandQueue:
