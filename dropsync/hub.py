@@ -135,6 +135,7 @@ class Hub:
             self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
                                             settings["DOWNLOAD_TICKET_TTL_S"])
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
+        self.staging.folder.is_hub_file = self.stores.hub_files.was_hub_file
         self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
                                                       self.stores.devices).problem
         firmware_chunk = settings["FIRMWARE_CHUNK_SIZE"]

@@ -27,7 +27,7 @@ from ..clock import now_iso
 from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..fleet.devices import validate_device_id
 from ..store import Document, Stores
-from ..store.files import AtomicFile
+from ..store.files import AtomicFile, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class DeviceUploads:
     def delete(self, device_id: str, name: str) -> Document:
         path = self.path_of(device_id, name)
         record = self.stores.uploads.delete(upload_key(device_id, name))
-        path.unlink(missing_ok=True)
+        remove_file(path)
         return record
 
     def forget_missing_files(self) -> list[str]:
