@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
             "when unset."),
     Setting("MAX_REQUEST_BYTES", 1_048_576, parse_positive_int,
             "Largest request body accepted on API routes; larger ones get 413."),
+    Setting("REQUEST_SPOOL_MAX_BYTES", 1_073_741_824, parse_positive_int,
+            "Request bodies held on disk at once (over 1 MiB each, while they arrive), "
+            "hub-wide; past it, or past leaving 50 MiB free for the stores, 507."),
     Setting("HISTORY_RETENTION", 100_000, parse_positive_int,
             "History records kept per stream (messages, commands, events); older whole "
             "segments are deleted beyond it."),

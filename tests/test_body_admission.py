@@ -4,11 +4,16 @@ authenticated, spooled bytes stay within a hub-wide budget, and a full disk answ
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import time
 
 import requests
 from support import ADMIN_TOKEN, assert_error
+
+from dropsync import create_app
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -84,3 +89,130 @@ def test_every_upload_form_takes_exactly_its_limit_and_refuses_one_byte_more(hub
     listed = requests.get(f"{url}/api/v1/files/list/esp001", headers=device, timeout=30).json()
     assert sorted(u["name"] for u in listed["uploads"]) == ["exact-chunked.bin", "exact-mp.bin",
                                                             "exact-raw.bin"]
+
+
+# -- admission: the route, the caller and the limit before the body --------------------
+def send_head(url: str, method: str, path: str, headers: dict[str, str],
+              body_start: bytes = b"") -> socket.socket:
+    """A request whose head (and the start of its body) is sent; the rest never is."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: hub\r\n{head}\r\n".encode() + body_start)
+    return sock
+
+
+def answer_of(sock: socket.socket, wait_s: float = 5.0) -> tuple[int, dict]:
+    """The status and JSON body answered within ``wait_s`` (the body was not all sent)."""
+    sock.settimeout(wait_s)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < length(data):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    except TimeoutError:
+        raise AssertionError(f"no answer within {wait_s}s: the hub waits for the body") \
+            from None
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def length(data: bytes) -> int:
+    found = re.search(rb"(?i)content-length: *([0-9]+)", data.partition(b"\r\n\r\n")[0])
+    return int(found[1]) if found else 0
+
+
+def routes_with_bodies(settings) -> list[tuple[str, str, str]]:
+    """(method, path, endpoint) of every route that takes a body, from the URL map."""
+    app = create_app(settings)
+    try:
+        found = []
+        for rule in app.url_map.iter_rules():
+            path = re.sub(r"<int:\w+>", "1", rule.rule)
+            path = re.sub(r"<(?:\w+:)?\w+>", "esp001", path)
+            for method in sorted(rule.methods - {"GET", "HEAD", "OPTIONS"}):
+                found.append((method, path, rule.endpoint))
+        return found
+    finally:
+        app.extensions["dropsync"].close()
+
+
+def test_no_body_is_read_before_its_route_and_caller_pass(hub_process, settings):
+    routes = routes_with_bodies(settings)
+    assert len(routes) > 30
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+                       "DROPSYNC_REQUEST_BODY_TIMEOUT_S": "60",
+                       "DROPSYNC_RATE_LIMITS_ENABLED": "false"})
+    register(hub.url, "esp001")
+    big = {"Content-Type": "application/octet-stream", "Content-Length": str(20 << 20)}
+    for method, path, endpoint in [*routes, ("POST", "/no/such/route", None),
+                                   ("PUT", "/api/v1/admin/no/such", None)]:
+        # no credentials, or a wrong device's token: refused before the 20 MiB arrive
+        status, body = answer_of(send_head(hub.url, method, path, big, os.urandom(65536)))
+        if endpoint is None:
+            assert status == 404, (method, path, body)
+        elif endpoint == "dashboard.login_submit":  # public: its own limit holds
+            assert status == 413, (method, path, body)
+        else:
+            assert status == 401, (method, path, body)
+        assert set(body["error"]) == {"code", "message", "details"}
+    # an authenticated device, over its route's own limit: refused before reading too
+    device = register(hub.url, "esp002")
+    status, _ = answer_of(send_head(hub.url, "POST", "/api/v1/device/messages/esp002",
+                                    {**device, **big}))
+    assert status == 413
+    status, _ = answer_of(send_head(hub.url, "POST", "/api/v1/device/messages/esp001",
+                                    {**device, **big}))
+    assert status == 403  # another device's path
+
+
+def test_spooled_bodies_are_held_within_a_budget_that_keeps_the_stores_room(hub_process,
+                                                                         tiny_fs):
+    workdir = tiny_fs(96 * 1024)  # 96 MiB; the stores keep 50 MiB of it
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+                       "DROPSYNC_UPLOAD_MAX_BYTES": str(30 << 20),
+                       "DROPSYNC_REQUEST_BODY_TIMEOUT_S": "60",
+                       "DROPSYNC_RATE_LIMITS_ENABLED": "false"}, workdir=workdir)
+    device = register(hub.url, "esp001")
+    upload = "/api/v1/files/upload/esp001?filename={}"
+    declared = {**device, **OCTET, "Content-Length": str(30 << 20)}
+    first = send_head(hub.url, "POST", upload.format("a.bin"), declared, bytes(2 << 20))
+    time.sleep(0.5)  # the first is being received
+    # a second as large would leave the stores less than their room: 507 before reading
+    status, body = answer_of(send_head(hub.url, "POST", upload.format("b.bin"), declared))
+    assert status == 507 and body["error"]["code"] == "storage_full", body
+    message = requests.post(f"{hub.url}/api/v1/device/messages/esp001", json={"text": "ok"},
+                            headers=device, timeout=30)
+    assert message.status_code == 201  # the stores still write
+    first.close()  # gone mid-body: its spooled bytes are given back
+    time.sleep(0.5)
+    data = os.urandom(30 << 20)
+    assert requests.post(hub.url + upload.format("c.bin"), data=data,
+                         headers={**device, **OCTET}, timeout=60).status_code == 201
+
+
+def test_a_body_over_1_mib_on_a_full_disk_answers_507(hub_process, tiny_fs):
+    """The disk filled by another writer: 507 in the JSON shape, never a 500."""
+    workdir = tiny_fs(64 * 1024)
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+                       "DROPSYNC_RATE_LIMITS_ENABLED": "false"}, workdir=workdir)
+    device = register(hub.url, "esp001")
+    upload = "/api/v1/files/upload/esp001?filename={}"
+    filler = workdir / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(bytes(1 << 20))
+                out.flush()
+        except OSError:
+            pass
+    for body in (os.urandom(3 << 20), chunks(os.urandom(3 << 20))):
+        assert_error(requests.post(hub.url + upload.format("d.bin"), data=body,
+                                   headers={**device, **OCTET}, timeout=60), 507)
+    filler.unlink()
+    assert requests.post(hub.url + upload.format("d.bin"), data=os.urandom(3 << 20),
+                         headers={**device, **OCTET}, timeout=60).status_code == 201
