@@ -45,13 +45,21 @@ def test_the_viewer_loads_only_local_files(client):
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
-    assert "validatorUrl: null" in html  # Swagger UI would post the document out otherwise
+    assert "<script>" not in html  # no inline script: the CSP allows none
     assets = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
-    for asset in assets:
+    start = next(a for a in assets if a.endswith("api_docs.js"))
+    # Swagger UI would post the document out otherwise
+    script = client.get(start, buffered=True)
+    assert "validatorUrl: null" in script.get_data(as_text=True)
+    script.close()
+    for asset in ["/api/v1/docs", "/api/v1/openapi.json", "/static/dashboard.css", *assets]:
         response = client.get(asset)
         try:
             assert response.status_code == 200 and len(response.data) > 100, asset
+            assert response.headers["X-Content-Type-Options"] == "nosniff", asset
+            csp = response.headers["Content-Security-Policy"]
+            assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp, asset
         finally:
             response.close()  # a file-backed answer holds the file open until closed
     assert client.get("/api/v1/docs/assets/../../setup.cfg").status_code == 404

@@ -213,6 +213,10 @@ def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
     error = assert_error(response, 400, "refused_content")
     assert "0xE9" in error["message"] and "0x7F" in error["message"]
     assert not (tmp_path / "staging" / "esp-ota" / "firmware" / "app.bin").exists()
+    for stub in (b"\xe9", b"\xe9\x01" + bytes(29)):  # the magic byte, but no image
+        error = assert_error(stage(hub, "esp-ota", "firmware/app.bin", stub), 400,
+                             "refused_content")
+        assert "header" in error["message"]
     error = assert_error(stage(hub, "esp-ota", "firmware/big.bin", firmware(ESP8266_LIMIT + 1)),
                          400, "refused_content")
     assert str(ESP8266_LIMIT) in error["message"]

@@ -27,6 +27,9 @@ from .packages import ALL_TARGET, GROUP_PREFIX, targets_of
 FIRMWARE_FOLDER = "firmware/"
 FIRMWARE_SUFFIX = ".bin"
 IMAGE_MAGIC = 0xE9
+#: The smallest image either updater could boot: a header (8 bytes on the ESP8266, 24 on
+#: the ESP32) and one segment's header. A 1-byte 0xE9 passed the magic check alone.
+MIN_IMAGE_BYTES = 32
 #: Bytes of an image's start that the checks read.
 HEAD_BYTES = 16
 
@@ -69,6 +72,9 @@ class FirmwareImages:
             found = f"0x{head[0]:02X}" if head else "an empty file"
             return (f"not an ESP firmware image: the first byte is {found}, an image "
                     f"starts with 0xE9 (upload the sketch's .bin, not an .elf or a zip)")
+        if size < MIN_IMAGE_BYTES:
+            return (f"not an ESP firmware image: {size} bytes, shorter than the image "
+                    f"header alone ({MIN_IMAGE_BYTES} bytes at least)")
         limit = self.limit_for(target)
         if size > limit:
             return (f"the image is {size} bytes; the flash of {target} takes at most "
