@@ -141,3 +141,25 @@ def test_a_hard_link_to_a_hub_file_stays_refused_after_the_hub_rewrites_it(setti
         assert {("hub_file", slot) for slot in [*links, "all/up.txt"]} <= problems(client)
     finally:
         hub.close()
+
+
+def test_a_staged_file_the_disk_cannot_hold_is_reported_without_a_traceback(
+        watched_hub, settings, tiny_fs, caplog):
+    data = tiny_fs(8 * 1024)  # the data folder on an 8 MiB disk
+    hub = watched_hub(start_watcher=True, DATA_DIR=str(data / "data"))
+    folder = hub.staging.root / "all"
+    folder.mkdir(parents=True)
+    with open(folder / "sparse.bin", "wb") as sparse:  # 64 MiB, nothing on the disk
+        sparse.truncate(64 << 20)
+
+    def reported():
+        return [p for p in hub.staging_report()["problems"] if p["kind"] == "storage_full"]
+
+    found = wait_until(reported, timeout=20, message="the full disk in the staging report")
+    assert found[0]["path"] == "all/sparse.bin"
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    assert "all/sparse.bin" not in hub.packages.catalog.by_slot
+    (folder / "sparse.bin").unlink()
+    (folder / "small.bin").write_bytes(os.urandom(1000))
+    wait_until(lambda: "all/small.bin" in hub.packages.catalog.by_slot, timeout=20,
+               message="a file that fits taken in")

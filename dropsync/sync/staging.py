@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import timings
-from ..errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
+from ..errors import BadRequest, Forbidden, PayloadTooLarge, StorageFull, ValidationFailed
 from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
 from ..store import Document
 from ..store.files import AtomicFile
@@ -340,8 +340,14 @@ class Staging:
                 return dict(current), False
             with self.catalog.changing():
                 with timings.timed("ingest"):  # copy and hash: the part that grows with size
-                    blob = self.catalog.blobs.add_stream(reader,
-                                                         self.chunk_size_for(staged.rel))
+                    try:
+                        blob = self.catalog.blobs.add_stream(reader,
+                                                             self.chunk_size_for(staged.rel))
+                    except StorageFull as full:  # shown in /health until it comes in
+                        self._note(Problem("storage_full", staged.slot,
+                                           f"{full.message}: not taken in yet; it is "
+                                           "tried again at each rescan"))
+                        raise
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)
