@@ -10,10 +10,12 @@ import re
 import socket
 import time
 
+import pytest
 import requests
 from support import ADMIN_TOKEN, assert_error
 
 from dropsync import create_app
+from dropsync.bridge import BodyNoRoom, SpooledBody
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -216,3 +218,18 @@ def test_a_body_over_1_mib_on_a_full_disk_answers_507(hub_process, tiny_fs):
     filler.unlink()
     assert requests.post(hub.url + upload.format("d.bin"), data=os.urandom(3 << 20),
                          headers={**device, **OCTET}, timeout=60).status_code == 201
+
+
+def test_spooling_onto_a_disk_another_writer_filled_is_no_room_not_an_oserror(tiny_fs):
+    """The budget looked at the free space a moment before; another writer took it since:
+    the spool's own ENOSPC must still become 507 (``BodyNoRoom``), never a 500."""
+    folder = tiny_fs(1024)
+    (folder / "filler").write_bytes(bytes(1024 * 1024 - 64 * 1024))
+    body = SpooledBody(folder)
+    try:
+        with pytest.raises(BodyNoRoom):
+            for _ in range(40):  # 2.5 MiB: past memory, onto the disk, past its end
+                body.write(bytes(64 * 1024))
+    finally:
+        body.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["filler"]
