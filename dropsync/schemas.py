@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from .clock import unix_seconds
+from .fleet.credentials import MIN_PASSWORD_LENGTH
 from .fleet.devices import DEVICE_ID_RE, GROUP_RE
 from .fleet.messages import LEVELS
 from .jsonbounds import JSONTooDeep, loads_bounded
@@ -37,6 +38,12 @@ class FullMatch(validate.Regexp):
 
 class GroupList(fields.Field):
     """A list of group names; form posts may send them comma-separated or repeated."""
+
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"type": "array", "items": {"type": "string",
+                                                         "pattern": GROUP_RE.pattern},
+                              **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
         if isinstance(value, str):
@@ -139,14 +146,22 @@ class AdminTokenSchema(Schema):
     created_at = fields.String()
 
 
+#: What the OpenAPI document says of a password: ``credentials.check_password_policy``
+#: enforces the minimum (one rule; stated here from its constant).
+PASSWORD_RULE = {"minLength": MIN_PASSWORD_LENGTH,
+                 "description": f"at least {MIN_PASSWORD_LENGTH} characters"}
+
+
 class OperatorCreateSchema(Schema):
     username = fields.String(required=True, validate=FullMatch(
         USERNAME_RE, error="use 1-64 letters, digits, '.', '@', '-' or '_'"))
-    password = fields.String(required=True, validate=validate.Length(max=1024))
+    password = fields.String(required=True, validate=validate.Length(max=1024),
+                             metadata=PASSWORD_RULE)
 
 
 class PasswordSchema(Schema):
-    password = fields.String(required=True, validate=validate.Length(max=1024))
+    password = fields.String(required=True, validate=validate.Length(max=1024),
+                             metadata=PASSWORD_RULE)
 
 
 class OperatorSchema(Schema):
@@ -330,8 +345,10 @@ class DeviceCommandCreateSchema(Schema):
     expires_in_s = fields.Float(validate=validate.Range(min=0, max=MAX_EXPIRY_S,
                                                         min_inclusive=False),
                                 metadata={"description": "seconds, more than 0; at most "
-                                          "ten years", "exclusiveMinimum": True})
-    expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
+                                          "ten years; not with expires_at",
+                                          "exclusiveMinimum": True})
+    expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds; not with "
+                                     "expires_in_s"})
 
     @pre_load
     def accept_seed_names(self, data, **kwargs):
