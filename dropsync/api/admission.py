@@ -101,8 +101,8 @@ class BodyAdmission:
         method = environ["REQUEST_METHOD"]
         try:
             endpoint, view_args = self.urls.match(environ.get("PATH_INFO", ""), method)
-        except RequestRedirect:  # the app answers with the redirect; no body is needed
-            return Admitted(0)
+        except RequestRedirect:  # the app answers with the redirect: a small body at most
+            return Admitted(self.default_limit)
         except MethodNotAllowed:
             return Refusal(405, "method_not_allowed",
                            f"this route does not take {method}; see /api/v1/docs")
