@@ -546,7 +546,9 @@ class HeartbeatSchema(Schema):
 
     firmware_version = fields.String(validate=validate.Length(max=64))
     uptime_s = fields.Integer(validate=validate.Range(min=0))
-    free_heap = fields.Integer(validate=validate.Range(min=0))
+    #: At most what the health series stores (a signed 32-bit array): a larger value was
+    #: taken in and then broke the series' checkpoint at close.
+    free_heap = fields.Integer(validate=validate.Range(min=0, max=2**31 - 1))
     rssi = fields.Integer(validate=validate.Range(-150, 0))
     ip = fields.String(validate=validate.Length(max=45))
     attributes = fields.Dict(keys=fields.String(validate=validate.Length(1, 64)),

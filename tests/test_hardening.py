@@ -531,3 +531,18 @@ def test_a_message_data_is_bounded_like_command_args(settings, tmp_path):
                                                       .get_json())
     finally:
         app.extensions["dropsync"].close()
+
+
+def test_a_heap_too_large_for_the_health_series_is_refused(settings):
+    """Found by the contract test's generated bodies: 2**31 bytes of free heap was taken
+    in, and closing the hub then failed in the health series' checkpoint."""
+    app = create_app(settings)
+    client = app.test_client()
+    token = client.post("/api/v1/admin/devices/register", json={"id": "esp001"},
+                        headers=ADMIN).get_json()["token"]
+    device = {"Authorization": f"Bearer {token}"}
+    url = "/api/v1/device/heartbeat/esp001"
+    assert_error(client.post(url, json={"free_heap": 2**31}, headers=device), 400)
+    assert client.post(url, json={"free_heap": 2**31 - 1, "rssi": -60},
+                       headers=device).status_code == 200
+    app.extensions["dropsync"].close()  # the series checkpoints at close
