@@ -136,8 +136,11 @@ class Hub:
                                             settings["DOWNLOAD_TICKET_TTL_S"])
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
         self.staging.folder.is_hub_file = self.stores.hub_files.was_hub_file
-        self.staging.content_problem = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
-                                                      self.stores.devices).problem
+        #: The images' flash limits: checked at staging, and again when one is offered
+        #: (a smaller board may have joined the target since).
+        self.firmware_images = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
+                                              self.stores.devices)
+        self.staging.content_problem = self.firmware_images.problem
         firmware_chunk = settings["FIRMWARE_CHUNK_SIZE"]
         self.staging.chunk_size_for = \
             lambda rel: firmware_chunk if is_firmware_path(rel) else None

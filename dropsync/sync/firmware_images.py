@@ -48,6 +48,20 @@ class FirmwareImages:
         self.limits = flash_limits_from(limits)
         self.devices = devices  # the devices table (its ``get`` and ``all``)
 
+    def limit_for_device(self, device: Mapping[str, Any]) -> int:
+        """The flash an image for ``device`` must fit, by its type (unknown: the smallest)."""
+        return self.limits.get(str(device.get("type") or "").lower(), min(self.limits.values()))
+
+    def too_large_for(self, device: Mapping[str, Any], image: Mapping[str, Any]) -> str | None:
+        """Why ``image`` must not be offered to ``device`` (it joined a target after the
+        image was staged, with a smaller flash), or None."""
+        limit = self.limit_for_device(device)
+        if image["size"] > limit:
+            return (f"the image {image['path']} is {image['size']} bytes; the flash of "
+                    f"{device['id']} ({device.get('type')}) takes at most {limit} "
+                    "(FIRMWARE_MAX_BYTES): stage a smaller image for it")
+        return None
+
     def limit_for(self, target: str) -> int:
         smallest = min(self.limits.values())
         if target == ALL_TARGET:
@@ -57,8 +71,7 @@ class FirmwareImages:
             reached = [d for d in self.devices.all() if group in (d.get("groups") or [])]
         else:
             reached = [d for d in self.devices.all() if d["id"] == target]
-        sizes = [self.limits.get(str(d.get("type") or "").lower(), smallest) for d in reached]
-        return min(sizes, default=smallest)
+        return min((self.limit_for_device(d) for d in reached), default=smallest)
 
     def problem(self, target: str, rel: str, head: bytes, size: int) -> str | None:
         """Why the staged file at ``target/rel`` cannot be taken in, or None.
