@@ -25,6 +25,7 @@ Headers are granian's: it cuts a client that does not finish them within
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import tempfile
@@ -32,6 +33,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from .api.admission import Admitted
 
 log = logging.getLogger("dropsync")
 
@@ -132,15 +135,57 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyNoRoom(Exception):
+    """The body does not fit the spool budget, or the disk is full."""
+
+
+class SpooledBody(tempfile.SpooledTemporaryFile):
+    """A request body: in memory up to ``SPOOL_IN_MEMORY_BYTES``, then in a file in the
+    data folder, every byte of which is held from the hub-wide ``SpoolBudget`` (given back
+    when the app is done with the body). A full disk is ``BodyNoRoom`` (507), never a 500."""
+
+    def __init__(self, spool_dir, budget=None, prepaid: int = 0):
+        super().__init__(SPOOL_IN_MEMORY_BYTES, dir=spool_dir)
+        self.budget = budget
+        self.held = prepaid
+
+    def write(self, data: bytes) -> int:
+        if self.budget is not None:
+            on_disk = self.tell() + len(data)  # all of it goes to the file at roll-over
+            if on_disk > SPOOL_IN_MEMORY_BYTES and on_disk > self.held:
+                if not self.budget.take(on_disk - self.held):
+                    raise BodyNoRoom
+                self.held = on_disk
+        try:
+            return super().write(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BodyNoRoom from None
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.budget is not None and self.held:
+                self.budget.give_back(self.held)
+                self.held = 0
+
+
 class RSGIBridge:
     """An RSGI application (``__rsgi__``) serving a WSGI app."""
 
     def __init__(self, wsgi_app: Callable, *, threads: int, body_timeout_s: float,
                  max_body_bytes: int, spool_dir: str | Path | None = None,
                  on_close: Callable[[], None] | None = None,
-                 runs_on_loop: Callable[[str, str], bool] = lambda method, path: False):
+                 runs_on_loop: Callable[[str, str], bool] = lambda method, path: False,
+                 admission: Any = None, spool_budget: Any = None):
         self.wsgi_app = wsgi_app
         self.spool_dir = spool_dir
+        #: ``api.admission.BodyAdmission``: whether to read a body at all, and how much.
+        self.admission = admission
+        #: ``api.admission.SpoolBudget``: bytes of bodies on disk at once, hub-wide.
+        self.spool_budget = spool_budget
         self.on_close = on_close
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="dropsync-request")
         self.body_timeout_s = body_timeout_s
@@ -179,8 +224,16 @@ class RSGIBridge:
             await self.respond(proto, *self.call_app(environ))
             return
         if has_body:
+            limit = self.admit_body(proto, environ)
+            if limit is None:
+                return
             try:
-                environ["wsgi.input"] = await self.receive_body(proto, environ)
+                environ["wsgi.input"] = await self.receive_body(proto, environ, limit)
+            except BodyNoRoom:
+                proto.response_bytes(507, CLOSE_JSON_HEADERS, error_body(
+                    "storage_full", "the hub has no room for this request body now; "
+                                    "try again later"))
+                return
             except BodyTimeout:
                 proto.response_bytes(408, CLOSE_JSON_HEADERS, error_body(
                     "request_timeout", "the request body did not arrive in time"))
@@ -234,21 +287,41 @@ class RSGIBridge:
             return None
         return environ
 
-    async def receive_body(self, proto, environ: dict[str, Any]):
-        """The whole body, within the deadlines; a file-like object for ``wsgi.input``."""
+    def admit_body(self, proto, environ: dict[str, Any]) -> int | None:
+        """How many body bytes to read at most, or None after answering instead: the
+        route, the caller and the declared length are checked before any of the body
+        (``dropsync.api.admission``)."""
+        if self.admission is None:
+            return self.max_body_bytes
+        decided = self.admission.decide(environ)
+        if isinstance(decided, Admitted):
+            return min(decided.limit, self.max_body_bytes)
+        proto.response_bytes(decided.status, CLOSE_JSON_HEADERS,
+                             error_body(decided.code, decided.message))
+        return None
+
+    async def receive_body(self, proto, environ: dict[str, Any], limit: int | None = None):
+        """The whole body, within the deadlines and ``limit``; a file-like object for
+        ``wsgi.input``."""
+        limit = self.max_body_bytes if limit is None else limit
         declared = environ.get("CONTENT_LENGTH")
         try:
             expected = int(declared) if declared else None
         except ValueError:
             expected = None
-        if expected is not None and expected > self.max_body_bytes:
+        if expected is not None and expected > limit:
             raise BodyTooLarge
+        prepaid = 0
+        if self.spool_budget is not None and expected is not None \
+                and expected > SPOOL_IN_MEMORY_BYTES:
+            if not self.spool_budget.take(expected):  # before a byte is read
+                raise BodyNoRoom
+            prepaid = expected
         loop = self.loop
         started = loop.time()
         received = 0
         # closed on failure here, else by call_app_buffered once the app has read it
-        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            SPOOL_IN_MEMORY_BYTES, dir=self.spool_dir)
+        spool = SpooledBody(self.spool_dir, self.spool_budget, prepaid)
         chunks = proto.__aiter__()
         try:
             while True:
@@ -264,7 +337,7 @@ class RSGIBridge:
                 except TimeoutError:
                     raise BodyTimeout from None
                 received += len(chunk)
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
                 spool.write(chunk)
             if expected is not None and received < expected:

@@ -207,6 +207,9 @@ SETTINGS: tuple[Setting, ...] = (
             "when unset."),
     Setting("MAX_REQUEST_BYTES", 1_048_576, parse_positive_int,
             "Largest request body accepted on API routes; larger ones get 413."),
+    Setting("REQUEST_SPOOL_MAX_BYTES", 1_073_741_824, parse_positive_int,
+            "Request bodies held on disk at once (over 1 MiB each, while they arrive), "
+            "hub-wide; past it, or past leaving 50 MiB free for the stores, 507."),
     Setting("HISTORY_RETENTION", 100_000, parse_positive_int,
             "History records kept per stream (messages, commands, events); older whole "
             "segments are deleted beyond it."),
@@ -225,6 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             "fails with reason `timeout`."),
     Setting("COMMAND_JSON_MAX_BYTES", 4096, parse_positive_int,
             "Largest command `args` and completion `result`, as JSON."),
+    Setting("MESSAGE_DATA_MAX_BYTES", 4096, parse_positive_int,
+            "Largest device message `data`, as JSON; larger get 400."),
     Setting("COMMAND_SWEEP_S", 2.0, parse_positive_float,
             "Seconds between sweeps that expire, time out and tidy away finished commands."),
     Setting("POLL_INTERVAL_S", 30, parse_positive_int,

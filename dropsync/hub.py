@@ -156,9 +156,12 @@ class Hub:
             self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
                                             settings["DOWNLOAD_TICKET_TTL_S"])
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
-        self.firmware = FirmwareImages(settings["FIRMWARE_MAX_BYTES"], self.stores.devices,
-                                       signing_keys(settings))
-        self.staging.content_problem = self.firmware.problem
+        self.staging.folder.is_hub_file = self.stores.hub_files.was_hub_file
+        #: The images' flash limits and signing keys: checked at staging, and the flash
+        #: again when one is offered (a smaller board may have joined the target since).
+        self.firmware_images = FirmwareImages(settings["FIRMWARE_MAX_BYTES"],
+                                              self.stores.devices, signing_keys(settings))
+        self.staging.content_problem = self.firmware_images.problem
         firmware_chunk = settings["FIRMWARE_CHUNK_SIZE"]
         self.staging.chunk_size_for = \
             lambda rel: firmware_chunk if is_firmware_path(rel) else None
@@ -168,7 +171,7 @@ class Hub:
         self.watcher = StagingWatcher(self.staging, settle_s=settings["STAGING_SETTLE_S"],
                                       rescan_s=settings["STAGING_RESCAN_S"],
                                       observer=settings["STAGING_OBSERVER"])
-        if self.firmware.keys:
+        if self.firmware_images.keys:
             # images taken in before the keys were set (or with other keys) stop here
             for package in self.staging.recheck(is_firmware_path):
                 log.warning("firmware image %s/%s withdrawn: %s", package["target"],

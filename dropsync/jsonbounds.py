@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .errors import ValidationFailed
+
 #: Containers (objects and arrays) nested deeper than this are refused.
 MAX_JSON_DEPTH = 32
 #: The types ``json.loads`` builds containers of (exact types: ``type() in`` is fastest).
@@ -60,3 +62,12 @@ def loads_bounded(data: str | bytes | bytearray, max_depth: int = MAX_JSON_DEPTH
             and nests_deeper_than(value, max_depth):
         raise JSONTooDeep(max_depth)
     return value
+
+
+def check_json_size(value: Any, limit: int, name: str) -> None:
+    """400 for a value (command args, a result, a message's data) larger than ``limit``
+    bytes as compact JSON: the stores and the pages that show it stay small."""
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > limit:
+        raise ValidationFailed(f"{name} is {size} bytes as JSON; the limit is {limit}",
+                               {name: [f"at most {limit} bytes"]})

@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from .clock import unix_seconds
+from .fleet.credentials import MIN_PASSWORD_LENGTH
 from .fleet.devices import DEVICE_ID_RE, GROUP_RE
 from .fleet.messages import LEVELS
 from .jsonbounds import JSONTooDeep, loads_bounded
@@ -25,8 +26,24 @@ from .relay.commands import STATES
 USERNAME_RE = r"^[A-Za-z0-9_.@-]{1,64}$"
 
 
+class FullMatch(validate.Regexp):
+    """``validate.Regexp`` that must match the whole value: its ``match`` and a ``$``
+    let ``"admin\\n"`` through. The pattern still documents the rule in OpenAPI."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class GroupList(fields.Field):
     """A list of group names; form posts may send them comma-separated or repeated."""
+
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"type": "array", "items": {"type": "string",
+                                                         "pattern": GROUP_RE.pattern},
+                              **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
         if isinstance(value, str):
@@ -34,7 +51,7 @@ class GroupList(fields.Field):
         if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
             raise ValidationError("must be a list of group names")
         for group in value:
-            if not GROUP_RE.match(group):
+            if not GROUP_RE.fullmatch(group):
                 raise ValidationError(f"{group!r}: use 1-64 letters, digits, '-' or '_'")
         return value
 
@@ -57,7 +74,7 @@ DEVICE_ALIASES = {"device_id": "id", "device_type": "type"}
 
 
 class DeviceRegisterSchema(Schema):
-    id = fields.String(required=True, validate=validate.Regexp(
+    id = fields.String(required=True, validate=FullMatch(
         DEVICE_ID_RE, error="use 1-64 letters, digits, '-', '_' or ':'"))
     name = fields.String(validate=validate.Length(1, 100))
     type = fields.String(load_default="esp8266", validate=validate.Length(1, 32))
@@ -129,14 +146,22 @@ class AdminTokenSchema(Schema):
     created_at = fields.String()
 
 
+#: What the OpenAPI document says of a password: ``credentials.check_password_policy``
+#: enforces the minimum (one rule; stated here from its constant).
+PASSWORD_RULE = {"minLength": MIN_PASSWORD_LENGTH,
+                 "description": f"at least {MIN_PASSWORD_LENGTH} characters"}
+
+
 class OperatorCreateSchema(Schema):
-    username = fields.String(required=True, validate=validate.Regexp(
+    username = fields.String(required=True, validate=FullMatch(
         USERNAME_RE, error="use 1-64 letters, digits, '.', '@', '-' or '_'"))
-    password = fields.String(required=True, validate=validate.Length(max=1024))
+    password = fields.String(required=True, validate=validate.Length(max=1024),
+                             metadata=PASSWORD_RULE)
 
 
 class PasswordSchema(Schema):
-    password = fields.String(required=True, validate=validate.Length(max=1024))
+    password = fields.String(required=True, validate=validate.Length(max=1024),
+                             metadata=PASSWORD_RULE)
 
 
 class OperatorSchema(Schema):
@@ -305,8 +330,8 @@ class NameList(fields.Field):
 
 
 # -- commands ----------------------------------------------------------------------------
-COMMAND_NAME = validate.Regexp(r"^[A-Za-z0-9_.:-]{1,64}$",
-                               error="use 1-64 letters, digits, '.', '_', ':' or '-'")
+COMMAND_NAME = FullMatch(r"^[A-Za-z0-9_.:-]{1,64}$",
+                         error="use 1-64 letters, digits, '.', '_', ':' or '-'")
 MAX_EXPIRY_S = 10 * 365 * 86_400
 COMMAND_ALIASES = {"command": "name", "params": "args", "parameters": "args"}
 
@@ -320,8 +345,10 @@ class DeviceCommandCreateSchema(Schema):
     expires_in_s = fields.Float(validate=validate.Range(min=0, max=MAX_EXPIRY_S,
                                                         min_inclusive=False),
                                 metadata={"description": "seconds, more than 0; at most "
-                                          "ten years", "exclusiveMinimum": True})
-    expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds"})
+                                          "ten years; not with expires_at",
+                                          "exclusiveMinimum": True})
+    expires_at = Timestamp(metadata={"description": "ISO 8601 or Unix seconds; not with "
+                                     "expires_in_s"})
 
     @pre_load
     def accept_seed_names(self, data, **kwargs):
@@ -456,7 +483,9 @@ class CompletionSchema(Schema):
 class MessageCreateSchema(Schema):
     level = fields.String(load_default="info", validate=validate.OneOf(LEVELS))
     text = fields.String(required=True, validate=validate.Length(1, 2000))
-    data = fields.Raw(load_default=None, allow_none=True)
+    data = fields.Raw(load_default=None, allow_none=True, metadata={
+        "description": "any JSON, at most MESSAGE_DATA_MAX_BYTES (4096 unless set) as "
+                       "compact JSON; more is a 400"})
     device_time = fields.Raw(load_default=None, allow_none=True, metadata={
         "description": "the device's own timestamp, kept as sent",
         "oneOf": [{"type": "string", "maxLength": 64}, {"type": "number"}],
@@ -517,7 +546,8 @@ class HeartbeatSchema(Schema):
 
     firmware_version = fields.String(validate=validate.Length(max=64))
     uptime_s = fields.Integer(validate=validate.Range(min=0))
-    # the health series keeps it as a 32-bit signed int; no ESP has 2 GiB of heap
+    #: At most what the health series stores (a signed 32-bit array): a larger value was
+    #: taken in and then broke the series' checkpoint at close.
     free_heap = fields.Integer(validate=validate.Range(min=0, max=2**31 - 1))
     rssi = fields.Integer(validate=validate.Range(-150, 0))
     ip = fields.String(validate=validate.Length(max=45))

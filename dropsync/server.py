@@ -231,16 +231,17 @@ def wait_as_standby(worker, busy: DataDirBusy) -> None:
 
 def largest_body(settings: Mapping[str, Any]) -> int:
     """The largest request body any route accepts: the bridge refuses more at once."""
-    from .sync.uploads import MULTIPART_OVERHEAD
+    from .api.admission import body_limits
 
-    return max(settings["MAX_REQUEST_BYTES"], settings["UPLOAD_MAX_BYTES"] + MULTIPART_OVERHEAD,
-               settings["STAGING_UPLOAD_MAX_BYTES"])
+    return max(settings["MAX_REQUEST_BYTES"], *body_limits(settings).values())
 
 
 def load_hub_bridge(overrides: Mapping[str, Any]):
     """In granian's worker: create the hub (it takes the data directory here) and wrap it."""
+    from .api.admission import SpoolBudget, body_admission
     from .api.serving import MarkedRoutes
     from .bridge import RSGIBridge
+    from .store import LOW_DISK_BYTES
 
     stop_with_parent()
     app = create_app_or_exit(overrides)
@@ -250,7 +251,11 @@ def load_hub_bridge(overrides: Mapping[str, Any]):
                         body_timeout_s=settings["REQUEST_BODY_TIMEOUT_S"],
                         max_body_bytes=largest_body(settings),
                         spool_dir=hub.stores.data_dir, on_close=hub.close,
-                        runs_on_loop=MarkedRoutes(app).runs_on_loop)
+                        runs_on_loop=MarkedRoutes(app).runs_on_loop,
+                        admission=body_admission(app),
+                        spool_budget=SpoolBudget(hub.stores.data_dir,
+                                                 settings["REQUEST_SPOOL_MAX_BYTES"],
+                                                 LOW_DISK_BYTES))
     from .ops.tls import tls_files
 
     scheme = "https" if tls_files(settings) else "http"

@@ -299,3 +299,39 @@ def test_seed_curl_examples_work_form_encoded(client, fleet):
     assert queued.get_json()["args"] == {"delay": 5}
     esp = Device(client, "esp100", registered.get_json()["token"])
     assert esp.poll_ids() == [queued.get_json()["id"]]
+
+
+def test_loading_one_devices_backlog_takes_linear_work(settings, monkeypatch):
+    """Start-up files each open delivery once and sorts each device's queue once: the
+    sort keys computed grow with the backlog, not with its square (a key per delivery per
+    append before: 3,000 open commands took 4.5 million)."""
+    from dropsync.relay.commands import ID_FACT, Delivery
+    from dropsync.store import Stores
+
+    backlog = 3000
+    stores = Stores(settings["DATA_DIR"])
+    stores.devices.insert({"id": "esp001", "token_hash": "x", "groups": [], "enabled": True})
+    stores.commands.insert_many(
+        {"id": n, "name": "sync", "args": {}, "priority": n % 7 * 10, "target": "esp001",
+         "devices": ["esp001"], "created_at": "2026-12-05T00:00:00.000Z", "expires_at": None,
+         "expires_at_epoch": None, "created_by": None, "created_seq": 0}
+        for n in range(1, backlog + 1))
+    stores.meta.upsert({"name": ID_FACT, "value": backlog + 1})
+    stores.close()
+    keys = {"computed": 0}
+    order = Delivery.order.fget
+
+    def counted(delivery):
+        keys["computed"] += 1
+        return order(delivery)
+
+    monkeypatch.setattr(Delivery, "order", property(counted))
+    app = create_app(settings)
+    try:
+        assert keys["computed"] <= 2 * backlog, keys
+        queue = app.extensions["dropsync"].commands
+        listed = queue.lease_pending_commands("esp001", limit=5)
+        assert [(c["priority"], c["id"]) for c in listed] == [(60, 6), (60, 13), (60, 20),
+                                                              (60, 27), (60, 34)]
+    finally:
+        app.extensions["dropsync"].close()

@@ -228,3 +228,29 @@ def test_every_device_route_answers_alike_through_the_lanes_and_flask(hub, paths
     # itself
     assert all(count >= 1 for count in lane_answered.values()), lane_answered
     assert compared >= len(endpoints) * 5
+
+
+def test_a_hook_the_lanes_would_skip_stops_the_hub_from_starting(app):
+    from dropsync.api import lanes
+    from dropsync.api.serving import not_on_lane_routes
+
+    lanes.check_hooks(app)  # the app as built passes
+
+    def count_polls():  # a new rule on a blueprint the lanes answer
+        pass
+
+    app.before_request_funcs.setdefault("device", []).append(count_polls)
+    with pytest.raises(RuntimeError, match="count_polls on device would be skipped"):
+        lanes.check_hooks(app)
+    app.before_request_funcs["device"].remove(count_polls)
+
+    @not_on_lane_routes("it only acts on the admin API")
+    def admin_only(response):
+        return response
+
+    app.after_request(admin_only)
+    lanes.check_hooks(app)  # said why it never acts on a lane's route
+    app.after_request_funcs[None].remove(admin_only)
+    app.after_request(lambda response: response)
+    with pytest.raises(RuntimeError, match="on the app would be skipped"):
+        lanes.check_hooks(app)

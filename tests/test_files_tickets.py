@@ -13,8 +13,10 @@ import time
 import pytest
 from support import ADMIN_TOKEN, ROOT, assert_error
 from sync_support import Admin, bearer, entry_of, fetch, stage, wait_until
+from werkzeug.test import Client
 
 from dropsync import create_app
+from dropsync.api.lanes import DeviceLanes
 from dropsync.errors import ConfigError
 
 SECRET = "test-ticket-secret-0123456789abcdefghij"
@@ -178,3 +180,49 @@ def test_the_longest_ticket_url_fits_the_firmwares_url_field(fleet):
     # Widest parts: expires to the year 2286 (10 digits), a 10-digit version.
     widest = len(url) - len(url.split("/")[5]) + 10 - len(url.split("/")[-1]) + 10
     assert widest + 1 <= field, (widest, field)  # + the terminating NUL
+
+
+def tampered(sig: str) -> dict[str, str]:
+    """A signature changed at its end, one character longer and one shorter: a check that
+    compares a prefix (either way) lets one of them through."""
+    last = "A" if sig[-1] != "A" else "B"
+    return {"last changed": sig[:-1] + last, "one added": sig + "A",
+            "one removed": sig[:-1], "first changed": ("A" if sig[0] != "A" else "B")
+            + sig[1:]}
+
+
+def flask_only(app) -> Client:
+    """A client of the app behind the device lanes: the Flask views answer every request."""
+    layer = app.wsgi_app
+    while not isinstance(layer, DeviceLanes):
+        layer = getattr(layer, "wsgi_app", None) or layer.app
+    return Client(layer.wsgi_app)
+
+
+def test_a_signature_changed_at_its_end_or_in_length_is_refused_on_both_paths(settings):
+    settings.update(DOWNLOAD_TICKET_SECRET=SECRET, DOWNLOAD_TICKET_TTL_S="3600")
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        token = client.post("/api/v1/admin/devices/register", json={"id": "esp001"},
+                            headers=bearer(ADMIN_TOKEN)).get_json()["token"]
+        content = os.urandom(5000)
+        stage(Admin(client), "all/app.bin", content)
+        entry = entry_of(client, "esp001", token, "app.bin")
+        prefix = f"{FILES}/t/"
+        expires, sig, rest = entry["url"][len(prefix):].split("/", 2)
+        behind_lanes = flask_only(app)
+        for answer_of in (lambda path: fetch(client, path, token),
+                          lambda path: behind_lanes.get(path, headers=bearer(token),
+                                                        buffered=True)):
+            for path in (entry["url"], f"{entry['url']}/0"):  # the whole file, a chunk
+                issued = answer_of(path)  # the ticket as issued
+                assert issued.status_code == 200 and issued.data, path
+            for how, bad in tampered(sig).items():
+                url = f"{prefix}{expires}/{bad}/{rest}"
+                for path in (url, f"{url}/0"):
+                    response = answer_of(path)
+                    assert_error(response, 403, "ticket_invalid")
+                    assert content[:64] not in response.data, how
+    finally:
+        app.extensions["dropsync"].close()

@@ -138,6 +138,28 @@ def test_most_specific_image_wins_and_nothing_staged_is_404(hub):
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "several_images"
 
 
+def test_a_smaller_board_that_joins_later_is_not_offered_an_image_over_its_flash(hub):
+    """The image fitted every device of the group when it was staged; an ESP8266 that
+    joins the group afterwards must not download it (it would not fit its flash)."""
+    big_token = register(hub, "esp32-a", "esp32")
+    requests.post(f"{hub.url}/api/v1/admin/groups/field/members", headers=ADMIN,
+                  json={"devices": ["esp32-a"]}, timeout=10)
+    image = firmware(ESP8266_LIMIT + 500)
+    assert stage(hub, "group-field", "firmware/app.bin", image).status_code in (200, 201)
+    small_token = register(hub, "esp-late", "esp8266")
+    joined = requests.post(f"{hub.url}/api/v1/admin/groups/field/members", headers=ADMIN,
+                           json={"devices": ["esp-late"]}, timeout=10)
+    assert joined.status_code == 200, joined.text
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp-late", basic("esp-late", small_token),
+                             sketch_md5="0" * 32)
+    assert answer.status_code == 409, answer.status_code
+    assert answer.json()["error"]["code"] == "image_too_large"
+    assert image[:64] not in answer.body
+    answer = esp8266_request(hub.port, "/api/v1/ota/esp32-a", basic("esp32-a", big_token),
+                             sketch_md5="0" * 32)
+    assert answer.status_code == 200 and answer.body == image
+
+
 def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
     register(hub, "esp-ota", "esp8266")
     register(hub, "esp32-ota", "esp32")
@@ -146,6 +168,10 @@ def test_images_that_cannot_boot_are_refused_at_staging(hub, tmp_path):
     error = assert_error(response, 400, "refused_content")
     assert "0xE9" in error["message"] and "0x7F" in error["message"]
     assert not (tmp_path / "staging" / "esp-ota" / "firmware" / "app.bin").exists()
+    for stub in (b"\xe9", b"\xe9\x01" + bytes(29)):  # the magic byte, but no image
+        error = assert_error(stage(hub, "esp-ota", "firmware/app.bin", stub), 400,
+                             "refused_content")
+        assert "header" in error["message"]
     error = assert_error(stage(hub, "esp-ota", "firmware/big.bin", firmware(ESP8266_LIMIT + 1)),
                          400, "refused_content")
     assert str(ESP8266_LIMIT) in error["message"]

@@ -12,12 +12,16 @@ import gzip
 import hashlib
 import io
 import os
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 from support import ADMIN_TOKEN
+
+from dropsync.ops.backup import RestoreError, restore_archive
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -182,3 +186,102 @@ def test_restore_refuses_a_folder_with_anything_in_it_and_damaged_archives(stagi
     assert (good / "secret_key").read_bytes() == (tmp_path / "data" / "secret_key").read_bytes()
     assert (fresh_staging / "esp001" / "conf" / "test.py").read_bytes() == \
         Path(__file__).read_bytes()
+
+
+# -- hostile archives --------------------------------------------------------------------
+def archive_of(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    """A tar with a backup manifest and ``members`` (data None: a link or folder)."""
+    manifest = b'{"format": 1}'
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("dropsync-backup.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def link_member(name: str, target: str, kind: bytes = tarfile.LNKTYPE):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def test_restore_refuses_member_names_and_links_that_escape(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("not the hub's")
+    blob = b"blob bytes"
+    blob_name = "data/blobs/" + hashlib.sha256(blob).hexdigest()[:2] + "/" \
+        + hashlib.sha256(blob).hexdigest()
+    hostile = {
+        "dotdot": [file_member("data/../../x", b"escaped")],
+        "dotdot-config": [file_member("config/../../x", b"escaped")],
+        "absolute": [file_member("data/" + str(tmp_path / "x"), b"escaped")],
+        "absolute-staged": [file_member(blob_name, blob),
+                            link_member("staging/" + str(tmp_path / "x"), blob_name)],
+        "staged-link-to-outside": [link_member("staging/esp001/x", "data/" + str(secret))],
+        "staged-link-dotdot": [link_member("staging/esp001/x",
+                                           "data/../outside/secret.txt")],
+        "staged-link-not-a-blob": [file_member("data/devices.json", b"{}"),
+                                   link_member("staging/esp001/x", "data/devices.json")],
+        "staged-symlink": [link_member("staging/esp001/x", str(secret), tarfile.SYMTYPE)],
+        "data-symlink": [link_member("data/devices.json", str(secret), tarfile.SYMTYPE)],
+        "fifo": [(tarfile.TarInfo("data/pipe"), None)],
+    }
+    hostile["fifo"][0][0].type = tarfile.FIFOTYPE
+    for case, members in hostile.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        archive = archive_of(folder / "evil.tar", *members)
+        data_dir, staging_dir = folder / "deep" / "data", folder / "deep" / "staging"
+        with pytest.raises(RestoreError) as refused:
+            restore_archive(archive, data_dir, staging_dir)
+        assert "unsafe" in str(refused.value) or "link" in str(refused.value), case
+        assert not data_dir.exists() and not staging_dir.exists(), case
+        assert sorted(p.name for p in folder.rglob("*")) == ["deep", "evil.tar"], case
+    assert not (tmp_path / "x").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+
+
+def test_restore_checks_sizes_before_writing_a_sparse_member_or_a_gzip_bomb(tmp_path,
+                                                                           tiny_fs):
+    small = tiny_fs(8 * 1024)  # 8 MiB
+    # a 10 KiB tar holding a 1 GiB sparse member (GNU tar -S; the hub writes none)
+    source = tmp_path / "sparse-src"
+    (source / "data").mkdir(parents=True)
+    (source / "dropsync-backup.json").write_text('{"format": 1}')
+    with open(source / "data" / "big", "wb") as big:
+        big.truncate(1 << 30)
+    sparse = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "-cSf", str(sparse), "-C", str(source), "dropsync-backup.json",
+                    "data/big"], check=True)
+    assert sparse.stat().st_size < 64 * 1024
+    with pytest.raises(RestoreError, match="sparse"):
+        restore_archive(sparse, small / "data", None)
+    # the same size, not sparse, declared in a plain member: refused for the free space
+    # before a byte is written (the old code wrote until the disk was full)
+    with tarfile.open(sparse) as tar:
+        member = tar.getmember("data/big")
+    member.type = tarfile.REGTYPE
+    plain = archive_of(tmp_path / "plain.tar", (member, None))
+    with pytest.raises(RestoreError, match="free space"):
+        restore_archive(plain, small / "data", None)
+    assert list(small.iterdir()) == []
+    # a gzip bomb: 48 MiB of zeros in a ~50 KiB .tar.gz, on a disk with room for it
+    roomy = tiny_fs(64 * 1024)
+    bomb = tmp_path / "bomb.tar.gz"
+    raw = archive_of(tmp_path / "bomb.tar", file_member("data/zeros", bytes(48 << 20)))
+    bomb.write_bytes(gzip.compress(raw.read_bytes(), compresslevel=1))
+    raw.unlink()
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(RestoreError, match="bomb"):
+        restore_archive(bomb, roomy / "data", None)
+    assert list(roomy.iterdir()) == []

@@ -422,3 +422,89 @@ def test_upsert_inserts_then_updates_one_document(tmp_path):
     table_file.close()
     reopened = KeyedTable(TableFile(tmp_path / "meta.json"), "meta", "name")
     assert reopened.get("counter")["value"] == 2
+
+
+# -- an append is acknowledged only once synced ----------------------------------------
+class SyncRecorder:
+    """Wraps ``os.fdatasync``: per file, how many bytes a sync that has *returned* covered.
+    Each sync is slowed a little, so an append acknowledged before its sync returns is
+    seen by the check its caller makes at once."""
+
+    def __init__(self, monkeypatch):
+        self.real = os.fdatasync
+        self.lock = threading.Lock()
+        self.synced: dict[str, int] = {}
+        monkeypatch.setattr(os, "fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        size = os.fstat(fd).st_size  # written before this sync began: covered by it
+        time.sleep(0.005)
+        self.real(fd)
+        with self.lock:
+            self.synced[path] = max(size, self.synced.get(path, 0))
+
+    def assert_synced(self, log: HistoryLog, records: list[dict]) -> None:
+        for record in records:
+            first, _, end = log._locate(record["seq"])
+            path = str(log._path(first).resolve())
+            with self.lock:
+                covered = self.synced.get(path, 0)
+            assert covered >= end, (record["seq"], path, covered, end)
+
+
+def test_every_append_returns_only_after_its_segment_was_synced(tmp_path, monkeypatch):
+    recorder = SyncRecorder(monkeypatch)
+    log = HistoryLog(tmp_path / "events", segment_records=7)
+    for n in range(10):  # one at a time, across a segment change
+        recorder.assert_synced(log, [log.append({"n": n})])
+    # a batch across three segments
+    recorder.assert_synced(log, log.append_many([{"n": n} for n in range(20)]))
+    failures: list[BaseException] = []
+
+    def writer(base: int) -> None:  # appends that queue behind each other: group commit
+        try:
+            for n in range(15):
+                if n % 5 == 4:
+                    recorder.assert_synced(log, log.append_many(
+                        [{"n": base + n, "part": part} for part in range(3)]))
+                else:
+                    recorder.assert_synced(log, [log.append({"n": base + n})])
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(1000 * t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[0]
+    assert len(log) == 10 + 20 + 8 * (12 + 3 * 3)
+    log.close()
+
+
+def test_the_hubs_own_history_acknowledges_only_synced_messages(app, client, admin,
+                                                                  monkeypatch):
+    """The same through the hub's store: concurrent device messages (group-committed)."""
+    recorder = SyncRecorder(monkeypatch)
+    log = app.extensions["dropsync"].stores.history["messages"]
+    tokens = {f"esp{n:03d}": admin.register_device(f"esp{n:03d}") for n in range(4)}
+    failures: list[BaseException] = []
+
+    def device(device_id: str, token: str) -> None:
+        try:
+            for n in range(10):
+                response = client.post(f"/api/v1/device/messages/{device_id}",
+                                       json={"message": f"m{n}"},
+                                       headers={"Authorization": f"Bearer {token}"})
+                assert response.status_code == 201, response.get_json()
+                recorder.assert_synced(log, [response.get_json()])  # its seq, no lock
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=device, args=item) for item in tokens.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[0]

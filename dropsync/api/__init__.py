@@ -85,6 +85,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin.bp)  # with the routes of admin_files
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
+    app.after_request(openapi.static_security_headers)
     app.register_blueprint(ota.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
     rate_limits = limits.init_app(

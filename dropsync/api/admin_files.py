@@ -34,7 +34,7 @@ def with_progress(catalog: PackageCatalog, packages: list[dict]) -> list[dict]:
     status = catalog.status(hub.stores.devices.all(), [p["id"] for p in packages])
     return [{**p, "progress": {k: status[p["id"]][k] for k in PROGRESS_FIELDS},
              "devices": status[p["id"]]["devices"],
-             "signature": hub.firmware.signature_dict(p)} for p in packages]
+             "signature": hub.firmware_images.signature_dict(p)} for p in packages]
 
 
 # -- packages --------------------------------------------------------------------------

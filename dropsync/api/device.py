@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, g
+from flask import Blueprint, current_app, g
 
 from ..fleet.messages import record_message
 from ..schemas import (
@@ -70,7 +70,8 @@ def post_message(device_id: str, body):
     """Send a log line (level, text, optional data and the device's own timestamp)."""
     return record_message(current_hub().stores, device_id, level=body["level"],
                           text=body["text"], data=body["data"],
-                          device_time=body["device_time"])
+                          device_time=body["device_time"],
+                          data_max_bytes=current_app.config["MESSAGE_DATA_MAX_BYTES"])
 
 
 @bp.post("/heartbeat/<device_id>")

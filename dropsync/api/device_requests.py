@@ -109,19 +109,26 @@ class DeviceGate:
 
     def admit(self, blueprint: str, device_id: str, caller: Caller, *,
               basic: bool = False) -> dict[str, Any]:
+        device = self.identify(blueprint, device_id, caller, basic=basic)
         limits = self.limits
-        guarded = limits is not None and blueprint in limits.guarded_blueprints
-        if guarded:
+        per_device = limits.per_device.get(blueprint) \
+            if limits is not None and blueprint in limits.guarded_blueprints else None
+        if per_device is not None and not per_device.count(device_id):
+            raise RateLimited(per_device, (device_id,))
+        self.hub.stores.liveness.update(device_id, last_seen=time.time(), ip=caller.address)
+        return device
+
+    def identify(self, blueprint: str, device_id: str, caller: Caller, *,
+                 basic: bool = False) -> dict[str, Any]:
+        """Steps 1 and 2 alone, counting and changing nothing: whether the request may go
+        on at all (the bridge asks before it reads a body, ``admission.py``)."""
+        limits = self.limits
+        if limits is not None and blueprint in limits.guarded_blueprints:
             key = (caller.address, caller.fingerprint)
             if limits.failed_credential.exceeded(*key):
                 raise RateLimited(limits.failed_credential, key)
-        stores = self.hub.stores
-        device = authenticate_device(stores, device_id, caller.token(device_id, basic=basic))
-        per_device = limits.per_device.get(blueprint) if guarded else None
-        if per_device is not None and not per_device.count(device_id):
-            raise RateLimited(per_device, (device_id,))
-        stores.liveness.update(device_id, last_seen=time.time(), ip=caller.address)
-        return device
+        return authenticate_device(self.hub.stores, device_id,
+                                   caller.token(device_id, basic=basic))
 
 
 # -- the answers -----------------------------------------------------------------------------

@@ -224,6 +224,8 @@ def check_hooks(app: Flask) -> None:
                 name = getattr(hook, "__qualname__", repr(hook))
                 if name == CSRF_HOOK and app.config.get("WTF_CSRF_CHECK_DEFAULT") is False:
                     continue  # Flask-WTF's hook checks nothing unless asked (dashboard)
+                if getattr(hook, "not_on_lane_routes", None):
+                    continue  # it says why it never acts on a lane's route
                 if name not in KNOWN_HOOKS:
                     raise RuntimeError(
                         f"request hook {name} on {blueprint or 'the app'} would be skipped "

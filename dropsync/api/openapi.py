@@ -10,11 +10,20 @@ import re
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    send_from_directory,
+)
 from marshmallow import Schema, fields
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
+from .serving import not_on_lane_routes
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")
 
@@ -131,6 +140,32 @@ def openapi_document():
     if document is None:  # built once, on first request: every route is registered by then
         document = current_app.extensions["dropsync.openapi"] = build_openapi(current_app)
     return jsonify(document)
+
+
+#: The API viewer's page and assets: the hub's own files only, no framing, no sniffing.
+#: Swagger UI sets inline styles; its script and the page's start are files.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; script-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+@bp.after_request
+def docs_security_headers(response):
+    response.headers.update(DOCS_HEADERS)
+    return response
+
+
+@not_on_lane_routes("it acts on the static endpoint only")
+def static_security_headers(response):
+    """``/static`` (the dashboard's CSS and scripts, the viewer's start): no sniffing."""
+    if request.endpoint == "static":
+        response.headers.update(DOCS_HEADERS)
+    return response
 
 
 @bp.get("/docs")

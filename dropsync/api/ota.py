@@ -61,6 +61,9 @@ def firmware_image(device_id: str):
     if image is None:
         raise NotFound(f"no firmware image is staged for {device_id}: put one at "
                        f"staging/{device_id}/firmware/<name>.bin", code="no_firmware")
+    too_large = hub.firmware_images.too_large_for(g.device, image)
+    if too_large:
+        raise Conflict(too_large, {"size": image["size"]}, code="image_too_large")
     mode = updater_header("mode") or "sketch"
     if mode == "spiffs":
         raise NotFound("file system images are not served here; stage the files for the "

@@ -46,9 +46,14 @@ class BoundedRequest(Request):
 
     @cached_property
     def stream(self) -> IO[bytes]:
+        """A server that terminates the body (granian's bridge, gunicorn) gets
+        ``OverLimitStream`` with or without a Content-Length: werkzeug's own stream for
+        that case refuses a body of exactly the limit (it raises on the read that finds
+        the end), so an upload of exactly ``UPLOAD_MAX_BYTES`` got 413."""
         limit = self.max_content_length
-        if limit is not None and self.content_length is None \
-                and "wsgi.input_terminated" in self.environ:
+        if limit is not None and "wsgi.input_terminated" in self.environ:
+            if self.content_length is not None and self.content_length > limit:
+                raise RequestEntityTooLarge()
             return OverLimitStream(self.environ["wsgi.input"], limit)
         return super().stream
 

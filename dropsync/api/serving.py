@@ -89,6 +89,15 @@ class MarkedRoutes:
         return found is not None and runs_on_loop(found[2])
 
 
+def not_on_lane_routes(reason: str) -> Callable[[View], View]:
+    """Marks an app-wide request hook as one that never acts on a route a lane serves
+    (``reason`` says why), so ``lanes.check_hooks`` lets it be: the lanes skip it."""
+    def mark(hook: View) -> View:
+        hook.not_on_lane_routes = reason
+        return hook
+    return mark
+
+
 def runs_on_loop(view: View | None) -> bool:
     return bool(getattr(view, "runs_on_loop", False))
 

@@ -317,8 +317,8 @@ def package_detail(package_id: str):
     return render_page("dashboard/package.html",
                        {"package-devices": "dashboard/_package_devices.html"},
                        package=found[0] if found else stored,
-                       signature=hub().firmware.signature_dict(stored),
-                       signing=bool(hub().firmware.keys))
+                       signature=hub().firmware_images.signature_dict(stored),
+                       signing=bool(hub().firmware_images.keys))
 
 
 @bp.post("/packages/<package_id>/withdraw")

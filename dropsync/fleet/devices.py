@@ -19,7 +19,9 @@ from .credentials import hash_token, new_token, tokens_match
 
 log = logging.getLogger(__name__)
 
-#: Device ids: MAC addresses (with colons) or configured names.
+#: Device ids: MAC addresses (with colons) or configured names. Every name pattern is
+#: checked with ``fullmatch`` (``schemas.FullMatch`` in a schema): ``$`` after ``match``
+#: lets a trailing newline through. The anchors stay for the OpenAPI document's patterns.
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_TYPE = "esp8266"
@@ -28,14 +30,14 @@ WEAK_TOKEN_LENGTH = 16
 
 
 #: Ids that name targets, not devices (commands and staging folders use them).
-RESERVED_ID_RE = re.compile(r"^(all|group[-:].*)$", re.IGNORECASE)
+RESERVED_ID_RE = re.compile(r"all|group[-:].*", re.IGNORECASE | re.DOTALL)
 
 
 def validate_device_id(device_id: str) -> str:
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
         raise ValidationFailed(
             "device id must be 1-64 letters, digits, '-', '_' or ':'", {"id": [device_id]})
-    if RESERVED_ID_RE.match(device_id):
+    if RESERVED_ID_RE.fullmatch(device_id):
         raise ValidationFailed("'all' and ids starting with 'group-' or 'group:' name "
                                "targets, not devices", {"id": [device_id]})
     return device_id
@@ -44,7 +46,7 @@ def validate_device_id(device_id: str) -> str:
 def validate_groups(groups: Iterable[str]) -> list[str]:
     result: list[str] = []
     for group in groups:
-        if not isinstance(group, str) or not GROUP_RE.match(group):
+        if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
             raise ValidationFailed("group names must be 1-64 letters, digits, '-' or '_'",
                                    {"groups": [group]})
         if group not in result:

@@ -8,15 +8,20 @@ import time
 from typing import Any
 
 from ..clock import iso_from_epoch
+from ..jsonbounds import check_json_size
 from ..store import Document, Stores
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def record_message(stores: Stores, device_id: str, *, level: str, text: str,
-                   data: Any = None, device_time: Any = None) -> Document:
+                   data: Any, device_time: Any,
+                   data_max_bytes: int) -> Document:
     """Store one message durably; the hub's receive time is kept beside the device's own
-    (a node without a clock source may send uptime, or nothing)."""
+    (a node without a clock source may send uptime, or nothing). ``data`` is bounded
+    (``MESSAGE_DATA_MAX_BYTES``) as command args are: up to the request limit, a token
+    could add 600 MB of history a minute and make the messages page as large."""
+    check_json_size(data, data_max_bytes, "data")
     now = time.time()
     return stores.history["messages"].append({
         "device_id": device_id, "level": level, "text": text, "data": data,

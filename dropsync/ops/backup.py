@@ -39,6 +39,12 @@ STAGING_PREFIX = "staging/"
 CONFIG_PREFIX = "config/"
 BLOCK = tarfile.BLOCKSIZE
 READ_SIZE = 256 * 1024
+#: Restore unpacks at most this many times the archive's own size (plus the floor below):
+#: stores compress some ten times and blobs hardly, so more is a bomb, not a backup.
+MAX_EXPANSION = 100
+EXPANSION_FLOOR_BYTES = 16 * 1024 * 1024
+#: Restore leaves at least this much free on the target's file system.
+RESTORE_RESERVE_BYTES = 16 * 1024 * 1024
 
 
 def _header(name: str, size: int, mtime: float, mode: int) -> bytes:
@@ -124,10 +130,39 @@ class RestoreError(BadRequest):
 
 
 def _safe_relative(name: str, prefix: str) -> PurePosixPath:
+    """``name`` under ``prefix``, as a path that stays inside the folder it is unpacked to:
+    no absolute part, no ``..``, nothing but a plain name after the prefix."""
     rel = PurePosixPath(name[len(prefix):])
-    if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+    if not name.startswith(prefix) or rel.is_absolute() or not rel.parts \
+            or ".." in rel.parts or "\0" in name:
         raise RestoreError(f"the archive holds an unsafe name: {name!r}")
     return rel
+
+
+class _Room:
+    """What a restore may still write: the free space of the target's file system (less a
+    reserve) and a sane multiple of the archive's size, checked before each member is
+    written, never after it filled the disk."""
+
+    def __init__(self, archive: Path, folder: Path):
+        self.folder = folder
+        self.limit = archive.stat().st_size * MAX_EXPANSION + EXPANSION_FLOOR_BYTES
+        self.written = 0
+
+    def take(self, member: tarfile.TarInfo, size: int) -> None:
+        if member.issparse():
+            raise RestoreError(f"{member.name!r} is a sparse member: the hub writes none, "
+                               "so this is not one of its backups")
+        free = shutil.disk_usage(self.folder).free - RESTORE_RESERVE_BYTES
+        if size > free:
+            raise RestoreError(f"{member.name!r} needs {size} bytes and the target has "
+                               f"{max(free, 0)} bytes of free space to spare: refused "
+                               "before writing")
+        if self.written + size > self.limit:
+            raise RestoreError(f"{member.name!r} would unpack the archive to more than "
+                               f"{MAX_EXPANSION} times its size ({self.written + size} "
+                               "bytes): refused as a decompression bomb")
+        self.written += size
 
 
 def _blob_name(rel: PurePosixPath) -> str | None:
@@ -164,6 +199,7 @@ def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
     manifest: dict | None = None
+    room = _Room(archive, staging)
     counts = {"files": 0, "bytes": 0, "blobs_verified": 0, "staged_files": 0,
               "config": None}
     try:
@@ -179,16 +215,23 @@ def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
                     if member.islnk() and member.name.startswith(STAGING_PREFIX):
                         if staging_dir is not None:  # a staged file: a copy of its blob
                             rel = _safe_relative(member.name, STAGING_PREFIX)
-                            blob = staging / "data" / _safe_relative(member.linkname,
-                                                                     DATA_PREFIX)
+                            blob_rel = _safe_relative(member.linkname, DATA_PREFIX)
+                            if _blob_name(blob_rel) is None:
+                                raise RestoreError(f"{member.name!r} links to "
+                                                   f"{member.linkname!r}, not to a blob")
+                            blob = staging / "data" / blob_rel
                             target = staging / "staging" / rel
+                            room.take(member, blob.stat().st_size)
                             target.parent.mkdir(parents=True, exist_ok=True)
                             shutil.copyfile(blob, target)  # the operator's, not the blob
                             os.chmod(target, member.mode & 0o777 or 0o644)
                             counts["staged_files"] += 1
                         continue
-                    if not member.isfile():
-                        continue  # the hub writes only files; folders are made as needed
+                    if member.isdir():
+                        continue  # folders are made as needed
+                    if not member.isfile():  # the hub writes files and staged blob links
+                        raise RestoreError(f"{member.name!r} is a link or a special file: "
+                                           "a DropSync backup holds none")
                     if member.name.startswith(DATA_PREFIX):
                         rel = _safe_relative(member.name, DATA_PREFIX)
                         target = staging / "data" / rel
@@ -199,6 +242,7 @@ def restore_archive(archive: Path, data_dir: Path, staging_dir: Path | None,
                     else:
                         raise RestoreError(f"unexpected member {member.name!r}: is this a "
                                            "DropSync backup?")
+                    room.take(member, member.size)
                     digest = _write_member(tar.extractfile(member), target,
                                            member.mode & 0o777 or 0o600,
                                            hashed=_blob_name(rel) is not None

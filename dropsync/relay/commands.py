@@ -27,7 +27,7 @@ Durability, and why it is cheap:
 
 from __future__ import annotations
 
-import json
+import bisect
 import logging
 import threading
 import time
@@ -38,6 +38,7 @@ from typing import Any
 from ..clock import iso_from_epoch
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..fleet.devices import record_event
+from ..jsonbounds import check_json_size
 from ..store import Document, Stores
 from ..store.periodic import Periodic
 
@@ -115,13 +116,6 @@ class Settings:
                    sweep_s=config["COMMAND_SWEEP_S"])
 
 
-def check_json_size(value: Any, limit: int, name: str) -> None:
-    size = len(json.dumps(value, separators=(",", ":")).encode())
-    if size > limit:
-        raise ValidationFailed(f"{name} is {size} bytes as JSON; the limit is {limit}",
-                               {name: [f"at most {limit} bytes"]})
-
-
 class CommandQueue:
     """Open deliveries in memory, per device, in hand-out order; one lock guards them.
 
@@ -161,9 +155,14 @@ class CommandQueue:
             deliveries = self._by_command.setdefault(command["id"], {})
             for device_id in command["devices"]:
                 if (command["id"], device_id) not in ended:
-                    self._add(self._restore_lease(Delivery(command, device_id)))
+                    self._add(self._restore_lease(Delivery(command, device_id)),
+                              keep_order=False)
             if not deliveries:
                 log.debug("command %s ended before the last tidy-up", command["id"])
+        # Once per device, not per delivery: a sort after each append made start-up grow
+        # with the square of one device's backlog (3,000 open commands: 4.8 s).
+        for queue in self._by_device.values():
+            queue.sort(key=lambda d: d.order)
 
     def _restore_lease(self, delivery: Delivery) -> Delivery:
         """Put back the attempts and lease a checkpoint kept; a lease that lapsed while
@@ -185,10 +184,14 @@ class CommandQueue:
         if leases or self.stores.liveness.get(device_id).get(LEASES_FIELD):
             self.stores.liveness.update(device_id, **{LEASES_FIELD: leases})
 
-    def _add(self, delivery: Delivery) -> None:
+    def _add(self, delivery: Delivery, *, keep_order: bool = True) -> None:
+        """File a delivery under its device and command; ``keep_order=False`` leaves the
+        device's queue for the caller to sort once (loading a backlog)."""
         queue = self._by_device.setdefault(delivery.device_id, [])
-        queue.append(delivery)
-        queue.sort(key=lambda d: d.order)
+        if keep_order:
+            bisect.insort(queue, delivery, key=lambda d: d.order)
+        else:
+            queue.append(delivery)
         self._by_command.setdefault(delivery.command["id"], {})[delivery.device_id] = delivery
 
     def _take_id(self) -> int:

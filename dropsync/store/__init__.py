@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from .datadir import DataDirLock, current_holder
-from .files import remove_stale_temp_files, write_atomically
+from .files import HubFiles, remove_stale_temp_files, write_atomically
 from .health import HealthSeries
 from .history import HistoryLog
 from .liveness import LivenessTable
@@ -71,6 +71,9 @@ class Stores:
         try:
             for leftover in remove_stale_temp_files(self.data_dir):
                 log.info("removed unacknowledged temp file %s", leftover)
+            #: Files of this directory the hub replaced while linked elsewhere: the
+            #: staging folder refuses them (``files.HubFiles``).
+            self.hub_files = HubFiles(self.data_dir).open()
             self._files: list[TableFile] = []
             device_file = self._open("devices.json")
             auth_file = self._open("auth.json")
@@ -99,6 +102,8 @@ class Stores:
                                        liveness_checkpoint_s)
             self._open_file_sync_stores(liveness_checkpoint_s)
         except BaseException:
+            if hasattr(self, "hub_files"):
+                self.hub_files.close()
             self.lock.release()
             raise
         self._closed = False
@@ -138,6 +143,7 @@ class Stores:
             for table_file in self._files:
                 table_file.close()
         finally:
+            self.hub_files.close()
             self.lock.release()
 
     # -- file sync ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import timings
-from .files import fsync_dir, raise_if_disk_full
+from .files import fsync_dir, raise_if_disk_full, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class HistoryLog:
             oldest, following = self._segments[0], self._segments[1]
             if self._next_seq - following < self.max_records:
                 break
-            self._path(oldest).unlink(missing_ok=True)
+            remove_file(self._path(oldest))
             self._segments.pop(0)
             self._offsets.pop(oldest, None)
             self._forget_before(following)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import NotFound
-from ..store.files import AtomicFile, write_atomically
+from ..store.files import AtomicFile, remove_file, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class BlobStore:
                 del self._tables[key]
             self._open.pop(sha256, None)  # closed once no read holds it
         for path in blob.parent.glob(f"{sha256}*"):
-            path.unlink(missing_ok=True)
+            remove_file(path)
         try:
             blob.parent.rmdir()
         except OSError:
@@ -191,7 +191,7 @@ class BlobStore:
                 removed.append(name)
         for table in self.root.glob("??/*.json"):  # tables whose blob is gone
             if not table.with_name(table.name.split(".")[0]).exists():
-                table.unlink(missing_ok=True)
+                remove_file(table)
         if removed:
             log.info("removed %d blob(s) no package refers to", len(removed))
         return removed

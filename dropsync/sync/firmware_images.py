@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # cryptography is loaded only when keys are configured
 FIRMWARE_FOLDER = "firmware/"
 FIRMWARE_SUFFIX = ".bin"
 IMAGE_MAGIC = 0xE9
+#: The smallest image either updater could boot: a header (8 bytes on the ESP8266, 24 on
+#: the ESP32) and one segment's header. A 1-byte 0xE9 passed the magic check alone.
+MIN_IMAGE_BYTES = 32
 #: Bytes of an image's start that the checks read.
 HEAD_BYTES = 16
 
@@ -56,6 +59,20 @@ class FirmwareImages:
         #: The signature of each image taken in, by its SHA-256, for the package page.
         self.signatures: dict[str, Signature] = {}
 
+    def limit_for_device(self, device: Mapping[str, Any]) -> int:
+        """The flash an image for ``device`` must fit, by its type (unknown: the smallest)."""
+        return self.limits.get(str(device.get("type") or "").lower(), min(self.limits.values()))
+
+    def too_large_for(self, device: Mapping[str, Any], image: Mapping[str, Any]) -> str | None:
+        """Why ``image`` must not be offered to ``device`` (it joined a target after the
+        image was staged, with a smaller flash), or None."""
+        limit = self.limit_for_device(device)
+        if image["size"] > limit:
+            return (f"the image {image['path']} is {image['size']} bytes; the flash of "
+                    f"{device['id']} ({device.get('type')}) takes at most {limit} "
+                    "(FIRMWARE_MAX_BYTES): stage a smaller image for it")
+        return None
+
     def limit_for(self, target: str) -> int:
         smallest = min(self.limits.values())
         if target == ALL_TARGET:
@@ -65,8 +82,7 @@ class FirmwareImages:
             reached = [d for d in self.devices.all() if group in (d.get("groups") or [])]
         else:
             reached = [d for d in self.devices.all() if d["id"] == target]
-        sizes = [self.limits.get(str(d.get("type") or "").lower(), smallest) for d in reached]
-        return min(sizes, default=smallest)
+        return min((self.limit_for_device(d) for d in reached), default=smallest)
 
     def problem(self, target: str, rel: str, read_at: ReadAt, size: int) -> str | None:
         """Why the staged file at ``target/rel`` cannot be taken in, or None.
@@ -81,6 +97,9 @@ class FirmwareImages:
             found = f"0x{head[0]:02X}" if head else "an empty file"
             return (f"not an ESP firmware image: the first byte is {found}, an image "
                     f"starts with 0xE9 (upload the sketch's .bin, not an .elf or a zip)")
+        if size < MIN_IMAGE_BYTES:
+            return (f"not an ESP firmware image: {size} bytes, shorter than the image "
+                    f"header alone ({MIN_IMAGE_BYTES} bytes at least)")
         limit = self.limit_for(target)
         if size > limit:
             return (f"the image is {size} bytes; the flash of {target} takes at most "

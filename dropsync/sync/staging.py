@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import timings
-from ..errors import BadRequest, Forbidden, PayloadTooLarge, ValidationFailed
+from ..errors import BadRequest, Forbidden, PayloadTooLarge, StorageFull, ValidationFailed
 from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
 from ..store import Document
 from ..store.files import AtomicFile
@@ -52,6 +53,10 @@ COPY_BUFFER = 1024 * 1024
 OUTSIDE_MESSAGE = "a symlink that leads outside the staging folder; refused"
 HARDLINK_MESSAGE = ("a file with more than one hard link (its other name may be anywhere, "
                     "the hub's data folder included); refused: copy the file instead")
+NOT_REGULAR_MESSAGE = ("not a regular file (a FIFO, a socket or a device); refused: it is "
+                       "never opened")
+HUB_FILE_MESSAGE = ("one of the hub's own files (its data folder's), now or before a rewrite "
+                    "left this the only name of the old contents; refused")
 
 
 def is_ignored_name(name: str) -> bool:
@@ -65,10 +70,10 @@ def target_problem(target: str) -> str | None:
     if target == ALL_TARGET:
         return None
     if target.startswith(GROUP_PREFIX):
-        if GROUP_RE.match(target[len(GROUP_PREFIX):]):
+        if GROUP_RE.fullmatch(target[len(GROUP_PREFIX):]):
             return None
         return "a group folder is group-<name>, the name 1-64 letters, digits, '-' or '_'"
-    if DEVICE_ID_RE.match(target):
+    if DEVICE_ID_RE.fullmatch(target):
         return None
     return "a target folder is a device id, group-<name> or all"
 
@@ -131,6 +136,9 @@ class StagingFolder:
 
     def __init__(self, root: Path):
         self.root = Path(os.path.abspath(root))
+        #: Whether a file (its stat) is or was one of the hub's own; the hub sets its
+        #: store's record (``store.files.HubFiles``) here.
+        self.is_hub_file: Callable[[os.stat_result], bool] = lambda st: False
 
     @property
     def real_root(self) -> Path:
@@ -164,9 +172,24 @@ class StagingFolder:
             raise Refused(Problem("unsupported_name", f"{target}/{rel}", problem))
         if not self.is_inside(path):
             raise Refused(Problem("outside_staging", f"{target}/{rel}", OUTSIDE_MESSAGE))
-        if has_other_links(path):
-            raise Refused(Problem("hardlink", f"{target}/{rel}", HARDLINK_MESSAGE))
+        try:
+            st = os.stat(path)
+        except OSError:  # gone, or not a file: the caller finds out when it opens it
+            return StagedFile(path, target, rel)
+        self.refuse_kind(st, f"{target}/{rel}")
         return StagedFile(path, target, rel)
+
+    def refuse_kind(self, st: os.stat_result, slot: str) -> None:
+        """``Refused`` unless ``st`` is a regular file with one name that was never one of
+        the hub's own files: a FIFO blocks whoever opens it, a hard link's other name may
+        be the hub's data, and a file the hub wrote, then replaced, lives on under the
+        staged name alone (the link count cannot tell)."""
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(Problem("not_regular_file", slot, NOT_REGULAR_MESSAGE))
+        if st.st_nlink > 1:
+            raise Refused(Problem("hardlink", slot, HARDLINK_MESSAGE))
+        if self.is_hub_file(st):
+            raise Refused(Problem("hub_file", slot, HUB_FILE_MESSAGE))
 
     def is_candidate(self, path: Path | str) -> bool:
         """Whether ``path``'s name alone could make it a package (cheap: for every event)."""
@@ -225,19 +248,19 @@ class StagingFolder:
         The check is made on the opened descriptor (``/proc/self/fd``), so a symlink
         swapped in between the classification and the open cannot lead outside either.
         """
-        source = open(staged.path, "rb")  # noqa: SIM115 (returned to the caller)
+        # Never blocking: a FIFO swapped in after the classification opens at once here
+        # (O_NONBLOCK) and is refused by its kind before anything reads it.
+        fd = os.open(staged.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            opened = Path(f"/proc/self/fd/{source.fileno()}")
+            opened = Path(f"/proc/self/fd/{fd}")
             if opened.exists() and not self.is_inside(os.readlink(opened)):
                 raise Refused(Problem("outside_staging", staged.slot, OUTSIDE_MESSAGE))
-            if not os.path.isfile(opened if opened.exists() else staged.path):
-                raise FileNotFoundError(staged.path)
-            if os.fstat(source.fileno()).st_nlink > 1:  # linked since it was classified
-                raise Refused(Problem("hardlink", staged.slot, HARDLINK_MESSAGE))
+            self.refuse_kind(os.fstat(fd), staged.slot)  # as opened, not as classified
+            os.set_blocking(fd, True)
+            return open(fd, "rb")  # noqa: SIM115 (returned to the caller)
         except BaseException:
-            source.close()
+            os.close(fd)
             raise
-        return source
 
 
 def remove_empty_folders(folder: Path, down_to: Path) -> None:
@@ -248,15 +271,6 @@ def remove_empty_folders(folder: Path, down_to: Path) -> None:
         except OSError:  # not empty (another file arrived), or gone: leave the rest
             return
         folder = folder.parent
-
-
-def has_other_links(path: Path) -> bool:
-    """Whether the file at ``path`` has another name too (a hard link): that name may be
-    outside the staging folder, where no symlink check can see it."""
-    try:
-        return os.stat(path).st_nlink > 1
-    except OSError:  # gone, or not a file: the caller finds out when it opens it
-        return False
 
 
 def file_stamp(st: os.stat_result) -> dict[str, int]:
@@ -328,8 +342,14 @@ class Staging:
                 return dict(current), False
             with self.catalog.changing():
                 with timings.timed("ingest"):  # copy and hash: the part that grows with size
-                    blob = self.catalog.blobs.add_stream(reader,
-                                                         self.chunk_size_for(staged.rel))
+                    try:
+                        blob = self.catalog.blobs.add_stream(reader,
+                                                             self.chunk_size_for(staged.rel))
+                    except StorageFull as full:  # shown in /health until it comes in
+                        self._note(Problem("storage_full", staged.slot,
+                                           f"{full.message}: not taken in yet; it is "
+                                           "tried again at each rescan"))
+                        raise
                 if file_stamp(os.fstat(reader.fileno())) != before \
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)

@@ -27,11 +27,11 @@ from ..clock import now_iso
 from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..fleet.devices import validate_device_id
 from ..store import Document, Stores
-from ..store.files import AtomicFile
+from ..store.files import AtomicFile, remove_file
 
 log = logging.getLogger(__name__)
 
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 READ_BUFFER = 64 * 1024
 #: Room for a multipart body's boundaries and part headers beside the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -39,7 +39,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 def validate_upload_name(name: str) -> str:
     """``name`` if it is a safe single file name, else a 400 saying what is allowed."""
-    if not isinstance(name, str) or not SAFE_NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not SAFE_NAME_RE.fullmatch(name) or ".." in name:
         raise BadRequest("file names are 1-128 ASCII letters, digits, '.', '_' or '-', "
                          "not starting with '.' and without '..'", {"filename": repr(name)},
                          code="unsafe_filename")
@@ -144,7 +144,7 @@ class DeviceUploads:
     def delete(self, device_id: str, name: str) -> Document:
         path = self.path_of(device_id, name)
         record = self.stores.uploads.delete(upload_key(device_id, name))
-        path.unlink(missing_ok=True)
+        remove_file(path)
         return record
 
     def forget_missing_files(self) -> list[str]:
@@ -167,7 +167,10 @@ def multipart_file_parts(read: Callable[[int], bytes], boundary: bytes) \
     the hub would then copy it again). Each part's bytes must be consumed before the next
     part is asked for.
     """
-    decoder = MultipartDecoder(boundary, max_form_memory_size=MULTIPART_OVERHEAD)
+    # The decoder holds back the bytes after a file part's last line break (they may
+    # start the boundary) and refuses a read that would take its buffer past its limit:
+    # a limit of one read's size refused any binary file past 64 KiB.
+    decoder = MultipartDecoder(boundary, max_form_memory_size=MULTIPART_OVERHEAD + READ_BUFFER)
     state: dict[str, Any] = {"event": None, "done": False}
 
     def next_event():

@@ -37,6 +37,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from ..clock import now_iso
+from ..errors import StorageFull
 from .staging import StagedFileChanged, Staging, file_stamp
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,9 @@ class StagingWatcher:
                 package, changed = self.staging.ingest_staged_file(path)
             except StagedFileChanged:
                 self._file_changed(path)
+                continue
+            except StorageFull:  # reported (health, the staging report), no traceback
+                self._retry_later(path)
                 continue
             except Exception:
                 log.exception("staging watcher: could not take in %s; will retry", path)
