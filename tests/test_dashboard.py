@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, assert_error
 
+from dropsync.dashboard import views
 from dropsync.fleet import credentials, devices
 from dropsync.store.health import HealthSeries
 
@@ -372,7 +373,7 @@ def test_open_pages_grow_nothing_on_the_hub(browser, dash_hub):
     for n in range(100):
         assert browser.get(f"/dashboard/devices?q=x{n}&live=1").status_code == 200
         assert browser.get("/dashboard/?live=1").status_code == 200
-    cache = dash_hub._dashboard_recent
+    cache = views.recent(dash_hub)
     assert len(cache._values) <= cache.max_entries
 
 

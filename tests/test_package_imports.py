@@ -6,6 +6,7 @@ which imported ``api`` back)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dropsync"
@@ -94,3 +95,21 @@ def test_the_check_sees_a_circle_through_a_function_level_import():
         m for deps in graph.values() for m in deps}
     planted = {**graph, "dropsync.store": graph["dropsync.store"] | {"dropsync.hub"}}
     assert any("dropsync.store" in group for group in circles(planted))
+
+
+#: The API's view modules: another audience's views, never a dashboard's helpers.
+API_VIEWS = {"dropsync.api.admin", "dropsync.api.admin_files", "dropsync.api.admin_fleet",
+             "dropsync.api.admin_ops", "dropsync.api.device", "dropsync.api.files",
+             "dropsync.api.ota", "dropsync.api.health", "dropsync.api.openapi"}
+STORE_TABLE = re.compile(r"\.stores\.(devices|history|sync_state|health|liveness|packages|"
+                         r"auth|meta|manifest_versions|hub_files)\b")
+
+
+def test_the_dashboard_uses_the_services_not_the_api_views_or_the_store_tables():
+    graph = import_graph()
+    for module, imported in graph.items():
+        if module.startswith("dropsync.dashboard"):
+            assert not imported & API_VIEWS, (module, imported & API_VIEWS)
+    for path in (PACKAGE / "dashboard").glob("*.py"):
+        found = STORE_TABLE.findall(path.read_text())
+        assert not found, f"{path.name} reads store tables itself: {found}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import current_app, request
 
+from ..fleet.devices import list_devices
 from ..sync.packages import PackageCatalog
 from ..sync.schemas import (
     PackageListQuerySchema,
@@ -20,21 +21,18 @@ from ..sync.schemas import (
     UploadListSchema,
     WithdrawnSchema,
 )
+from .accel import send_stored_file
 from .admin import bp
 from .context import current_hub
 from .contract import contract
-from .files import OCTET_STREAM, send_stored_file
-
-PROGRESS_FIELDS = ("targets", "have", "downloading", "failed")
+from .files import OCTET_STREAM
 
 
 def with_progress(catalog: PackageCatalog, packages: list[dict]) -> list[dict]:
-    """Packages with how far their target devices are (one pass over the sync state)."""
+    """Packages with how far their target devices are, and who signed an image."""
     hub = current_hub()
-    status = catalog.status(hub.stores.devices.all(), [p["id"] for p in packages])
-    return [{**p, "progress": {k: status[p["id"]][k] for k in PROGRESS_FIELDS},
-             "devices": status[p["id"]]["devices"],
-             "signature": hub.firmware_images.signature_dict(p)} for p in packages]
+    return [{**p, "signature": hub.firmware_images.signature_dict(p)}
+            for p in catalog.with_progress(list_devices(hub.stores), packages)]
 
 
 # -- packages --------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from flask import g
 from .. import __version__
 from ..fleet import groups
 from ..fleet.messages import query_messages
-from ..relay.commands import Target
 from ..schemas import (
     CancelSchema,
     CommandCreateSchema,
@@ -35,20 +34,13 @@ def queue():
     return current_hub().commands
 
 
-def queue_command(target: str, body: dict, actor: str | None = None) -> dict:
-    """Queue a validated command body (also the dashboard's way to send one)."""
-    return queue().create(Target.parse(target), body["name"], args=body["args"],
-                          priority=body["priority"], expires_in_s=body.get("expires_in_s"),
-                          expires_at=body.get("expires_at"), actor=actor or g.admin)
-
-
 # -- commands ----------------------------------------------------------------------------
 @bp.post("/devices/<device_id>/command")
 @contract(body=DeviceCommandCreateSchema, response=CommandSchema, status=201)
 def send_device_command(device_id: str, body):
     """Queue a command for one device."""
     stores().devices.get(device_id)  # 404 for an unknown device, whatever the id looks like
-    return queue_command(device_id, body)
+    return queue().send(device_id, body, g.admin)
 
 
 @bp.post("/commands")
@@ -58,7 +50,7 @@ def send_command(body):
 
     A group or fleet command becomes one delivery per device it names now.
     """
-    return queue_command(body.pop("target"), body)
+    return queue().send(body.pop("target"), body, g.admin)
 
 
 @bp.get("/commands")

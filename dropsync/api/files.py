@@ -7,7 +7,6 @@ what the device's manifest lists (403 otherwise) and to the current version of e
 
 from __future__ import annotations
 
-import werkzeug.utils
 from flask import Blueprint, Response, current_app, g, request
 
 from ..errors import BadRequest, Forbidden, PayloadTooLarge
@@ -26,6 +25,7 @@ from ..sync.schemas import (
 )
 from ..sync.uploads import MULTIPART_OVERHEAD, READ_BUFFER
 from . import accel
+from .accel import send_stored_file
 from .context import admit_device_request, current_hub
 from .contract import contract
 from .device_requests import Chunk, chunk_answer, nginx_sends_chunk
@@ -96,24 +96,6 @@ def whole_download(package_id: str, version: int) -> Response:
                                 download_name=package["path"].rsplit("/", 1)[-1])
     response.headers.update(headers)
     return response
-
-
-def send_stored_file(path, *, etag: str, download_name: str,
-                     as_attachment: bool = False) -> Response:
-    """A file streamed from disk, answering Range (206/416) and If-None-Match (304).
-
-    Without a Range the WSGI server's file wrapper sends it (gunicorn: ``sendfile``;
-    granian: from the path). With one, a wrapper that cannot seek is left out (gunicorn's:
-    werkzeug would read and throw away every byte before the range, an 8 MiB blob served
-    4 KiB ranges at ~150/s that way, ~1,300/s seeking); granian's sends the range itself.
-    """
-    environ = request.environ
-    if "HTTP_RANGE" in environ and not hasattr(environ.get("wsgi.file_wrapper"), "seekable"):
-        environ = {k: v for k, v in environ.items() if k != "wsgi.file_wrapper"}
-    return werkzeug.utils.send_file(path, environ, mimetype=OCTET_STREAM, conditional=True,
-                                    etag=etag, download_name=download_name,
-                                    as_attachment=as_attachment,
-                                    response_class=current_app.response_class)
 
 
 @bp.get("/download/<device_id>/<package_id>/<int:version>/<int:index>")

@@ -25,10 +25,8 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import NotFound
 
 from .. import __version__
-from ..api.admin_files import stage_request_body
-from ..api.admin_fleet import queue_command
+from ..api.accel import send_stored_file
 from ..api.context import current_hub
-from ..api.files import send_stored_file
 from ..errors import BadRequest, DropSyncError, ValidationFailed
 from ..fleet import credentials, devices
 from ..fleet.messages import LEVELS
@@ -205,9 +203,9 @@ def device_detail(device_id: str):
 def send_device_command(device_id: str):
     back = url_for(".device_detail", device_id=device_id)
     try:
-        hub().stores.devices.get(device_id)
-        command = queue_command(device_id, form_data(DeviceCommandCreateSchema()),
-                                actor=actor())
+        devices.get_device(hub().stores, device_id)  # 404 for an unknown device
+        command = hub().commands.send(device_id, form_data(DeviceCommandCreateSchema()),
+                                      actor())
     except DropSyncError as exc:
         return failed(exc, back)
     if wants_json():
@@ -266,8 +264,8 @@ def command_list():
     return render_page("dashboard/commands.html",
                        {"command-rows": "dashboard/_command_rows.html"},
                        commands=hub().commands.list_open(),
-                       recent=hub().stores.history["commands"].find(limit=20),
-                       groups=sorted({g for d in hub().stores.devices.all()
+                       recent=hub().commands.recently_ended(20),
+                       groups=sorted({g for d in devices.list_devices(hub().stores)
                                       for g in d.get("groups", ())}))
 
 
@@ -276,7 +274,7 @@ def send_command():
     back = url_for(".command_list")
     try:
         body = form_data(CommandCreateSchema())
-        command = queue_command(body.pop("target"), body, actor=actor())
+        command = hub().commands.send(body.pop("target"), body, actor())
     except DropSyncError as exc:
         return failed(exc, back)
     if wants_json():
@@ -301,7 +299,7 @@ def cancel_command(command_id: int):
 # -- packages --------------------------------------------------------------------------
 @bp.get("/packages")
 def package_list():
-    known = sorted(d["id"] for d in hub().stores.devices.all())
+    known = [d["id"] for d in devices.list_devices(hub().stores)]
     return render_page("dashboard/packages.html",
                        {"package-rows": "dashboard/_package_rows.html",
                         "staging-state": "dashboard/_staging.html"},
@@ -336,9 +334,13 @@ def withdraw_package(package_id: str):
 @bp.put("/staging/<target>/<path:path>")
 def stage_file(target: str, path: str):
     """The browser's upload: the same path as the admin API's, and as a dropped file."""
-    staged = stage_request_body(target, path, "dashboard")
+    limit = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
+    request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
+    package, changed = hub().staging.stage_stream(target, path, request.stream,
+                                                  source="dashboard", max_bytes=limit)
     views.recent(hub()).clear()
-    return jsonify(staged), 201
+    progress = hub().packages.with_progress(devices.list_devices(hub().stores), [package])
+    return jsonify({**progress[0], "changed": changed}), 201
 
 
 # -- operators and admin tokens ---------------------------------------------------------

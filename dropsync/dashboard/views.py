@@ -11,12 +11,15 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any
 
+from ..fleet.devices import find_events, get_device, list_devices
 from ..fleet.messages import query_messages
+from ..fleet.pacing import health_points
 from ..hub import Hub
 from ..sync.packages import HOLDING_STATES, device_status
 from . import charts
@@ -57,19 +60,25 @@ class Recent:
             self._values.clear()
 
 
+#: Each hub's figures, kept as long as the hub is (the dashboard's own, not the hub's).
+_RECENT: weakref.WeakKeyDictionary[Hub, Recent] = weakref.WeakKeyDictionary()
+_RECENT_LOCK = threading.Lock()
+
+
 def recent(hub: Hub) -> Recent:
-    cache = getattr(hub, "_dashboard_recent", None)
-    if cache is None:
-        cache = hub._dashboard_recent = Recent()
-    return cache
+    with _RECENT_LOCK:
+        cache = _RECENT.get(hub)
+        if cache is None:
+            cache = _RECENT[hub] = Recent()
+        return cache
 
 
 # -- the fleet -------------------------------------------------------------------------
 def fleet(hub: Hub) -> list[dict[str, Any]]:
     """Every device as operators see it (liveness, inventory, sync), sorted by id."""
     def compute() -> list[dict[str, Any]]:
-        devices = sorted(hub.stores.devices.all(), key=lambda d: d["id"])
-        reports = hub.stores.sync_state.by_package()
+        devices = list_devices(hub.stores)
+        reports = hub.packages.reports_by_package()
         catalog = hub.packages.catalog
         views = []
         for device in devices:
@@ -120,7 +129,7 @@ def overview(hub: Hub) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         views = fleet(hub)
         packages = package_progress(hub)
-        ended = hub.stores.history["commands"].find(limit=RECENT_COMMANDS)
+        ended = hub.commands.recently_ended(RECENT_COMMANDS)
         failed = [r for r in ended if r.get("state") == "failed"]
         disk = shutil.disk_usage(hub.stores.data_dir)
         blobs = {p["sha256"]: p["size"] for p in packages}
@@ -134,7 +143,7 @@ def overview(hub: Hub) -> dict[str, Any]:
                         "packages": sum(blobs.values()),
                         "uploads": sum(u.get("size", 0) for u in uploads)},
             "staging": hub.staging_report(),
-            "activity": hub.stores.history["events"].find(limit=8),
+            "activity": find_events(hub.stores, limit=8)["events"],
         }
     return recent(hub).get("overview", compute)
 
@@ -166,16 +175,16 @@ def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dic
 # -- one device ------------------------------------------------------------------------
 def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[str, Any]:
     """Everything the device page shows (a missing device raises NotFound)."""
-    device = hub.stores.devices.get(device_id)
+    device = get_device(hub.stores, device_id)
     view = hub.pacing.fleet_view(device)
-    reports = hub.stores.sync_state.by_package()
+    reports = hub.packages.reports_by_package()
     files = []
     for package in sorted(hub.packages.catalog.files_for(device).values(),
                           key=lambda p: p["path"]):
         files.append({**package, **device_status(
             package, reports.get(package["id"], {}).get(device_id))})
     now = time.time()
-    series = hub.stores.health.points(device_id, now=now)
+    series = health_points(hub.stores, device_id, now)
     return {
         "device": view,
         "commands": hub.commands.device_commands(device_id, limit=20)["commands"],
@@ -198,23 +207,8 @@ def activity(hub: Hub, *, kind: str = "", device: str = "", before: int | None =
     """A page of the event log, newest first, by kind prefix and device. A filtered page
     looks through at most ``ACTIVITY_SCAN`` events, so a rare match cannot make one
     request read the whole history; "older" continues where it stopped."""
-    log = hub.stores.history["events"]
-    high = log.last_seq + 1 if before is None else before
-    low = max(0, high - ACTIVITY_SCAN - 1)
-
-    def matches(record: dict[str, Any]) -> bool:
-        return (not kind or str(record.get("kind", "")).startswith(kind)) and \
-            (not device or record.get("device_id") == device)
-
-    where = matches if kind or device else None
-    events = log.find(before_seq=high, after_seq=low, limit=limit + 1, where=where)
-    if len(events) > limit:
-        events = events[:limit]
-        next_before = events[-1]["seq"]
-    else:  # the scanned stretch is done: older ones lie below it, if any are kept
-        first_kept = log.last_seq - len(log) + 1
-        next_before = low + 1 if low > 0 and low >= first_kept else None
-    return {"events": events, "next_before": next_before}
+    return find_events(hub.stores, kind=kind, device=device, before=before, limit=limit,
+                       scan=ACTIVITY_SCAN)
 
 
 # -- formatting (Jinja filters) ----------------------------------------------------------

@@ -78,6 +78,31 @@ def record_events(stores: Stores, kind: str, device_ids: list[str | None], actor
                   exc_info=True)
 
 
+def find_events(stores: Stores, *, kind: str = "", device: str = "",
+                before: int | None = None, limit: int = 50,
+                scan: int = 20_000) -> dict[str, Any]:
+    """A page of the audit trail, newest first, by kind prefix and device. A filtered
+    page looks through at most ``scan`` events, so a rare match cannot make one request
+    read the whole history; ``next_before`` continues where it stopped (None: no more)."""
+    log = stores.history["events"]
+    high = log.last_seq + 1 if before is None else before
+    low = max(0, high - scan - 1)
+
+    def matches(record: dict[str, Any]) -> bool:
+        return (not kind or str(record.get("kind", "")).startswith(kind)) and \
+            (not device or record.get("device_id") == device)
+
+    where = matches if kind or device else None
+    events = log.find(before_seq=high, after_seq=low, limit=limit + 1, where=where)
+    if len(events) > limit:
+        events = events[:limit]
+        next_before = events[-1]["seq"]
+    else:  # the scanned stretch is done: older ones lie below it, if any are kept
+        first_kept = log.last_seq - len(log) + 1
+        next_before = low + 1 if low > 0 and low >= first_kept else None
+    return {"events": events, "next_before": next_before}
+
+
 def get_device(stores: Stores, device_id: str) -> Document:
     return stores.devices.get(device_id)
 

@@ -89,6 +89,11 @@ class Pacing:
         }
 
 
+def health_points(stores: Stores, device_id: str, now: float) -> list[dict[str, Any]]:
+    """A device's RSSI and free-heap series (the last 24 hours), oldest first."""
+    return stores.health.points(device_id, now=now)
+
+
 def record_heartbeat(stores: Stores, device_id: str, report: dict[str, Any]) -> None:
     """Keep a heartbeat in memory (checkpointed by liveness), never a store write per beat:
     an SD card would not survive a fleet's heartbeats."""

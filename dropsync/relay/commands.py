@@ -204,6 +204,17 @@ class CommandQueue:
         return self._next_id - 1
 
     # -- operators -----------------------------------------------------------------------
+    def send(self, target: str, body: dict[str, Any], actor: str | None) -> Document:
+        """Queue a validated command request (``CommandCreateSchema``'s fields) for a
+        target as operators write it: the admin API's and the dashboard's one way."""
+        return self.create(Target.parse(target), body["name"], args=body["args"],
+                           priority=body["priority"], expires_in_s=body.get("expires_in_s"),
+                           expires_at=body.get("expires_at"), actor=actor)
+
+    def recently_ended(self, limit: int) -> list[Document]:
+        """The latest ended deliveries, newest first (from the history)."""
+        return self.history.find(limit=limit)
+
     def create(self, target: Target, name: str, *, args: dict | None = None,
                priority: int = 50, expires_in_s: float | None = None,
                expires_at: float | None = None, actor: str | None = None) -> Document:

@@ -47,6 +47,8 @@ SOURCES = ("folder", "api", "dashboard")
 SYNC_STATES = ("downloading", "verified", "applied", "failed")
 #: States in which a device holds the package's content, checked.
 HOLDING_STATES = ("verified", "applied")
+#: The counts of a package's progress the admin API and the dashboard show.
+PROGRESS_FIELDS = ("targets", "have", "downloading", "failed")
 VERSION_COUNTER = "package_version"
 #: Manifest versions are reserved on disk this many at a time (``meta``).
 MANIFEST_VERSION_BLOCK = 1000
@@ -370,6 +372,18 @@ class PackageCatalog:
         if report.get("reason"):
             entry["reason"] = report["reason"]
         return self.stores.sync_state.record(entry)
+
+    def reports_by_package(self) -> dict[str, dict[str, Document]]:
+        """Each package's latest sync report per device."""
+        return self.stores.sync_state.by_package()
+
+    def with_progress(self, devices: Iterable[Mapping[str, Any]],
+                      packages: list[Document]) -> list[dict[str, Any]]:
+        """Packages with how far their target devices are (one pass over the sync state):
+        what the admin API and the dashboard show of a package."""
+        status = self.status(devices, [p["id"] for p in packages])
+        return [{**p, "progress": {k: status[p["id"]][k] for k in PROGRESS_FIELDS},
+                 "devices": status[p["id"]]["devices"]} for p in packages]
 
     def sync_history(self, device_id: str, limit: int) -> list[Document]:
         """A device's sync reports, newest first (from the history's per-device index)."""
