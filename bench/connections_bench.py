@@ -51,8 +51,11 @@ HEARTBEAT = json.dumps({"firmware": "bench-1.0", "uptime_s": 60, "free_heap": 30
                         "rssi": -60}).encode()
 
 
-def prepared(device_id: str, token: str, port: int) -> tuple[bytes, bytes]:
+def prepared(device_id: str, token: str, port: int, close: bool = False) \
+        -> tuple[bytes, bytes]:
     head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+    if close:  # a connection per wake-up, as the firmware's HTTP/1.0 transport makes
+        head += "Connection: close\r\n"
     poll = f"GET /api/v1/device/commands/{device_id} HTTP/1.1\r\n{head}\r\n".encode()
     beat = (f"POST /api/v1/device/heartbeat/{device_id} HTTP/1.1\r\n{head}"
             f"Content-Type: application/json\r\nContent-Length: {len(HEARTBEAT)}\r\n\r\n"
@@ -61,15 +64,17 @@ def prepared(device_id: str, token: str, port: int) -> tuple[bytes, bytes]:
 
 
 class Fleet:
-    def __init__(self, port: int, interval_s: float):
+    def __init__(self, port: int, interval_s: float, per_request: bool = False):
         self.port, self.interval_s = port, interval_s
+        #: A new connection for every request (closed after it), instead of one kept open.
+        self.per_request = per_request
         self.samples: list[tuple[float, float]] = []  # (when, seconds)
         self.errors: list[str] = []
         self.lags: list[float] = []
         self.stop = asyncio.Event()
 
     async def device(self, device_id: str, token: str) -> None:
-        poll, beat = prepared(device_id, token, self.port)
+        poll, beat = prepared(device_id, token, self.port, close=self.per_request)
         rng = random.Random(device_id)
         await asyncio.sleep(rng.uniform(0, self.interval_s))
         reader = writer = None
@@ -89,6 +94,9 @@ class Fleet:
                         length = int(line[15:])
                 await reader.readexactly(length)
                 self.samples.append((started, time.monotonic() - started))
+                if self.per_request:
+                    writer.close()
+                    reader = writer = None
                 if status >= 300:
                     self.errors.append(f"{status}")
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -113,7 +121,7 @@ class Fleet:
 
 async def drive(hub: Hub, tokens: dict[str, str], probes: dict[str, str], args,
                 work: Path) -> list[dict]:
-    fleet = Fleet(hub.port, args.interval)
+    fleet = Fleet(hub.port, args.interval, per_request=args.connection_per_request)
     tasks = [asyncio.create_task(fleet.device(d, t)) for d, t in tokens.items()]
     lag = asyncio.create_task(fleet.watch_lag())
     probe = start_probe(hub.url, list(probes.items()), work, args.probe_rate)
@@ -159,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connection-per-request", action="store_true",
+                        help="open a connection for every request and close it after, as "
+                             "the firmware does (HTTP/1.0): few sockets are open at once, "
+                             "so fleets past the 20,000 open files a process may hold "
+                             "here can be driven")
     parser.add_argument("--probe-rate", type=float, default=20.0)
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
