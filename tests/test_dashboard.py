@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from dashboard_support import PASSWORD, log_in, page_token
 from support import ROOT, assert_error
 
 from dropsync.dashboard import views
 from dropsync.fleet import credentials, devices
 from dropsync.store.health import HealthSeries
 
-PASSWORD = "operator-password-1"
 LOGIN_ENDPOINTS = {"dashboard.login", "dashboard.login_submit"}
 
 
@@ -39,18 +39,6 @@ def dash_hub(dash_app):
     return dash_app.extensions["dropsync"]
 
 
-def csrf_token(client, path="/dashboard/login") -> str:
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
-
-
-def log_in(client, username="admin", password=PASSWORD, address="127.0.0.1"):
-    token = csrf_token(client)
-    return client.post("/dashboard/login", data={"username": username, "password": password,
-                                                 "csrf_token": token},
-                       environ_base={"REMOTE_ADDR": address})
-
-
 @pytest.fixture
 def browser(dash_app):
     """A test client logged in as the first operator."""
@@ -58,11 +46,6 @@ def browser(dash_app):
     response = log_in(client)
     assert response.status_code == 302, response.get_data(as_text=True)
     return client
-
-
-def page_token(client) -> str:
-    html = client.get("/dashboard/").get_data(as_text=True)
-    return re.search(r'<meta name="csrf-token" content="([^"]+)"', html)[1]
 
 
 def session_cookie(client):

@@ -94,12 +94,13 @@ def add_security_headers(response: Response) -> Response:
 
 
 # -- login and logout ------------------------------------------------------------------
-def safe_next(target: str | None) -> str:
-    """Only a path on this hub's dashboard: never an open redirect to another site."""
+def safe_next(target: str | None, fallback: str | None = None) -> str:
+    """Only a path on this hub's dashboard: never an open redirect to another site, and
+    never a control character (CR or LF would end the ``Location`` header: a 500)."""
     if target and target.startswith("/dashboard") and not target.startswith("//") \
-            and "\\" not in target:
+            and "\\" not in target and target.isprintable():
         return target
-    return url_for("dashboard.overview")
+    return fallback or url_for("dashboard.overview")
 
 
 @bp.get("/login")

@@ -40,7 +40,7 @@ from ..schemas import (
     PasswordSchema,
 )
 from . import bp, views
-from .auth import actor, wants_json
+from .auth import actor, safe_next, wants_json
 
 #: Form fields that are the page's, not the service's.
 FORM_ONLY = ("csrf_token", "confirm", "next")
@@ -285,9 +285,7 @@ def send_command():
 
 @bp.post("/commands/<int:command_id>/cancel")
 def cancel_command(command_id: int):
-    back = request.form.get("next") or url_for(".command_list")
-    if not back.startswith("/dashboard"):
-        back = url_for(".command_list")
+    back = safe_next(request.form.get("next"), url_for(".command_list"))
     device_id = request.form.get("device_id") or None
     try:
         hub().commands.cancel(command_id, device_id=device_id, actor=actor())
