@@ -25,6 +25,7 @@ from .hubclient import HubError, connect
 from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
+from .sites import cli as sites_cli
 from .store import current_holder
 
 
@@ -543,6 +544,9 @@ ops_cli.register(main)
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)
 main.add_command(demo)
+
+# -- many sites through Syncthing (dropsync/sites/) ------------------------------------
+sites_cli.register(main)
 
 
 if __name__ == "__main__":

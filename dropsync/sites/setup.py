@@ -27,6 +27,10 @@ from .layout import (
 from .syncthing import Syncthing
 
 
+#: Temp and hidden names (the hub's own atomic writes, editors, copy tools) are not sent.
+SEND_IGNORES = ["(?d).*.tmp", "(?d)*.part", "(?d)*~", "(?d)*.swp", "(?d)*.crdownload"]
+
+
 def folder_config(folder_id: str, label: str, path: Path, kind: str, devices: list[str],
                   settings: dict[str, Any]) -> dict[str, Any]:
     """A Syncthing folder as the link wants it; fields not named keep Syncthing's defaults."""
@@ -44,6 +48,8 @@ def share(st: Syncthing, folder_id: str, label: str, path: Path, kind: str, devi
     current = st.folder(folder_id)
     devices = [device_id] + [d["deviceID"] for d in (current or {}).get("devices", [])]
     st.put_folder(folder_config(folder_id, label, path, kind, devices, settings))
+    if kind == "sendonly":  # what the staging folder ignores is never sent either
+        st.call("POST", f"/rest/db/ignores?folder={folder_id}", {"ignore": SEND_IGNORES})
 
 
 def init_site(st: Syncthing, settings: dict[str, Any], *, name: str, groups: list[str],
