@@ -26,7 +26,6 @@ from .layout import (
 )
 from .syncthing import Syncthing
 
-
 #: Temp and hidden names (the hub's own atomic writes, editors, copy tools) are not sent.
 SEND_IGNORES = ["(?d).*.tmp", "(?d)*.part", "(?d)*~", "(?d)*.swp", "(?d)*.crdownload"]
 
