@@ -28,15 +28,17 @@ def drop(path: Path, data: bytes) -> Path:
 
 
 def syncthing_writes(path: Path, data: bytes, pause_s: float = 0.0) -> None:
-    """As Syncthing pulls a file: ``.syncthing.<name>.tmp`` beside it, written (here in
-    two halves, ``pause_s`` apart), mtime set, then renamed into place."""
+    """As Syncthing pulls a file: ``.syncthing.<name>.tmp`` beside it, its mtime set, then
+    renamed into place. With ``pause_s``, the link drops half-way: the temp file sits
+    closed, half written, for that long (Syncthing keeps temporaries for a day) before
+    the rest comes."""
     temp = path.with_name(f".syncthing.{path.name}.tmp")
     temp.parent.mkdir(parents=True, exist_ok=True)
-    with open(temp, "wb") as out:
-        out.write(data[:len(data) // 2])
-        out.flush()
-        time.sleep(pause_s)
-        out.write(data[len(data) // 2:])
+    half = len(data) // 2 if pause_s else len(data)
+    temp.write_bytes(data[:half])
+    time.sleep(pause_s)
+    with open(temp, "ab") as out:
+        out.write(data[half:])
     os.utime(temp, (time.time() - 60, time.time() - 60))
     os.replace(temp, path)
 
@@ -65,11 +67,14 @@ def test_syncthing_temp_files_and_markers_never_become_packages(watched_hub, set
     drop(feed / ".stignore", b"(?d).DS_Store\n")
     drop(feed / ".stversions" / "all" / "old~20260101.txt", b"old")
     data = os.urandom(200_000)
-    syncthing_writes(feed / "all" / "big.bin", data, pause_s=1.0)  # longer than the settle
+    syncthing_writes(feed / "all" / "big.bin", data, pause_s=1.0)  # 5 settle times
     package = wait_until(lambda: hub.packages.catalog.by_slot.get("all/big.bin"),
                          message="the renamed file")
     time.sleep(0.5)
     assert [p["slot"] for p in hub.packages.list_packages()] == ["all/big.bin"]
+    published = [e for e in hub.stores.history["events"].find(limit=100)
+                 if e.get("kind") == "package.published"]
+    assert [(e["target"], e["path"]) for e in published] == [("all", "big.bin")]
     assert package["size"] == len(data) and len(events(hub, "package.published",
                                                        "all/big.bin")) == 1
     assert hub.staging_report()["problems"] == []
