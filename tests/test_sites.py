@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -245,3 +246,26 @@ def test_without_the_link_the_hub_is_one_site_as_before(hub, settings, cli, tmp_
     assert hub.sites.overview() == []
     result = cli("site", "init", "--name", "a", "--central", "X" * 56, expect=1)
     assert "SYNCTHING_URL is not set" in result.output
+
+
+# -- the Sites page --------------------------------------------------------------------
+def test_the_sites_page_shows_each_site_and_the_silent_one_first(settings, tmp_path, request):
+    settings.update(ADMIN_PASSWORD="operator-password-1")
+    hub, folders = request.getfixturevalue("central_hub")
+    folders.site_export("south").mkdir(parents=True)
+    drop(folders.site_export("north") / segment_name(1), segment(1, time.time()))
+    drop(folders.site_export("south") / segment_name(1), segment(1, time.time() - 7200))
+    hub.sites.tick()
+    client = request.getfixturevalue("app").test_client()
+    page = client.get("/dashboard/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
+    assert client.post("/dashboard/login", data={"username": "admin", "csrf_token": token,
+                                                 "password": "operator-password-1"}
+                       ).status_code == 302
+    html = client.get("/dashboard/sites").get_data(as_text=True)
+    assert html.index("south") < html.index("north")  # the silent one stands out first
+    assert re.search(r'<h2 id="site-south">south\s*<span class="badge failed">silent', html)
+    assert 'href="/dashboard/sites" aria-current="page"' in html
+    answer = client.get("/dashboard/sites", headers={"Accept": "application/json"}).get_json()
+    assert [(s["name"], s["silent"]) for s in answer["sites"]] == [("south", True),
+                                                                   ("north", False)]
