@@ -4,12 +4,11 @@ only, discovery, relays, NAT traversal and usage reporting off."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from support import free_port
+from support import free_port, stop_process_group
 
 from dropsync.sites.syncthing import Syncthing, SyncthingError, api_key_from_home
 
@@ -62,12 +61,6 @@ class SyncthingDaemon:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self._log.close()
         self.process = None

@@ -33,11 +33,22 @@ def syncthing_of(settings: dict[str, Any]) -> Syncthing:
         raise click.ClickException(str(exc)) from None
 
 
-def run_setup(call) -> dict[str, Any]:
+def run_setup(ctx: click.Context, set_up, **kwargs: Any) -> tuple[dict[str, Any], dict]:
+    """Run ``set_up(syncthing, settings, **kwargs)``; its errors end the command."""
+    settings = settings_of(ctx)
     try:
-        return call()
+        return settings, set_up(syncthing_of(settings), settings, **kwargs)
     except (SyncthingError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def group_flags(groups: tuple[str, ...]) -> str:
+    return "".join(f" --group {g}" for g in groups)
+
+
+groups_option = click.option("--group", "groups", multiple=True,
+                             help="A group of sites it is in (it receives the centre's "
+                             "sites-<group> feed); repeatable.")
 
 
 @click.group()
@@ -49,7 +60,7 @@ def site() -> None:
 @click.pass_context
 def site_id(ctx: click.Context) -> None:
     """Print this hub's Syncthing device id (give it to the other side)."""
-    click.echo(run_setup(lambda: syncthing_of(settings_of(ctx)).my_id()))
+    click.echo(run_setup(ctx, lambda st, settings: st.my_id())[1])
 
 
 @site.command("init")
@@ -58,20 +69,16 @@ def site_id(ctx: click.Context) -> None:
               help="The central hub's Syncthing device id (dropsync site id, there).")
 @click.option("--central-address", help="Where the central Syncthing listens, e.g. "
               "tcp://192.0.2.10:22000 (default: discovery).")
-@click.option("--group", "groups", multiple=True, help="A group of sites this one is in "
-              "(receives the centre's sites-<group> feed); repeatable.")
+@groups_option
 @click.pass_context
 def site_init(ctx: click.Context, name: str, central_id: str, central_address: str | None,
               groups: tuple[str, ...]) -> None:
     """Receive the centre's packages and commands; send this site's export."""
-    settings = settings_of(ctx)
-    st = syncthing_of(settings)
-    done = run_setup(lambda: init_site(st, settings, name=name, groups=list(groups),
-                                       central_id=central_id,
-                                       central_address=central_address))
+    _, done = run_setup(ctx, init_site, name=name, groups=list(groups),
+                        central_id=central_id, central_address=central_address)
     click.echo(f"Site {name}: {len(done['folders'])} folders shared with the centre.")
     click.echo(f"On the central hub run: dropsync central add-site {name} "
-               f"{done['device_id']}" + "".join(f" --group {g}" for g in groups))
+               f"{done['device_id']}{group_flags(groups)}")
 
 
 @click.group()
@@ -84,21 +91,18 @@ def central() -> None:
 @click.argument("device_id")
 @click.option("--address", help="Where the site's Syncthing listens, e.g. "
               "tcp://192.0.2.20:22000 (default: discovery).")
-@click.option("--group", "groups", multiple=True, help="A group of sites it is in; "
-              "repeatable.")
+@groups_option
 @click.pass_context
 def central_add_site(ctx: click.Context, name: str, device_id: str, address: str | None,
                      groups: tuple[str, ...]) -> None:
     """Share the feeds and the site's command folder; receive its export."""
-    settings = settings_of(ctx)
-    st = syncthing_of(settings)
-    done = run_setup(lambda: add_site(st, settings, name=name, groups=list(groups),
-                                      device_id=device_id, address=address))
+    settings, done = run_setup(ctx, add_site, name=name, groups=list(groups),
+                               device_id=device_id, address=address)
     outbox = CentralFolders(settings["SITES_DIR"]).outbox
     click.echo(f"Site {name} added: drop files in {outbox}/<feed>/<target>/<path> "
                f"(feeds: all, site-{name}" + "".join(f", sites-{g}" for g in groups) + ").")
     click.echo(f"On the site run: dropsync site init --name {name} "
-               f"--central {done['device_id']}" + "".join(f" --group {g}" for g in groups))
+               f"--central {done['device_id']}{group_flags(groups)}")
 
 
 @central.command("command")
