@@ -19,45 +19,15 @@ import click
 
 from . import __version__
 from .config import load_config
+from .console import admin_api, echo_json, echo_rows
 from .errors import DataDirBusy, StartupError
 from .hubclient import call_hub
 from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
+from .sites import cli as sites_cli
 from .store import current_holder
 from .sync import signing_cli
-
-
-def admin_api(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
-    """Call the admin API for this invocation's data directory; errors end the command."""
-    return call_hub(ctx, lambda hub: hub.request(method, "/api/v1/admin" + path, body))
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2))
-
-
-def echo_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
-    """Rows as aligned columns; ``columns`` pairs a heading with a row key."""
-    cells = [[h for h, _ in columns]] + [
-        ["" if row.get(k) is None else
-         ",".join(row[k]) if isinstance(row[k], list) else str(row[k]) for _, k in columns]
-        for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    for r in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def echo_rows(rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
-              empty: str | None = None) -> None:
-    """What list commands print: JSON, a hint when there is nothing, or a table."""
-    if as_json:
-        echo_json(rows)
-    elif not rows and empty:
-        click.echo(empty)
-    else:
-        echo_table(rows, columns)
-
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -531,6 +501,9 @@ signing_cli.register(main)
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)
 main.add_command(demo)
+
+# -- many sites through Syncthing (dropsync/sites/) ------------------------------------
+sites_cli.register(main)
 
 
 if __name__ == "__main__":

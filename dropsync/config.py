@@ -344,6 +344,36 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds per ticket window: a ticket expires at the end of the window after "
             "the current one (good for one to two windows); manifests change once per "
             "window."),
+    # -- many sites through Syncthing ----------------------------------------------------
+    Setting("SYNCTHING_URL", None, str,
+            "The local Syncthing's GUI/REST address (e.g. `http://127.0.0.1:8384`), used by "
+            "`dropsync site init` and `dropsync central add-site`; unset, the hub is one "
+            "site on its own."),
+    Setting("SYNCTHING_HOME", "~/.config/syncthing", str,
+            "Syncthing's home folder, whose `config.xml` holds the REST API key (read, "
+            "never written)."),
+    Setting("SYNCTHING_API_KEY", None, str,
+            "Syncthing's REST API key, when not read from `SYNCTHING_HOME`."),
+    Setting("SITES_DIR", "sites", str,
+            "Folder of the many-sites link: a site's `export/` and `commands/`, the "
+            "centre's `outbox/`, `commands/` and `exports/` (made by the set-up commands)."),
+    Setting("SITES_CHECK_S", 5.0, parse_positive_float,
+            "Seconds between looks at the link folders: commands from the centre, the "
+            "site's export when changed, the sites' exports at the centre."),
+    Setting("SITES_EXPORT_S", 60.0, parse_positive_float,
+            "Seconds after which a site writes an export segment even when nothing "
+            "changed, so the centre tells a quiet site from a silent one."),
+    Setting("SITES_EXPORT_KEEP", 200, parse_positive_int,
+            "Export segments a site keeps; older ones are deleted (the centre counts any "
+            "it never saw as missed)."),
+    Setting("SITES_SILENT_AFTER_S", 600.0, parse_positive_float,
+            "A site whose newest export is older than this stands out on the Sites page."),
+    Setting("SITES_FS_WATCHER_DELAY_S", 10, parse_positive_int,
+            "Syncthing's `fsWatcherDelayS` on the link's folders (set by the set-up "
+            "commands): seconds it gathers changes before scanning."),
+    Setting("SITES_RESCAN_S", 3600, parse_positive_int,
+            "Syncthing's `rescanIntervalS` on the link's folders (set by the set-up "
+            "commands): full rescans, behind its file watcher."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

@@ -106,6 +106,8 @@ class Hub:
             self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
             self.pacing = Pacing(self.stores, settings)
             self._open_file_sync(settings)
+            from .sites.link import SitesLink  # its export reads the dashboard's views
+            self.sites = SitesLink(self, settings)
             self.stores.lock.publish({"url": local_url(settings) if serving else None,
                                       "cli_token": self.cli_token, "version": __version__,
                                       "tls_cert": self._tls_cert(settings)})
@@ -118,6 +120,7 @@ class Hub:
             if settings["STAGING_WATCH"]:
                 self.watcher.start()
             self.commands.start()
+            self.sites.start()
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
 
@@ -137,6 +140,7 @@ class Hub:
             return
         for stop in self.on_close:
             stop()
+        self.sites.stop()
         self.commands.stop()
         try:
             self.commands.tidy()

@@ -107,6 +107,18 @@ def readme_command(index: int) -> str:
     return blocks[index].strip()
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM a process started with ``start_new_session``, and its children; SIGKILL
+    them if they have not gone within ``timeout``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class HubProcess:
     """A real hub, started as ``dropsync serve`` (granian, or ``DROPSYNC_SERVER``) on a free
     loopback port."""
@@ -162,13 +174,7 @@ class HubProcess:
     def stop(self) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self._log.close()
         return self.process.returncode
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives for real, when they are missing:
 # Chromium for the dashboard's browser tests, nginx for the deployment tests, the xtensa
-# cross-compiler for the firmware core's size check, systemd-analyze for the service unit.
+# cross-compiler for the firmware core's size check, systemd-analyze for the service unit,
+# syncthing for the many-sites test.
 # Idempotent and quick when everything is there; needs root (or sudo) only to install.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ have systemd-analyze || need+=(systemd)
 have npm || need+=(npm)
 have wrk || need+=(wrk)
 have ip || need+=(iproute2)  # a private network namespace for the mDNS test on 0.0.0.0
+have syncthing || need+=(syncthing)  # the many-sites test: one daemon per hub
 
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "system-deps: installing ${need[*]}" >&2

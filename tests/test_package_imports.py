@@ -25,7 +25,11 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The package's modules that ``path`` imports, at any depth of its code."""
     name, package = module_name(path)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for block in ast.walk(tree):  # names imported for type hints only are no import
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
+            block.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[:len(package.split(".")) - (node.level - 1)]

@@ -13,6 +13,7 @@ from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
     admin_files,
     admin_fleet,
     admin_ops,
+    admin_sites,
     device,
     errors,
     files,

@@ -15,14 +15,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..fleet.devices import find_events, get_device, list_devices
 from ..fleet.messages import query_messages
 from ..fleet.pacing import health_points
-from ..hub import Hub
 from ..sync.packages import HOLDING_STATES, device_status
 from . import charts
+
+if TYPE_CHECKING:
+    from ..hub import Hub
 
 #: Seconds a fleet-wide figure is reused; the pages refresh every 2.5 s.
 REFRESH_S = 2.0

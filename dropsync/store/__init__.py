@@ -15,6 +15,8 @@ Layout of a data directory::
     manifest_versions.json  each device's manifest version and digest, checkpointed
     uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
     sync_state.json     latest sync report per device and package, checkpointed
+    sites.json          TinyDB: many sites (a site: the central commands it took, by id;
+                        the centre: each site's last export and the commands it sent)
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ class Stores:
             self.health = HealthSeries(self.data_dir / "health.json", health_bucket_s,
                                        liveness_checkpoint_s)
             self._open_file_sync_stores(liveness_checkpoint_s)
+            sites_file = self._open("sites.json")
+            #: On a site: every command file from the centre taken in, by its id, so a
+            #: file delivered again (a link back, a rescan) is never queued twice.
+            self.central_commands = KeyedTable(sites_file, "central_commands", "id",
+                                               item="central command")
+            #: On the centre: each site's newest export and how far it has been read.
+            self.sites = KeyedTable(sites_file, "sites", "name", item="site")
+            #: On the centre: commands sent to sites, with the results their exports bring.
+            self.site_commands = KeyedTable(sites_file, "site_commands", "id",
+                                            item="site command")
         except BaseException:
             if hasattr(self, "hub_files"):
                 self.hub_files.close()

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 ALL_TARGET = "all"
 GROUP_PREFIX = "group-"
 #: Where packages come from.
-SOURCES = ("folder", "api", "dashboard")
+#: Where a package's content came from: the staging folder, a central office's feed
+#: (``staging/@central/``), or an upload through the admin API or the dashboard.
+UPLOAD_SOURCES = ("api", "dashboard")
+SOURCES = ("folder", "central", *UPLOAD_SOURCES)
 #: What a device reports about a package, in the order a download goes through them.
 SYNC_STATES = ("downloading", "verified", "applied", "failed")
 #: States in which a device holds the package's content, checked.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..schemas import HealthSchema, UnixSeconds
-from .packages import SOURCES, SYNC_STATES
+from .packages import SYNC_STATES, UPLOAD_SOURCES
 
 
 class ManifestFileSchema(Schema):
@@ -175,7 +175,7 @@ class PackageStatusSchema(PackageSchema):
 
 
 class StageQuerySchema(Schema):
-    source = fields.String(load_default="api", validate=validate.OneOf(SOURCES[1:]))
+    source = fields.String(load_default="api", validate=validate.OneOf(UPLOAD_SOURCES))
 
 
 class StagedSchema(PackageSchema):

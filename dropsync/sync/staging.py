@@ -14,6 +14,13 @@ What is never taken in:
   ``data/devices.json``), so dropping a link can never publish the hub's own data or
   ``/etc`` to a device.
 
+The central office's feeds (many sites, ``sites/layout.py``) land below
+``staging/@central/<feed>/``, each laid out like the folder itself: ``<target>/<path>``
+there stands for the same package as ``<target>/<path>`` here. When both exist, the site's
+own file wins (each site is the authority for its own devices), and between two feeds the
+narrower one wins (one site's, then a group of sites', then all sites'); the file that
+loses is reported as ``shadowed``, and takes over when the winner is removed.
+
 Names that are not a valid target, or not portable to a device's flash file system, are
 *reported* (health, log, admin API), as are target folders that name no known device or
 group, rather than silently ignored. Files in an unknown target's folder are still taken in,
@@ -36,8 +43,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import timings
-from ..errors import BadRequest, Forbidden, PayloadTooLarge, StorageFull, ValidationFailed
+from ..errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, StorageFull, ValidationFailed
 from ..fleet.devices import DEVICE_ID_RE, GROUP_RE
+from ..sites.layout import CENTRAL_SUBDIR, feed_rank
 from ..store import Document
 from ..store.files import AtomicFile
 from .keyfiles import PRIVATE_KEY_SNIFF, ReadAt, looks_like_private_key, read_at_of
@@ -101,6 +109,8 @@ class StagedFile:
     path: Path
     target: str
     rel: str
+    #: The central feed it came through (``staging/@central/<feed>/``), None when local.
+    feed: str | None = None
 
     @property
     def slot(self) -> str:
@@ -150,34 +160,71 @@ class StagingFolder:
         root = str(self.real_root)
         return real == root or real.startswith(root + os.sep)
 
+    def locate(self, path: Path | str) -> tuple[str | None, tuple[str, ...]] | None:
+        """The central feed a path came through (None: local) and its parts from the
+        target folder on; None when it is outside, or too shallow to name a file."""
+        try:
+            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
+        except ValueError:
+            return None
+        feed = None
+        if parts and parts[0] == CENTRAL_SUBDIR:
+            feed, parts = (parts[1], parts[2:]) if len(parts) > 1 else (None, ())
+            if feed is None or is_ignored_name(feed):
+                return None
+        return (feed, parts) if len(parts) >= 2 else None
+
+    def paths_for(self, slot: str) -> list[Path]:
+        """Every file that could stand for ``slot``, the one that wins first: the local
+        file, then each central feed's, narrowest feed first."""
+        parts = slot.split("/")
+        try:
+            feeds = sorted((e.name for e in os.scandir(self.root / CENTRAL_SUBDIR)
+                            if e.is_dir() and not is_ignored_name(e.name)),
+                           key=lambda f: (feed_rank(f), f))
+        except OSError:
+            feeds = []
+        return [self.root.joinpath(*parts),
+                *(self.root.joinpath(CENTRAL_SUBDIR, f, *parts) for f in feeds)]
+
     def classify(self, path: Path | str) -> StagedFile | None:
         """The staged file ``path`` stands for; None for names that are never packages.
 
         Raises ``Refused`` for names the operator should hear about.
         """
         path = Path(os.path.abspath(path))
-        try:
-            parts = path.relative_to(self.root).parts
-        except ValueError:
+        located = self.locate(path)
+        if located is None:
             return None
-        if len(parts) < 2 or any(is_ignored_name(p) for p in parts):
+        feed, parts = located
+        if any(is_ignored_name(p) for p in parts):
             return None
         target, rest = parts[0], parts[1:]
         rel = "/".join(rest)
+        shown = f"{CENTRAL_SUBDIR}/{feed}/{target}/{rel}" if feed else f"{target}/{rel}"
         problem = target_problem(target)
         if problem:
-            raise Refused(Problem("invalid_target", target, problem))
+            raise Refused(Problem("invalid_target", target if feed is None
+                                  else f"{CENTRAL_SUBDIR}/{feed}/{target}", problem))
         problem = path_problem(rest)
         if problem:
-            raise Refused(Problem("unsupported_name", f"{target}/{rel}", problem))
+            raise Refused(Problem("unsupported_name", shown, problem))
         if not self.is_inside(path):
-            raise Refused(Problem("outside_staging", f"{target}/{rel}", OUTSIDE_MESSAGE))
+            raise Refused(Problem("outside_staging", shown, OUTSIDE_MESSAGE))
         try:
             st = os.stat(path)
         except OSError:  # gone, or not a file: the caller finds out when it opens it
-            return StagedFile(path, target, rel)
-        self.refuse_kind(st, f"{target}/{rel}")
-        return StagedFile(path, target, rel)
+            return StagedFile(path, target, rel, feed)
+        self.refuse_kind(st, shown)
+        if feed is not None:
+            winner = next((p for p in self.paths_for(f"{target}/{rel}") if p.is_file()),
+                          path)
+            if winner != path:
+                raise Refused(Problem("shadowed", shown, (
+                    f"{os.path.relpath(winner, self.root)} has the same target and path "
+                    "and takes precedence (a site's own file over the centre's, a narrower "
+                    "feed over a wider one)")))
+        return StagedFile(path, target, rel, feed)
 
     def refuse_kind(self, st: os.stat_result, slot: str) -> None:
         """``Refused`` unless ``st`` is a regular file with one name that was never one of
@@ -193,19 +240,13 @@ class StagingFolder:
 
     def is_candidate(self, path: Path | str) -> bool:
         """Whether ``path``'s name alone could make it a package (cheap: for every event)."""
-        try:
-            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
-        except ValueError:
-            return False
-        return len(parts) >= 2 and not any(is_ignored_name(p) for p in parts)
+        located = self.locate(path)
+        return located is not None and not any(is_ignored_name(p) for p in located[1])
 
     def slot_of(self, path: Path | str) -> str | None:
         """The slot a path would stand for, from its name alone (for files now gone)."""
-        try:
-            parts = Path(os.path.abspath(path)).relative_to(self.root).parts
-        except ValueError:
-            return None
-        return "/".join(parts) if len(parts) >= 2 else None
+        located = self.locate(path)
+        return "/".join(located[1]) if located is not None else None
 
     def scan(self) -> ScanResult:
         """Every staged file and every problem, walking the whole folder once."""
@@ -354,7 +395,8 @@ class Staging:
                         or blob.size != before["size"]:
                     self.catalog.drop_blob_if_unused(blob.sha256)
                     raise StagedFileChanged(staged.slot)
-                return self.catalog.publish(staged.target, staged.rel, blob, source=source,
+                return self.catalog.publish(staged.target, staged.rel, blob,
+                                            source="central" if staged.feed else source,
                                             staged=before)
 
     def stage_stream(self, target: str, rel: str, stream: BinaryIO, *, source: str,
@@ -484,17 +526,22 @@ class Staging:
         return waiting
 
     def withdraw_missing(self, slot: str) -> Document | None:
-        """Withdraw the package at ``slot`` if its staged file is really gone."""
+        """Withdraw the package at ``slot`` if no staged file stands for it any more.
+
+        When the file that won is gone but another stands for the same slot (a central
+        feed's file a local one had shadowed), the package stays: the caller lets that
+        file settle and it replaces the content, with no withdrawal in between.
+        """
         with self.catalog.changing():  # a request may be withdrawing it right now
             package = self.catalog.catalog.by_slot.get(slot)
             if package is None:
                 return None
-            path = self.root.joinpath(package["target"], *package["path"].split("/"))
-            try:
-                if self.folder.classify(path) is not None and path.is_file():
-                    return None
-            except Refused:
-                pass  # still there, but now leads outside: withdraw it
+            for path in self.folder.paths_for(slot):
+                try:
+                    if self.folder.classify(path) is not None and path.is_file():
+                        return None
+                except Refused:
+                    pass  # shadowed, or now leads outside: not what the package stands for
             return self.catalog.withdraw(package["id"])
 
     def recheck(self, applies: Callable[[str], bool]) -> list[Document]:
@@ -517,12 +564,21 @@ class Staging:
 
     def withdraw(self, package_id: str) -> Document:
         """Withdraw a package on request: its staged file is removed too, or the folder
-        (the desired state) would bring it straight back."""
+        (the desired state) would bring it straight back. A package from the central
+        office is withdrawn there: the site cannot delete from a receive-only folder."""
         with self.catalog.changing():
             package = self.catalog.get(package_id)
             path = self.root.joinpath(package["target"], *package["path"].split("/"))
+            central = [p for p in self.folder.paths_for(package["slot"])[1:] if p.is_file()]
+            if central and not path.is_file():
+                raise Conflict(f"{package['slot']} comes from the central office "
+                               f"({os.path.relpath(central[0], self.root)}): withdraw it "
+                               "there, or stage a local file of the same target and path "
+                               "to override it", code="central_package")
             if self.folder.is_inside(path.parent):
                 path.unlink(missing_ok=True)
+            if central:  # the local file overrode the centre's: that one takes over
+                return self.catalog.catalog.by_slot[package["slot"]]
             return self.catalog.withdraw(package_id)
 
     # -- problems ----------------------------------------------------------------------

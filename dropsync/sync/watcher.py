@@ -299,8 +299,13 @@ class StagingWatcher:
             gone, self._gone = self._gone, set()
         for path in gone:
             slot = self.staging.folder.slot_of(path)
-            if slot is not None:
-                self.staging.withdraw_missing(slot)
+            if slot is None:
+                continue
+            self.staging.withdraw_missing(slot)
+            for other in self.staging.folder.paths_for(slot):
+                if other.is_file():  # what the gone file shadowed takes over
+                    self._file_changed(str(other), opens=0)
+                    break
 
     def _ingest_settled(self) -> None:
         for path in self._settled_paths():
