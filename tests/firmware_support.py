@@ -3,6 +3,7 @@ small HTTP proxy that counts, holds, refuses or corrupts what passes between the
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from littlefs import LittleFS, UserContext
+from littlefs.errors import LittleFSError
 from support import ADMIN_TOKEN, ROOT
 from sync_support import wait_until
 
@@ -34,6 +37,68 @@ def build_host(out: Path) -> dict[str, Path]:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"client": out / "dropsync-host", "fuzz": out / "fuzz-json"}
+
+
+class Flash:
+    """The host client's flash image read (and written) back with littlefs-python: a
+    4M1M ESP8266 FS partition, 125 blocks of 8 KiB (esp_littlefs.h says why)."""
+
+    BLOCK_SIZE, BLOCK_COUNT, NAME_MAX = 8192, 125, 32
+
+    def __init__(self, image: Path):
+        self.image = image
+
+    @contextlib.contextmanager
+    def _mounted(self):
+        context = UserContext(self.BLOCK_SIZE * self.BLOCK_COUNT)
+        context.buffer = bytearray(self.image.read_bytes())
+        fs = LittleFS(context=context, block_size=self.BLOCK_SIZE,
+                      block_count=self.BLOCK_COUNT, name_max=self.NAME_MAX)
+        try:
+            yield fs
+        finally:
+            fs.unmount()  # littlefs-python crashes if a mounted fs is garbage-collected
+
+    def read(self, path: str) -> bytes | None:
+        """A file's bytes, or None when it is not there."""
+        with self._mounted() as fs:
+            try:
+                with fs.open(path, "rb") as file:
+                    return file.read()
+            except (FileNotFoundError, LittleFSError):
+                return None
+
+    def text(self, path: str) -> str:
+        return (self.read(path) or b"").decode(errors="replace")
+
+    def exists(self, path: str) -> bool:
+        with self._mounted() as fs:
+            try:
+                fs.stat(path)
+            except (FileNotFoundError, LittleFSError):
+                return False
+            return True
+
+    def files(self) -> dict[str, bytes]:
+        """Every file on the flash by path."""
+        found = {}
+        with self._mounted() as fs:
+            for folder, _, names in fs.walk("/"):
+                for name in names:
+                    path = f"{folder.rstrip('/')}/{name}"
+                    with fs.open(path, "rb") as file:
+                        found[path] = file.read()
+        return found
+
+    def write(self, path: str, data: bytes) -> None:
+        """Puts a file on the flash (the client must not be running)."""
+        with self._mounted() as fs:
+            folder = path.rsplit("/", 1)[0]
+            if folder:
+                fs.makedirs(folder, exist_ok=True)
+            with fs.open(path, "wb") as file:
+                file.write(data)
+            self.image.write_bytes(bytes(fs.context.buffer))
 
 
 def register(hub, device_id: str) -> str:
@@ -62,6 +127,8 @@ class HostClient:
 
     def __init__(self, binary: Path, url: str, device_id: str, token: str, flash: Path,
                  *args: str):
+        """``flash`` is the littlefs image (created on first use) the client boots on."""
+        self.flash = Flash(flash)
         self.log_path = flash.parent / f"{flash.name}-client.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
         self.process = subprocess.Popen(

@@ -38,7 +38,7 @@ def proxy(hub):
 def client(firmware_build, tmp_path):
     started: list[HostClient] = []
 
-    def start(url, device_id, token, *args, flash="flash"):
+    def start(url, device_id, token, *args, flash="flash.img"):
         run = HostClient(firmware_build["client"], url, device_id, token, tmp_path / flash,
                          *args)
         started.append(run)
@@ -88,7 +88,7 @@ def test_commands_run_once_completed_and_deduplicated_across_a_restart(hub, prox
     wait_until(lambda: delivery(hub, unknown)["state"] == "failed", 20,
                message="unknown command failed")
     # Ran exactly once, across two deliveries and a restart of the node.
-    assert (tmp_path / "flash" / "ran.log").read_text().split() == [str(echo)]
+    assert first.flash.text("/ran.log").split() == [str(echo)]
     assert delivery(hub, echo)["attempts"] >= 2
     assert delivery(hub, echo)["result"] == {"duplicate": True}
     failed = delivery(hub, unknown)
@@ -151,7 +151,7 @@ def test_download_resumes_after_sigkill_from_the_last_verified_chunk(hub, proxy,
     second = client(proxy.url, "esp-dl", token, "--exit-after-sync")
     assert second.wait(60) == 0, second.output
     assert re.search(rf"^resume {package['id']} 6$", second.output, re.M), second.output
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+    assert second.flash.read("/data/blob.bin") == content
     # Nothing verified was fetched twice: only the chunk in flight at the kill was.
     counts = proxy.chunk_counts()
     assert counts == {i: (2 if i == 6 else 1) for i in range(11)}, counts
@@ -171,7 +171,7 @@ def test_corrupted_chunk_is_rejected_and_fetched_again(hub, proxy, client, tmp_p
     assert run.wait(60) == 0, run.output
     assert proxy.corrupted == [f"{chunk_url}/2"]
     assert re.search(rf"^chunk rejected {package['id']} 2 sha256 mismatch$", run.output, re.M)
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+    assert run.flash.read("/data/blob.bin") == content
     assert proxy.chunk_counts() == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1}
     assert hashlib.sha256(content).hexdigest() == package["sha256"]
     # Synced again: the manifest answers 304 and nothing is fetched.
@@ -219,8 +219,8 @@ def test_firmware_package_streams_into_update_then_restarts(hub_process, client,
     package = stage(hub, "esp-fw", "firmware/app.bin", image)
     run = client(hub.url, "esp-fw", token)
     assert run.wait(60) == 3, run.output  # the host board's restart()
-    assert (tmp_path / "flash" / "firmware.bin").read_bytes() == image
-    assert not (tmp_path / "flash" / "firmware").exists()  # streamed, not kept as a file
+    assert (tmp_path / "flash.img.firmware.bin").read_bytes() == image
+    assert not run.flash.exists("/firmware")  # streamed, not kept as a file
     devices = admin_get(hub, f"/packages/{package['id']}")["devices"]
     assert [(d["device_id"], d["state"]) for d in devices] == [("esp-fw", "applied")]
     peak = int(re.search(r"^peak_heap_bytes (\d+)$", run.output, re.M).group(1))
@@ -234,10 +234,10 @@ def test_withdrawn_files_are_deleted_from_the_node(hub, client, tmp_path):
     gone = stage(hub, "esp-wd", "drop/b.txt", b"goes away")
     first = client(hub.url, "esp-wd", token, "--exit-after-sync")
     assert first.wait(60) == 0, first.output
-    flash = tmp_path / "flash"
-    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
-    assert (flash / "drop" / "b.txt").read_bytes() == b"goes away"
-    (flash / "mine.txt").write_bytes(b"not synced: never touched")
+    flash = first.flash
+    assert flash.read("/keep/a.txt") == b"stays"
+    assert flash.read("/drop/b.txt") == b"goes away"
+    flash.write("/mine.txt", b"not synced: never touched")
 
     response = requests.delete(f"{hub.url}/api/v1/admin/packages/{gone['id']}",
                                headers=ADMIN, timeout=10)
@@ -245,6 +245,6 @@ def test_withdrawn_files_are_deleted_from_the_node(hub, client, tmp_path):
     second = client(hub.url, "esp-wd", token, "--exit-after-sync")
     assert second.wait(60) == 0, second.output
     assert re.search(rf"^withdrawn {gone['id']} drop/b.txt$", second.output, re.M)
-    assert not (flash / "drop" / "b.txt").exists()
-    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
-    assert (flash / "mine.txt").exists()
+    assert not flash.exists("/drop/b.txt")
+    assert flash.read("/keep/a.txt") == b"stays"
+    assert flash.exists("/mine.txt")

@@ -61,7 +61,7 @@ def test_the_whole_protocol_runs_over_tls_with_the_pinned_certificate(
                    ["commands"][0]["state"] == "completed", 30, message="echo completed")
     finally:
         node.stop()
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == data
+    assert node.flash.read("/data/blob.bin") == data
     done = admin(hub, "GET", "/devices/esp-tls/commands").json()["commands"][0]
     assert done["id"] == command and done["result"] == {"echo": {"over": "tls"}}
     inventory = admin(hub, "GET", "/devices/esp-tls").json()["inventory"]

@@ -14,7 +14,7 @@
 using namespace dropsync_esp;
 
 static ArduinoTransport transport(HUB_URL);
-static LittleFsStorage storage;
+static LittleFsStorage storage(LittleFS);
 static ArduinoClock board_clock;
 static PlatformSha256 sha256;
 static UpdateSink update_sink;
