@@ -174,6 +174,7 @@ class Proxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.counts: Counter[str] = Counter()
+        self.requests: list[str] = []  # every request's path, in order
         self.lock = threading.Lock()
         self.hold: str | None = None
         self.held = threading.Event()
@@ -207,6 +208,7 @@ class Proxy:
         method, path = method.decode(), path.decode()
         with self.lock:
             self.counts[path] += 1
+            self.requests.append(path)
         if self.hold and path == self.hold:
             self.hold = None
             self.held.set()

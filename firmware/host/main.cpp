@@ -43,6 +43,16 @@ bool echo_command(dropsync::Node& node, const dropsync::Command& command,
   return true;
 }
 
+// Runs as long as args.ms say, after noting that it ran: a power cut lands mid-handler.
+bool nap_command(dropsync::Node& node, const dropsync::Command& command,
+                 dropsync::JsonWriter& result, void* clock) {
+  long long ms = 0;
+  command.arg("ms", ms);
+  echo_command(node, command, result, nullptr);
+  static_cast<HostClock*>(clock)->sleep_ms(static_cast<uint32_t>(ms));
+  return true;
+}
+
 bool fail_command(dropsync::Node&, const dropsync::Command&, dropsync::JsonWriter& result,
                   void*) {
   result.field("error", "failed on purpose");
@@ -124,6 +134,7 @@ int main(int argc, char** argv) {
   dropsync::Node* node = new dropsync::Node(config, transport, storage, clock, sha256, board);
   node->on("echo", echo_command);
   node->on("fail", fail_command);
+  node->on("nap", nap_command, &clock);
   node->begin();
   const char* text = option(argc, argv, "--message", nullptr);
   if (text) node->message("info", text);
