@@ -181,6 +181,9 @@ class Proxy:
         self.release = threading.Event()
         self.refuse: Callable[[str, str], bool] = lambda method, path: False
         self.corrupt_once: set[str] = set()
+        #: (old, new) byte strings replaced in every response body (Content-Length fixed):
+        #: what a hub that checks less would send, e.g. a path the boards cannot store.
+        self.rewrite: list[tuple[bytes, bytes]] = []
         self.corrupted: list[str] = []
         proxy = self
 
@@ -217,11 +220,16 @@ class Proxy:
         if self.refuse(method, path):
             client.sendall(b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
-        with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as hub:
-            hub.sendall(request)
-            response = read_message(hub)
+        try:
+            with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as hub:
+                hub.sendall(request)
+                response = read_message(hub)
+        except OSError:  # the hub is down: the client sees its connection closed
+            return
         if response is None:
             return
+        if self.rewrite:
+            response = rewrite_body(response, self.rewrite)
         if path in self.corrupt_once:
             self.corrupt_once.discard(path)
             self.corrupted.append(path)
@@ -235,6 +243,15 @@ class Proxy:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def rewrite_body(response: bytes, replacements: list[tuple[bytes, bytes]]) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for old, new in replacements:
+        body = body.replace(old, new)
+    head = re.sub(rb"(?im)^(content-length:\s*)\d+", lambda m: m.group(1) + b"%d" % len(body),
+                  head)
+    return head + b"\r\n\r\n" + body
 
 
 def read_message(sock: socket.socket) -> bytes | None:

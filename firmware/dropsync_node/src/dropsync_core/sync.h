@@ -41,7 +41,7 @@ struct ManifestFile {
 
 // The longest name (folder or file) and path the node stores, and how deep: ESP8266
 // LittleFS allows 31 characters a name (LFS_NAME_MAX 32 with the terminator); the hub
-// flags staged paths over these (dropsync/staging.py, BOARD_PATH_LIMITS).
+// refuses staged paths over these (dropsync/sync/staging.py, path_problem).
 const size_t kMaxNameLength = 31;
 const size_t kMaxPathLength = 200;
 const int kMaxPathDepth = 8;
