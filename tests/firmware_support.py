@@ -4,6 +4,7 @@ small HTTP proxy that counts, holds, refuses or corrupts what passes between the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import shutil
 import socket
@@ -36,7 +37,8 @@ def build_host(out: Path) -> dict[str, Path]:
     result = subprocess.run(["make", "-C", str(HOST), f"OUT={out}", f"CXXFLAGS={flags}"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    return {"client": out / "dropsync-host", "fuzz": out / "fuzz-json"}
+    return {"client": out / "dropsync-host", "asan": out / "dropsync-host-asan",
+            "fuzz": out / "fuzz-json"}
 
 
 class Flash:
@@ -184,6 +186,10 @@ class Proxy:
         #: (old, new) byte strings replaced in every response body (Content-Length fixed):
         #: what a hub that checks less would send, e.g. a path the boards cannot store.
         self.rewrite: list[tuple[bytes, bytes]] = []
+        #: paths whose next response gets `lengthen` extra bytes, its X-Chunk-SHA256 made to
+        #: match: a chunk longer than the manifest says, that only a length check catches
+        self.lengthen_once: set[str] = set()
+        self.lengthen = 100
         self.corrupted: list[str] = []
         proxy = self
 
@@ -230,6 +236,9 @@ class Proxy:
             return
         if self.rewrite:
             response = rewrite_body(response, self.rewrite)
+        if path in self.lengthen_once:
+            self.lengthen_once.discard(path)
+            response = lengthened(response, self.lengthen)
         if path in self.corrupt_once:
             self.corrupt_once.discard(path)
             self.corrupted.append(path)
@@ -249,6 +258,16 @@ def rewrite_body(response: bytes, replacements: list[tuple[bytes, bytes]]) -> by
     head, _, body = response.partition(b"\r\n\r\n")
     for old, new in replacements:
         body = body.replace(old, new)
+    head = re.sub(rb"(?im)^(content-length:\s*)\d+", lambda m: m.group(1) + b"%d" % len(body),
+                  head)
+    return head + b"\r\n\r\n" + body
+
+
+def lengthened(response: bytes, extra: int) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    body += b"\xa5" * extra
+    digest = hashlib.sha256(body).hexdigest().encode()
+    head = re.sub(rb"(?im)^(x-chunk-sha256:\s*)[0-9a-f]+", lambda m: m.group(1) + digest, head)
     head = re.sub(rb"(?im)^(content-length:\s*)\d+", lambda m: m.group(1) + b"%d" % len(body),
                   head)
     return head + b"\r\n\r\n" + body
