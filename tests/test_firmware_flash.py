@@ -94,31 +94,33 @@ def test_a_message_made_offline_arrives_when_the_hub_returns(hub, client):
 
 
 # -- defect 2: replacing a file alone in its folder ----------------------------------------
+def stage_and_sync(hub, client, device_id, token, target, path, data):
+    """Stages a file, syncs the node once and checks the file is on flash as staged."""
+    package = stage(hub, target, path, data)
+    run = sync_once(client, hub.url, device_id, token)
+    assert run.flash.read("/" + path) == data, run.output
+    return package, run
+
+
 def test_a_file_alone_in_its_folder_is_replaced(hub, client):
     """The glue removed the target before renaming; ESP8266 LittleFS then removed the
     emptied folder and the rename failed, the old file already gone."""
     token = register(hub, "esp-rep")
-    stage(hub, "esp-rep", "solo/only.txt", b"first version")
-    first = sync_once(client, hub.url, "esp-rep", token)
-    assert first.flash.read("/solo/only.txt") == b"first version", first.output
-    second_package = stage(hub, "esp-rep", "solo/only.txt", b"second version, longer")
-    second = sync_once(client, hub.url, "esp-rep", token)
-    assert "rename into place failed" not in second.output, second.output
-    assert second.flash.read("/solo/only.txt") == b"second version, longer", second.output
+    stage_and_sync(hub, client, "esp-rep", token, "esp-rep", "solo/only.txt", b"first")
+    second_package, _ = stage_and_sync(hub, client, "esp-rep", token, "esp-rep",
+                                       "solo/only.txt", b"second version, longer")
     assert device_states(hub, second_package["id"]) == [("esp-rep", "applied", None)]
 
 
 # -- defect 3: a path that moves from one target to another --------------------------------
 def test_a_path_moved_from_all_to_the_device_is_kept(hub, client):
     token = register(hub, "esp-mv")
-    stage(hub, "all", "config/shared.json", b'{"from": "all"}')
-    first = sync_once(client, hub.url, "esp-mv", token)
-    assert first.flash.read("/config/shared.json") == b'{"from": "all"}', first.output
-    own = stage(hub, "esp-mv", "config/shared.json", b'{"from": "device"}')
-    second = sync_once(client, hub.url, "esp-mv", token)
+    stage_and_sync(hub, client, "esp-mv", token, "all", "config/shared.json",
+                   b'{"from": "all"}')
+    own, second = stage_and_sync(hub, client, "esp-mv", token, "esp-mv",
+                                 "config/shared.json", b'{"from": "device"}')
     assert not re.search(r"^withdrawn .* config/shared.json$", second.output, re.M), \
         second.output
-    assert second.flash.read("/config/shared.json") == b'{"from": "device"}', second.output
     third = sync_once(client, hub.url, "esp-mv", token)
     assert third.flash.read("/config/shared.json") == b'{"from": "device"}', third.output
     assert ("esp-mv", "applied", None) in device_states(hub, own["id"])
