@@ -73,6 +73,7 @@ def test_power_cuts_during_syncs_commands_and_outbox_pushes(hub, firmware_build,
     verified_refetched: list[str] = []
     landed = {"mid_download": 0, "outage": 0}
     started = time.monotonic()
+    final = None
     try:
         for round_ in range(KILLS):
             outage = any(round_ in r for r in OUTAGES)
@@ -142,8 +143,9 @@ def test_power_cuts_during_syncs_commands_and_outbox_pushes(hub, firmware_build,
         wait_until(outbox_empty, 30, message=f"outbox drained; {final.output[-2000:]}")
         wait_until(lambda: all(final.flash.read("/" + p) == c for p, c in latest.items()),
                    30, message="newest files on flash")
-        final.stop()
     finally:
+        if final:
+            final.stop()
         proxy.close()
 
     commands = {c["id"]: c
