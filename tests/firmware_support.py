@@ -3,6 +3,8 @@ small HTTP proxy that counts, holds, refuses or corrupts what passes between the
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import shutil
 import socket
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from littlefs import LittleFS, UserContext
+from littlefs.errors import LittleFSError
 from support import ADMIN_TOKEN, ROOT
 from sync_support import wait_until
 
@@ -33,7 +37,70 @@ def build_host(out: Path) -> dict[str, Path]:
     result = subprocess.run(["make", "-C", str(HOST), f"OUT={out}", f"CXXFLAGS={flags}"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    return {"client": out / "dropsync-host", "fuzz": out / "fuzz-json"}
+    return {"client": out / "dropsync-host", "asan": out / "dropsync-host-asan",
+            "fuzz": out / "fuzz-json"}
+
+
+class Flash:
+    """The host client's flash image read (and written) back with littlefs-python: a
+    4M1M ESP8266 FS partition, 125 blocks of 8 KiB (esp_littlefs.h says why)."""
+
+    BLOCK_SIZE, BLOCK_COUNT, NAME_MAX = 8192, 125, 32
+
+    def __init__(self, image: Path):
+        self.image = image
+
+    @contextlib.contextmanager
+    def _mounted(self):
+        context = UserContext(self.BLOCK_SIZE * self.BLOCK_COUNT)
+        context.buffer = bytearray(self.image.read_bytes())
+        fs = LittleFS(context=context, block_size=self.BLOCK_SIZE,
+                      block_count=self.BLOCK_COUNT, name_max=self.NAME_MAX)
+        try:
+            yield fs
+        finally:
+            fs.unmount()  # littlefs-python crashes if a mounted fs is garbage-collected
+
+    def read(self, path: str) -> bytes | None:
+        """A file's bytes, or None when it is not there."""
+        with self._mounted() as fs:
+            try:
+                with fs.open(path, "rb") as file:
+                    return file.read()
+            except (FileNotFoundError, LittleFSError):
+                return None
+
+    def text(self, path: str) -> str:
+        return (self.read(path) or b"").decode(errors="replace")
+
+    def exists(self, path: str) -> bool:
+        with self._mounted() as fs:
+            try:
+                fs.stat(path)
+            except (FileNotFoundError, LittleFSError):
+                return False
+            return True
+
+    def files(self) -> dict[str, bytes]:
+        """Every file on the flash by path."""
+        found = {}
+        with self._mounted() as fs:
+            for folder, _, names in fs.walk("/"):
+                for name in names:
+                    path = f"{folder.rstrip('/')}/{name}"
+                    with fs.open(path, "rb") as file:
+                        found[path] = file.read()
+        return found
+
+    def write(self, path: str, data: bytes) -> None:
+        """Puts a file on the flash (the client must not be running)."""
+        with self._mounted() as fs:
+            folder = path.rsplit("/", 1)[0]
+            if folder:
+                fs.makedirs(folder, exist_ok=True)
+            with fs.open(path, "wb") as file:
+                file.write(data)
+            self.image.write_bytes(bytes(fs.context.buffer))
 
 
 def register(hub, device_id: str) -> str:
@@ -62,6 +129,8 @@ class HostClient:
 
     def __init__(self, binary: Path, url: str, device_id: str, token: str, flash: Path,
                  *args: str):
+        """``flash`` is the littlefs image (created on first use) the client boots on."""
+        self.flash = Flash(flash)
         self.log_path = flash.parent / f"{flash.name}-client.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
         self.process = subprocess.Popen(
@@ -107,12 +176,20 @@ class Proxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.counts: Counter[str] = Counter()
+        self.requests: list[str] = []  # every request's path, in order
         self.lock = threading.Lock()
         self.hold: str | None = None
         self.held = threading.Event()
         self.release = threading.Event()
         self.refuse: Callable[[str, str], bool] = lambda method, path: False
         self.corrupt_once: set[str] = set()
+        #: (old, new) byte strings replaced in every response body (Content-Length fixed):
+        #: what a hub that checks less would send, e.g. a path the boards cannot store.
+        self.rewrite: list[tuple[bytes, bytes]] = []
+        #: paths whose next response gets `lengthen` extra bytes, its X-Chunk-SHA256 made to
+        #: match: a chunk longer than the manifest says, that only a length check catches
+        self.lengthen_once: set[str] = set()
+        self.lengthen = 100
         self.corrupted: list[str] = []
         proxy = self
 
@@ -140,6 +217,7 @@ class Proxy:
         method, path = method.decode(), path.decode()
         with self.lock:
             self.counts[path] += 1
+            self.requests.append(path)
         if self.hold and path == self.hold:
             self.hold = None
             self.held.set()
@@ -148,11 +226,19 @@ class Proxy:
         if self.refuse(method, path):
             client.sendall(b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
-        with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as hub:
-            hub.sendall(request)
-            response = read_message(hub)
+        try:
+            with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as hub:
+                hub.sendall(request)
+                response = read_message(hub)
+        except OSError:  # the hub is down: the client sees its connection closed
+            return
         if response is None:
             return
+        if self.rewrite:
+            response = rewrite_body(response, self.rewrite)
+        if path in self.lengthen_once:
+            self.lengthen_once.discard(path)
+            response = lengthened(response, self.lengthen)
         if path in self.corrupt_once:
             self.corrupt_once.discard(path)
             self.corrupted.append(path)
@@ -166,6 +252,25 @@ class Proxy:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def rewrite_body(response: bytes, replacements: list[tuple[bytes, bytes]]) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for old, new in replacements:
+        body = body.replace(old, new)
+    head = re.sub(rb"(?im)^(content-length:\s*)\d+", lambda m: m.group(1) + b"%d" % len(body),
+                  head)
+    return head + b"\r\n\r\n" + body
+
+
+def lengthened(response: bytes, extra: int) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    body += b"\xa5" * extra
+    digest = hashlib.sha256(body).hexdigest().encode()
+    head = re.sub(rb"(?im)^(x-chunk-sha256:\s*)[0-9a-f]+", lambda m: m.group(1) + digest, head)
+    head = re.sub(rb"(?im)^(content-length:\s*)\d+", lambda m: m.group(1) + b"%d" % len(body),
+                  head)
+    return head + b"\r\n\r\n" + body
 
 
 def read_message(sock: socket.socket) -> bytes | None:

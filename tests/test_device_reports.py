@@ -112,6 +112,18 @@ def test_heartbeat_merges_inventory_in_memory(client, admin, devices, stores):
                                  headers=headers), 400)
 
 
+def test_queued_is_a_flag_of_one_heartbeat_not_kept_in_the_inventory(client, admin, devices):
+    """A node sends heartbeats it made while the hub was away with ``queued: true``; the
+    live ones after it do not say ``queued`` at all."""
+    headers = devices["esp001"]
+    for body in ({"uptime_s": 10, "queued": True}, {"uptime_s": 20, "queued": True}):
+        client.post("/api/v1/device/heartbeat/esp001", headers=headers, json=body)
+    assert admin.get("/devices/esp001").get_json()["inventory"]["queued"] is True
+    client.post("/api/v1/device/heartbeat/esp001", headers=headers, json={"uptime_s": 30})
+    inventory = admin.get("/devices/esp001").get_json()["inventory"]
+    assert "queued" not in inventory and inventory["uptime_s"] == 30, inventory
+
+
 def test_status_tells_a_device_what_the_hub_knows(client, admin, devices):
     admin.post("/devices/esp001/command", json={"name": "sync"})
     status = client.get("/api/v1/device/status/esp001", headers=devices["esp001"]).get_json()

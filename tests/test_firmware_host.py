@@ -38,8 +38,8 @@ def proxy(hub):
 def client(firmware_build, tmp_path):
     started: list[HostClient] = []
 
-    def start(url, device_id, token, *args, flash="flash"):
-        run = HostClient(firmware_build["client"], url, device_id, token, tmp_path / flash,
+    def start(url, device_id, token, *args, flash="flash.img", binary="client"):
+        run = HostClient(firmware_build[binary], url, device_id, token, tmp_path / flash,
                          *args)
         started.append(run)
         return run
@@ -88,7 +88,7 @@ def test_commands_run_once_completed_and_deduplicated_across_a_restart(hub, prox
     wait_until(lambda: delivery(hub, unknown)["state"] == "failed", 20,
                message="unknown command failed")
     # Ran exactly once, across two deliveries and a restart of the node.
-    assert (tmp_path / "flash" / "ran.log").read_text().split() == [str(echo)]
+    assert first.flash.text("/ran.log").split() == [str(echo)]
     assert delivery(hub, echo)["attempts"] >= 2
     assert delivery(hub, echo)["result"] == {"duplicate": True}
     failed = delivery(hub, unknown)
@@ -151,7 +151,7 @@ def test_download_resumes_after_sigkill_from_the_last_verified_chunk(hub, proxy,
     second = client(proxy.url, "esp-dl", token, "--exit-after-sync")
     assert second.wait(60) == 0, second.output
     assert re.search(rf"^resume {package['id']} 6$", second.output, re.M), second.output
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+    assert second.flash.read("/data/blob.bin") == content
     # Nothing verified was fetched twice: only the chunk in flight at the kill was.
     counts = proxy.chunk_counts()
     assert counts == {i: (2 if i == 6 else 1) for i in range(11)}, counts
@@ -171,7 +171,7 @@ def test_corrupted_chunk_is_rejected_and_fetched_again(hub, proxy, client, tmp_p
     assert run.wait(60) == 0, run.output
     assert proxy.corrupted == [f"{chunk_url}/2"]
     assert re.search(rf"^chunk rejected {package['id']} 2 sha256 mismatch$", run.output, re.M)
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == content
+    assert run.flash.read("/data/blob.bin") == content
     assert proxy.chunk_counts() == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1}
     assert hashlib.sha256(content).hexdigest() == package["sha256"]
     # Synced again: the manifest answers 304 and nothing is fetched.
@@ -219,8 +219,8 @@ def test_firmware_package_streams_into_update_then_restarts(hub_process, client,
     package = stage(hub, "esp-fw", "firmware/app.bin", image)
     run = client(hub.url, "esp-fw", token)
     assert run.wait(60) == 3, run.output  # the host board's restart()
-    assert (tmp_path / "flash" / "firmware.bin").read_bytes() == image
-    assert not (tmp_path / "flash" / "firmware").exists()  # streamed, not kept as a file
+    assert (tmp_path / "flash.img.firmware.bin").read_bytes() == image
+    assert not run.flash.exists("/firmware")  # streamed, not kept as a file
     devices = admin_get(hub, f"/packages/{package['id']}")["devices"]
     assert [(d["device_id"], d["state"]) for d in devices] == [("esp-fw", "applied")]
     peak = int(re.search(r"^peak_heap_bytes (\d+)$", run.output, re.M).group(1))
@@ -234,10 +234,10 @@ def test_withdrawn_files_are_deleted_from_the_node(hub, client, tmp_path):
     gone = stage(hub, "esp-wd", "drop/b.txt", b"goes away")
     first = client(hub.url, "esp-wd", token, "--exit-after-sync")
     assert first.wait(60) == 0, first.output
-    flash = tmp_path / "flash"
-    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
-    assert (flash / "drop" / "b.txt").read_bytes() == b"goes away"
-    (flash / "mine.txt").write_bytes(b"not synced: never touched")
+    flash = first.flash
+    assert flash.read("/keep/a.txt") == b"stays"
+    assert flash.read("/drop/b.txt") == b"goes away"
+    flash.write("/mine.txt", b"not synced: never touched")
 
     response = requests.delete(f"{hub.url}/api/v1/admin/packages/{gone['id']}",
                                headers=ADMIN, timeout=10)
@@ -245,6 +245,65 @@ def test_withdrawn_files_are_deleted_from_the_node(hub, client, tmp_path):
     second = client(hub.url, "esp-wd", token, "--exit-after-sync")
     assert second.wait(60) == 0, second.output
     assert re.search(rf"^withdrawn {gone['id']} drop/b.txt$", second.output, re.M)
-    assert not (flash / "drop" / "b.txt").exists()
-    assert (flash / "keep" / "a.txt").read_bytes() == b"stays"
-    assert (flash / "mine.txt").exists()
+    assert not flash.exists("/drop/b.txt")
+    assert flash.read("/keep/a.txt") == b"stays"
+    assert flash.exists("/mine.txt")
+
+
+def test_a_command_cut_short_by_a_restart_ends_interrupted_and_never_runs_twice(
+        hub, proxy, client):
+    """The node marks a command running on flash before its handler runs. upload-log's
+    handler is held at its upload request, the node killed there: delivered again after
+    the lease, the command ends "interrupted by a restart" and its handler does not run
+    again (no second upload)."""
+    token = register(hub, "esp-int")
+    upload_path = "/api/v1/files/upload/esp-int?filename=log.txt"
+    proxy.hold = upload_path
+    upload = queue(hub, "esp-int", "upload-log")
+    first = client(proxy.url, "esp-int", token, "--poll-s", "1")
+    assert proxy.held.wait(30), first.output
+    first.kill()  # mid-handler: the upload never answered
+    proxy.release.set()
+    second = client(proxy.url, "esp-int", token, "--poll-s", "1")
+    second.wait_for(rf"^command {upload} upload-log interrupted by a restart$")
+    wait_until(lambda: delivery(hub, upload)["state"] == "failed", 20, message="failed")
+    assert delivery(hub, upload)["reason"] == "interrupted by a restart"
+    assert proxy.counts[upload_path] == 1, proxy.counts  # the handler ran once
+    assert admin_get(hub, "/uploads", device="esp-int")["uploads"] == []
+
+
+def test_a_chunk_longer_than_the_manifest_says_is_refused(hub, proxy, client):
+    """The proxy lengthens the last chunk by 100 bytes, its X-Chunk-SHA256 made to match:
+    only the length check stands between those bytes and the end of the file. Under
+    AddressSanitizer."""
+    token = register(hub, "esp-long")
+    content, package = staged_file(hub, "esp-long", 5 * 1024 + 300)  # 6 chunks
+    chunk_url = f"/api/v1/files/download/esp-long/{package['id']}/{package['version']}"
+    proxy.lengthen_once = {f"{chunk_url}/5"}
+    run = client(proxy.url, "esp-long", token, "--exit-after-sync", binary="asan")
+    assert run.wait(60) == 0, run.output
+    assert re.search(rf"^chunk rejected {package['id']} 5 wrong length$", run.output, re.M), \
+        run.output
+    assert run.flash.read("/data/blob.bin") == content
+    assert proxy.chunk_counts() == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 2}
+
+
+def test_a_firmware_chunk_longer_than_its_buffer_is_refused(hub_process, client, tmp_path):
+    """A firmware chunk is held in a buffer of chunk_size bytes until its hash is checked;
+    100 bytes more must be refused, not written past it (AddressSanitizer aborts on that)."""
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_STAGING_WATCH": "false",
+                       "DROPSYNC_POLL_INTERVAL_S": "1"})
+    proxy = Proxy(hub.port)
+    try:
+        token = register(hub, "esp-fwl")
+        image = b"\xe9\x03\x02\x20" + os.urandom(3 * 4096 + 100)
+        package = stage(hub, "esp-fwl", "firmware/app.bin", image)
+        chunk_url = f"/api/v1/files/download/esp-fwl/{package['id']}/{package['version']}"
+        proxy.lengthen_once = {f"{chunk_url}/1"}
+        run = client(proxy.url, "esp-fwl", token, binary="asan")
+        assert run.wait(60) == 3, run.output  # applied, then the host board's restart()
+        assert re.search(rf"^chunk rejected {package['id']} 1 wrong length$", run.output,
+                         re.M), run.output
+        assert (tmp_path / "flash.img.firmware.bin").read_bytes() == image
+    finally:
+        proxy.close()

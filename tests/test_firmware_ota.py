@@ -223,10 +223,10 @@ def test_node_and_stock_updater_through_nginx(hub_process, firmware_build, tmp_p
                                     timeout=10).json()
             assert manifest["files"][0]["url"].startswith("/api/v1/files/t/")  # a ticket
             node = HostClient(firmware_build["client"], nginx.url, device, device_token,
-                              tmp_path / device, "--exit-after-sync")
+                              tmp_path / f"{device}.img", "--exit-after-sync")
             assert node.wait(60) == 0, node.output
             assert "chunks=4 rejected=0" in node.output, node.output
-            assert (tmp_path / device / "data" / "blob.bin").read_bytes() == content
+            assert node.flash.read("/data/blob.bin") == content
         ticket_chunks = [line for line in hub.log.splitlines()
                          if "/files/t/" in line and "<int:index> 200" in line]
         assert len(ticket_chunks) == 4, ticket_chunks  # the second node's: all from nginx

@@ -52,7 +52,8 @@ def test_the_whole_protocol_runs_over_tls_with_the_pinned_certificate(
     data = os.urandom(100 * 1024 + 7)  # four 32 KiB chunks and a short one
     staged = admin(hub, "PUT", "/staging/esp-tls/data/blob.bin", data=data)
     assert staged.ok, staged.text
-    node = HostClient(firmware_build["client"], hub.url, "esp-tls", token, tmp_path / "flash",
+    node = HostClient(firmware_build["client"], hub.url, "esp-tls", token,
+                      tmp_path / "flash.img",
                       "--hub-cert", str(hub.cert), "--poll-s", "1", "--heartbeat-s", "1",
                       "--manifest-s", "1")
     try:
@@ -61,7 +62,7 @@ def test_the_whole_protocol_runs_over_tls_with_the_pinned_certificate(
                    ["commands"][0]["state"] == "completed", 30, message="echo completed")
     finally:
         node.stop()
-    assert (tmp_path / "flash" / "data" / "blob.bin").read_bytes() == data
+    assert node.flash.read("/data/blob.bin") == data
     done = admin(hub, "GET", "/devices/esp-tls/commands").json()["commands"][0]
     assert done["id"] == command and done["result"] == {"echo": {"over": "tls"}}
     inventory = admin(hub, "GET", "/devices/esp-tls").json()["inventory"]
@@ -81,7 +82,8 @@ def test_a_hub_with_another_certificate_is_refused_before_any_request(
     impostor, _ = make_certificate(["localhost"], ["127.0.0.1"], 30)
     pin = tmp_path / "impostor.crt"
     pin.write_bytes(impostor)
-    node = HostClient(firmware_build["client"], hub.url, "esp-pin", token, tmp_path / "flash",
+    node = HostClient(firmware_build["client"], hub.url, "esp-pin", token,
+                      tmp_path / "flash.img",
                       "--hub-cert", str(pin), "--poll-s", "1", "--backoff-base-ms", "100",
                       "--backoff-cap-ms", "200", "--run-s", "3")
     assert node.wait(30) == 0
@@ -91,5 +93,5 @@ def test_a_hub_with_another_certificate_is_refused_before_any_request(
     assert admin(hub, "GET", "/devices/esp-pin").json()["last_seen"] is None
     # and an https:// hub without a pin is a usage error, not an unchecked connection
     unpinned = HostClient(firmware_build["client"], hub.url, "esp-pin", token,
-                          tmp_path / "flash2")
+                          tmp_path / "flash2.img")
     assert unpinned.wait(10) == 2 and "needs --hub-cert" in unpinned.output

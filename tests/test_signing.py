@@ -193,12 +193,12 @@ def test_a_signed_image_reaches_the_stock_updater_and_the_firmware_byte_for_byte
 
     # the project's firmware: chunk by chunk into its Update, signature included
     run = HostClient(firmware_build["client"], hub.url, "esp-signed", token,
-                     tmp_path / "flash")
+                     tmp_path / "flash.img")
     try:
         assert run.wait(60) == 3, run.output  # the host board's restart() after the image
     finally:
         run.stop()
-    assert (tmp_path / "flash" / "firmware.bin").read_bytes() == signed
+    assert (tmp_path / "flash.img.firmware.bin").read_bytes() == signed
 
 
 def test_unsigned_tampered_and_foreign_images_are_refused_and_reach_no_device(

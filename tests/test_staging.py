@@ -58,6 +58,10 @@ def test_target_folder_names(target, ok):
     (["caf\u00e9.txt"], False), (["a\uff0fb"], False), (["a\u2215b"], False),
     (["\u2024\u2024"], False), (["a\\b"], False), (["a\0b"], False), ([" lead"], False),
     (["x" * 201], False),
+    # what an ESP8266's LittleFS holds: 31 characters a name, and (here) 8 folders deep
+    (["data", "x" * 26 + ".json"], True), (["data", "greenhouse-north-calibration-v2.json"], False),
+    (["y" * 32, "a.txt"], False), (["d"] * 8 + ["a.txt"], True), (["d"] * 9 + ["a.txt"], False),
+    (["abcdefghijklmnopqrstuvwxyz01234"] * 6 + ["f"], True),  # 193 characters in all
 ])
 def test_staged_paths_must_be_portable_to_a_device(parts, ok):
     assert (path_problem(parts) is None) == ok
@@ -216,7 +220,8 @@ def test_unknown_and_invalid_targets_are_reported(hub, admin, client, settings, 
     staging = Path(settings["STAGING_DIR"])
     admin.register_device("esp001", groups=["field"])
     for rel in ("esp001/a.bin", "group-field/b.bin", "all/c.bin", "esp999/d.bin",
-                "group-nobody/e.bin", "bad target/f.bin", "esp001/caf\u00e9.txt"):
+                "group-nobody/e.bin", "bad target/f.bin", "esp001/caf\u00e9.txt",
+                "esp001/data/greenhouse-north-calibration-table-v2.json"):
         drop(staging, rel, b"x")
     hub.staging.reconcile()
     health = client.get("/health").get_json()
@@ -224,7 +229,10 @@ def test_unknown_and_invalid_targets_are_reported(hub, admin, client, settings, 
     reported = {(p["kind"], p["path"]) for p in health["staging"]["problems"]}
     assert reported == {("unknown_target", "esp999"), ("unknown_target", "group-nobody"),
                         ("invalid_target", "bad target"),
-                        ("unsupported_name", "esp001/caf\u00e9.txt")}
+                        ("unsupported_name", "esp001/caf\u00e9.txt"),
+                        # a name an ESP8266's LittleFS cannot hold (31 characters at most)
+                        ("unsupported_name",
+                         "esp001/data/greenhouse-north-calibration-table-v2.json")}
     via_admin = admin.get("/staging").get_json()
     assert {(p["kind"], p["path"]) for p in via_admin["problems"]} == reported
     assert any("esp999" in r.getMessage() and r.levelname == "WARNING"

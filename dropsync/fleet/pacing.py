@@ -102,5 +102,9 @@ def record_heartbeat(stores: Stores, device_id: str, report: dict[str, Any]) -> 
         known["reported_ip"] = known.pop("ip")
     extra = report.get("attributes") or {}
     merged = {**stores.liveness.get(device_id).get("attributes", {}), **extra}
+    if not extra.get("queued"):
+        # "queued" marks one report, sent late from a node's outbox; a later live
+        # heartbeat says nothing of it, and the device is not queuing any more.
+        merged.pop("queued", None)
     stores.liveness.update(device_id, heartbeat_at=time.time(), attributes=merged, **known)
     stores.health.record(device_id, rssi=report.get("rssi"), free_heap=report.get("free_heap"))

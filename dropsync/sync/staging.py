@@ -57,6 +57,11 @@ IGNORED_SUFFIXES = (".part", ".tmp", ".swp", ".crdownload")
 #: Characters a staged path may use: portable to LittleFS/SPIFFS and to C code on a device.
 PATH_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-+()@,=# ")
 MAX_PATH_LENGTH = 200
+#: What the boards' flash can hold (the firmware checks the same, src/dropsync_core/sync.h):
+#: ESP8266 LittleFS allows 31 characters a name (LFS_NAME_MAX 32 with the terminator); a
+#: longer one downloads and then never goes into place. Folders at most 8 deep.
+MAX_NAME_LENGTH = 31
+MAX_FOLDER_DEPTH = 8
 COPY_BUFFER = 1024 * 1024
 OUTSIDE_MESSAGE = "a symlink that leads outside the staging folder; refused"
 HARDLINK_MESSAGE = ("a file with more than one hard link (its other name may be anywhere, "
@@ -97,8 +102,13 @@ def path_problem(parts: Iterable[str]) -> str | None:
         if not set(part) <= PATH_CHARACTERS or part.startswith(" ") or part.endswith(" "):
             return ("use ASCII letters, digits, spaces and ._-+()@,=# in names "
                     "(no leading or trailing space)")
+        if len(part) > MAX_NAME_LENGTH:
+            return (f"a name longer than {MAX_NAME_LENGTH} characters, which an ESP8266's "
+                    f"LittleFS cannot store: {part!r}")
     if len("/".join(parts)) > MAX_PATH_LENGTH:
         return f"the path is longer than {MAX_PATH_LENGTH} characters"
+    if len(parts) - 1 > MAX_FOLDER_DEPTH:
+        return f"the path is more than {MAX_FOLDER_DEPTH} folders deep"
     return None
 
 

@@ -33,4 +33,8 @@
 #define BACKOFF_BASE_MS 1000
 #define BACKOFF_CAP_MS 300000
 
+// -- the blink example's LED: the board's LED_BUILTIN unless set here (a generic ESP32
+// board defines none; many ESP32 DevKits have an LED on GPIO 2) --------------------------
+// #define LED_PIN 2
+
 #endif

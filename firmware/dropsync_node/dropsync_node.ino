@@ -14,7 +14,7 @@
 using namespace dropsync_esp;
 
 static ArduinoTransport transport(HUB_URL);
-static LittleFsStorage storage;
+static LittleFsStorage storage(LittleFS);
 static ArduinoClock board_clock;
 static PlatformSha256 sha256;
 static UpdateSink update_sink;
@@ -29,6 +29,16 @@ static char device_id[32];
 extern "C" bool verifyRollbackLater() { return true; }
 #endif
 
+// The LED the blink example drives: LED_PIN from config.h, else the board's LED_BUILTIN.
+// A generic ESP32 board defines no LED_BUILTIN (many ESP32 DevKits have one on GPIO 2).
+#if defined(LED_PIN)
+static const int kLedPin = LED_PIN;
+#elif defined(LED_BUILTIN)
+static const int kLedPin = LED_BUILTIN;
+#else
+static const int kLedPin = -1;
+#endif
+
 // An example command: {"name": "blink", "args": {"times": 3}}.
 static bool blink(dropsync::Node&, const dropsync::Command& command,
                   dropsync::JsonWriter& result, void*) {
@@ -38,11 +48,15 @@ static bool blink(dropsync::Node&, const dropsync::Command& command,
     result.field("error", "times must be 1 to 50");
     return false;
   }
-  pinMode(LED_BUILTIN, OUTPUT);
+  if (kLedPin < 0) {
+    result.field("error", "no LED known on this board: set LED_PIN in config.h");
+    return false;
+  }
+  pinMode(kLedPin, OUTPUT);
   for (long long i = 0; i < times; i++) {
-    digitalWrite(LED_BUILTIN, LOW);
+    digitalWrite(kLedPin, LOW);
     delay(150);
-    digitalWrite(LED_BUILTIN, HIGH);
+    digitalWrite(kLedPin, HIGH);
     delay(150);
   }
   result.field("blinked", times);

@@ -32,6 +32,7 @@
 // The ESP8266 core's host emulation ships bearssl's headers but not its library.
 #include "../host/sha256.h"
 #endif
+#include "littlefs_storage.h"
 #include "src/dropsync_core/hub_client.h"
 #include "src/dropsync_core/json_writer.h"
 #include "src/dropsync_core/platform.h"
@@ -161,68 +162,8 @@ class ArduinoTransport : public dropsync::HttpTransport {
   long remaining_ = 0;
 };
 
-class LittleFsStorage : public dropsync::Storage {
- public:
-  dropsync::File* open(const char* path, OpenMode mode) override {
-    for (Slot& slot : slots_) {
-      if (slot.file) continue;
-      const char* how = mode == OpenMode::kRead    ? "r"
-                        : mode == OpenMode::kWrite  ? "w"
-                        : mode == OpenMode::kAppend ? "a"
-                                                    : "r+";
-      if (mode == OpenMode::kUpdate && !LittleFS.exists(path)) return nullptr;
-      slot.file = LittleFS.open(path, how);
-      return slot.file ? &slot : nullptr;
-    }
-    return nullptr;
-  }
-  bool exists(const char* path) override { return LittleFS.exists(path); }
-  bool remove(const char* path) override { return LittleFS.remove(path); }
-  bool rename(const char* from, const char* to) override {
-    if (LittleFS.exists(to)) LittleFS.remove(to);
-    return LittleFS.rename(from, to);
-  }
-  bool make_dirs(const char* path) override {
-    char folder[224];
-    dropsync::copy_text(folder, sizeof(folder), path);
-    for (char* p = folder + 1; *p; p++) {
-      if (*p != '/') continue;
-      *p = '\0';
-      if (!LittleFS.exists(folder)) LittleFS.mkdir(folder);
-      *p = '/';
-    }
-    return true;
-  }
-  long file_size(const char* path) override {
-    if (!LittleFS.exists(path)) return -1;
-    fs::File file = LittleFS.open(path, "r");
-    long size = file && !file.isDirectory() ? static_cast<long>(file.size()) : -1;
-    file.close();
-    return size;
-  }
-
- private:
-  struct Slot : public dropsync::File {
-    fs::File file;
-    int read(uint8_t* buffer, size_t length) override {
-      return static_cast<int>(file.read(buffer, length));
-    }
-    int write(const uint8_t* data, size_t length) override {
-      return static_cast<int>(file.write(data, length));
-    }
-    bool seek(uint32_t position) override { return file.seek(position); }
-    uint32_t size() override { return static_cast<uint32_t>(file.size()); }
-    bool flush() override {
-      file.flush();
-      return true;
-    }
-    void close() override {
-      file.close();
-      file = fs::File();
-    }
-  };
-  Slot slots_[4];
-};
+// LittleFS through the shared glue (littlefs_storage.h), the one the host tests run.
+using LittleFsStorage = LittleFsStorageOver<fs::FS, fs::File>;
 
 class ArduinoClock : public dropsync::Clock {
  public:
@@ -349,16 +290,7 @@ class EspBoard : public dropsync::Board {
   dropsync::FirmwareSink* firmware_sink() override { return sink_; }
   void log(const char* line) override {
     Serial.println(line);
-    // Kept on flash for the upload-log command; one old generation at most 16 KiB.
-    fs::File file = LittleFS.open("/log.txt", "a");
-    if (!file) return;
-    file.println(line);
-    bool full = file.size() > 16 * 1024;
-    file.close();
-    if (full) {
-      LittleFS.remove("/log.old.txt");
-      LittleFS.rename("/log.txt", "/log.old.txt");
-    }
+    append_log_line<fs::FS, fs::File>(LittleFS, line);  // for the upload-log command
   }
   void extra_heartbeat(dropsync::JsonWriter& out) override {
 #if defined(ESP8266)

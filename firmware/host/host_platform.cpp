@@ -270,91 +270,6 @@ void PosixTransport::close() {
   socket_ = -1;
 }
 
-// -- a folder for flash -------------------------------------------------------------------
-FolderStorage::FolderStorage(const char* root) { copy_text(root_, sizeof(root_), root); }
-
-void FolderStorage::full_path(const char* path, char* out, size_t size) {
-  copy_text(out, size, root_);
-  append_text(out, size, path);
-}
-
-dropsync::File* FolderStorage::open(const char* path, dropsync::OpenMode mode) {
-  PosixFile* slot = nullptr;
-  for (PosixFile& file : files_) {
-    if (file.fd < 0) {
-      slot = &file;
-      break;
-    }
-  }
-  if (!slot) return nullptr;
-  char full[512];
-  full_path(path, full, sizeof(full));
-  int flags = mode == dropsync::OpenMode::kRead    ? O_RDONLY
-              : mode == dropsync::OpenMode::kWrite  ? O_WRONLY | O_CREAT | O_TRUNC
-              : mode == dropsync::OpenMode::kAppend ? O_WRONLY | O_CREAT | O_APPEND
-                                                    : O_RDWR;
-  slot->fd = ::open(full, flags | O_CLOEXEC, 0644);
-  return slot->fd >= 0 ? slot : nullptr;
-}
-
-bool FolderStorage::exists(const char* path) { return file_size(path) >= 0; }
-
-bool FolderStorage::remove(const char* path) {
-  char full[512];
-  full_path(path, full, sizeof(full));
-  return unlink(full) == 0;
-}
-
-bool FolderStorage::rename(const char* from, const char* to) {
-  char a[512], b[512];
-  full_path(from, a, sizeof(a));
-  full_path(to, b, sizeof(b));
-  return ::rename(a, b) == 0;
-}
-
-bool FolderStorage::make_dirs(const char* path) {
-  char full[512];
-  full_path(path, full, sizeof(full));
-  for (char* p = full + strlen(root_) + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(full, 0755) != 0 && errno != EEXIST) return false;
-    *p = '/';
-  }
-  return true;
-}
-
-long FolderStorage::file_size(const char* path) {
-  char full[512];
-  full_path(path, full, sizeof(full));
-  struct stat st;
-  return stat(full, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<long>(st.st_size) : -1;
-}
-
-int FolderStorage::PosixFile::read(uint8_t* buffer, size_t length) {
-  return static_cast<int>(::read(fd, buffer, length));
-}
-
-int FolderStorage::PosixFile::write(const uint8_t* data, size_t length) {
-  return static_cast<int>(::write(fd, data, length));
-}
-
-bool FolderStorage::PosixFile::seek(uint32_t position) {
-  return lseek(fd, position, SEEK_SET) == static_cast<off_t>(position);
-}
-
-uint32_t FolderStorage::PosixFile::size() {
-  struct stat st;
-  return fstat(fd, &st) == 0 ? static_cast<uint32_t>(st.st_size) : 0;
-}
-
-bool FolderStorage::PosixFile::flush() { return fdatasync(fd) == 0; }
-
-void FolderStorage::PosixFile::close() {
-  ::close(fd);
-  fd = -1;
-}
-
 // -- clock ---------------------------------------------------------------------------------
 static uint64_t monotonic_ms() {
   timespec now;
@@ -362,7 +277,7 @@ static uint64_t monotonic_ms() {
   return now.tv_sec * 1000ULL + now.tv_nsec / 1000000;
 }
 
-HostClock::HostClock() : started_(monotonic_ms()) {
+HostClock::HostClock(uint32_t start_ms) : started_(monotonic_ms()), start_ms_(start_ms) {
   int fd = ::open("/dev/urandom", O_RDONLY);
   state_ = 0x9e3779b97f4a7c15ULL;
   if (fd >= 0) {
@@ -372,8 +287,8 @@ HostClock::HostClock() : started_(monotonic_ms()) {
   if (!state_) state_ = 1;
 }
 
-uint32_t HostClock::millis() {  // since start, like millis() on a node
-  return static_cast<uint32_t>(monotonic_ms() - started_);
+uint32_t HostClock::millis() {  // since start, like millis() on a node: wraps at 2^32
+  return static_cast<uint32_t>(start_ms_ + (monotonic_ms() - started_));
 }
 
 void HostClock::sleep_ms(uint32_t ms) {
@@ -432,15 +347,5 @@ void HostBoard::restart() {
 void HostBoard::log(const char* line) {
   printf("%s\n", line);
   fflush(stdout);
-  // Also kept in flash's /log.txt, which the upload-log command sends.
-  char path[256];
-  copy_text(path, sizeof(path), flash_root_);
-  append_text(path, sizeof(path), "/log.txt");
-  int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return;
-  size_t length = strlen(line);
-  if (::write(fd, line, length) == static_cast<ssize_t>(length)) {
-    if (::write(fd, "\n", 1) != 1) {}
-  }
-  ::close(fd);
+  dropsync_esp::append_log_line<EspLittleFs, EspFsFile>(flash_, line);  // as on a node
 }

@@ -1,10 +1,12 @@
-// The core's interfaces on Linux: POSIX sockets for HTTP, a folder for flash, the
+// The core's interfaces on Linux: POSIX sockets for HTTP, littlefs on an image file for flash, the
 // monotonic clock, and a board that prints its log. Only loopback/LAN hubs by IP address.
 #ifndef DROPSYNC_HOST_PLATFORM_H
 #define DROPSYNC_HOST_PLATFORM_H
 
 #include "dropsync_core/json_writer.h"
 #include "dropsync_core/platform.h"
+#include "esp_littlefs.h"
+#include "littlefs_storage.h"
 
 struct ssl_ctx_st;
 struct ssl_st;
@@ -59,35 +61,14 @@ class PosixTransport : public dropsync::HttpTransport {
   long body_read_ = 0;
 };
 
-class FolderStorage : public dropsync::Storage {
- public:
-  explicit FolderStorage(const char* root);
-  dropsync::File* open(const char* path, dropsync::OpenMode mode) override;
-  bool exists(const char* path) override;
-  bool remove(const char* path) override;
-  bool rename(const char* from, const char* to) override;
-  bool make_dirs(const char* path) override;
-  long file_size(const char* path) override;
-
- private:
-  class PosixFile : public dropsync::File {
-   public:
-    int read(uint8_t* buffer, size_t length) override;
-    int write(const uint8_t* data, size_t length) override;
-    bool seek(uint32_t position) override;
-    uint32_t size() override;
-    bool flush() override;
-    void close() override;
-    int fd = -1;
-  };
-  void full_path(const char* path, char* out, size_t size);
-  char root_[200];
-  PosixFile files_[4];
-};
+// The flash: littlefs with the ESP8266 wrapper's rules (esp_littlefs.h) under the sketch's
+// own glue (dropsync_node/littlefs_storage.h).
+using FlashStorage = dropsync_esp::LittleFsStorageOver<EspLittleFs, EspFsFile>;
 
 class HostClock : public dropsync::Clock {
  public:
-  HostClock();
+  // start_ms: what millis() answers at start (a test plays a node up for 49.7 days).
+  explicit HostClock(uint32_t start_ms = 0);
   uint32_t millis() override;
   void sleep_ms(uint32_t ms) override;
   void yield_now() override {}
@@ -95,6 +76,7 @@ class HostClock : public dropsync::Clock {
 
  private:
   uint64_t started_;
+  uint32_t start_ms_;
   uint64_t state_;
 };
 
@@ -115,8 +97,8 @@ class HostFirmwareSink : public dropsync::FirmwareSink {
 
 class HostBoard : public dropsync::Board {
  public:
-  HostBoard(const char* version, const char* flash_root, HostFirmwareSink* sink)
-      : version_(version), flash_root_(flash_root), sink_(sink) {}
+  HostBoard(const char* version, EspLittleFs& flash, HostFirmwareSink* sink)
+      : version_(version), flash_(flash), sink_(sink) {}
   const char* firmware_version() override { return version_; }
   uint32_t free_heap() override;
   int rssi() override { return -55; }
@@ -128,7 +110,7 @@ class HostBoard : public dropsync::Board {
 
  private:
   const char* version_;
-  const char* flash_root_;
+  EspLittleFs& flash_;
   HostFirmwareSink* sink_;
 };
 

@@ -1,19 +1,21 @@
 // The host client: the firmware's protocol core, unchanged, on Linux against a real hub.
 // The tests (tests/test_firmware*.py) run it; it is also a handy node simulator.
 //
-//   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash
+//   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash.img
 //                 [--hub-cert hub.crt]   (with an https:// hub: the certificate to pin)
-//                 [--poll-s 30] [--heartbeat-s 60] [--manifest-s 300]
+//                 [--flash-flavour esp8266|esp32] [--poll-s 30] [--heartbeat-s 60]
+//                 [--manifest-s 300]
 //                 [--backoff-base-ms 1000] [--backoff-cap-ms 300000] [--outbox-slots 16]
 //                 [--firmware-version 1.0.0] [--exit-after-sync] [--run-s N]
-//                 [--message TEXT]
+//                 [--message TEXT] [--clock-start-ms N]
 //
+// --flash is a littlefs image (created and formatted when missing) with the ESP8266 core's
+// LittleFS rules; a firmware image applied goes beside it, to <flash>.firmware.bin.
 // It prints one line per event (the node's log) and, at the end, the heap it used.
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "dropsync_core/node.h"
 #include "dropsync_core/text.h"
@@ -38,6 +40,16 @@ bool echo_command(dropsync::Node& node, const dropsync::Command& command,
     file->write(reinterpret_cast<const uint8_t*>(line), strlen(line));
     file->close();
   }
+  return true;
+}
+
+// Runs as long as args.ms say, after noting that it ran: a power cut lands mid-handler.
+bool nap_command(dropsync::Node& node, const dropsync::Command& command,
+                 dropsync::JsonWriter& result, void* clock) {
+  long long ms = 0;
+  command.arg("ms", ms);
+  echo_command(node, command, result, nullptr);
+  static_cast<HostClock*>(clock)->sleep_ms(static_cast<uint32_t>(ms));
   return true;
 }
 
@@ -75,7 +87,7 @@ int main(int argc, char** argv) {
   config.device_id = option(argc, argv, "--id", "");
   config.token = option(argc, argv, "--token", "");
   if (!hub || !flash || !*config.device_id) {
-    fprintf(stderr, "usage: %s --hub http://IP:PORT --id ID --token TOKEN --flash DIR ...\n",
+    fprintf(stderr, "usage: %s --hub http://IP:PORT --id ID --token TOKEN --flash IMAGE ...\n",
             argv[0]);
     return 2;
   }
@@ -89,7 +101,6 @@ int main(int argc, char** argv) {
   bool exit_after_sync = flag(argc, argv, "--exit-after-sync");
   signal(SIGTERM, request_stop);
   signal(SIGINT, request_stop);
-  mkdir(flash, 0755);
 
   static PosixTransport transport;
   if (!transport.configure(hub)) {
@@ -101,13 +112,21 @@ int main(int argc, char** argv) {
     fprintf(stderr, "https:// needs --hub-cert FILE: the hub's certificate (PEM) to pin\n");
     return 2;
   }
-  static FolderStorage storage(flash);
-  static HostClock clock;
+  static EspLittleFs flash_fs;
+  const char* flavour = option(argc, argv, "--flash-flavour", "esp8266");
+  if (!flash_fs.begin(flash, strcmp(flavour, "esp32") == 0 ? FlashFlavour::kEsp32
+                                                           : FlashFlavour::kEsp8266)) {
+    fprintf(stderr, "cannot open or format the flash image %s\n", flash);
+    return 2;
+  }
+  static FlashStorage storage(flash_fs);
+  static HostClock clock(number(argc, argv, "--clock-start-ms", 0));
   static HostSha256 sha256;
   static char firmware_path[256];
-  snprintf(firmware_path, sizeof(firmware_path), "%s/firmware.bin", flash);
+  snprintf(firmware_path, sizeof(firmware_path), "%s.firmware.bin", flash);
   static HostFirmwareSink firmware(firmware_path);
-  static HostBoard board(option(argc, argv, "--firmware-version", "host-1.0.0"), flash, &firmware);
+  static HostBoard board(option(argc, argv, "--firmware-version", "host-1.0.0"), flash_fs,
+                         &firmware);
 
   // The node lives on the heap here so the peak below includes it.
   size_t before = heap_in_use();
@@ -115,6 +134,7 @@ int main(int argc, char** argv) {
   dropsync::Node* node = new dropsync::Node(config, transport, storage, clock, sha256, board);
   node->on("echo", echo_command);
   node->on("fail", fail_command);
+  node->on("nap", nap_command, &clock);
   node->begin();
   const char* text = option(argc, argv, "--message", nullptr);
   if (text) node->message("info", text);

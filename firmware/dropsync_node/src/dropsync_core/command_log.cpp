@@ -2,7 +2,11 @@
 
 namespace dropsync {
 
-static const int kRecordSize = 5;
+// A record: the id (8 bytes, little-endian) and the state. Logs written before ids were
+// 64-bit had 4-byte ids (5-byte records); they are still read, so a node updated while a
+// command ran does not run it again.
+static const int kRecordSize = 9;
+static const int kOldRecordSize = 5;
 
 bool CommandLog::load() {
   for (Entry& entry : entries_) entry = Entry{-1, 0};
@@ -12,25 +16,30 @@ bool CommandLog::load() {
   uint8_t data[1 + kEntries * kRecordSize];
   int got = file->read(data, sizeof(data));
   file->close();
-  if (got != static_cast<int>(sizeof(data))) return true;  // torn or foreign: start afresh
+  int record = got == 1 + kEntries * kRecordSize      ? kRecordSize
+               : got == 1 + kEntries * kOldRecordSize ? kOldRecordSize
+                                                      : 0;
+  if (!record) return true;  // torn or foreign: start afresh
   next_ = data[0] % kEntries;
   for (int i = 0; i < kEntries; i++) {
-    const uint8_t* at = data + 1 + i * kRecordSize;
-    entries_[i].id = static_cast<int32_t>(at[0] | (at[1] << 8) | (at[2] << 16) |
-                                          (static_cast<uint32_t>(at[3]) << 24));
-    entries_[i].state = at[4];
+    const uint8_t* at = data + 1 + i * record;
+    uint64_t id = 0;
+    for (int b = record - 2; b >= 0; b--) id = (id << 8) | at[b];
+    entries_[i].id = record == kRecordSize ? static_cast<long long>(id)
+                                           : static_cast<int32_t>(static_cast<uint32_t>(id));
+    entries_[i].state = at[record - 1];
   }
   return true;
 }
 
-CommandState CommandLog::state_of(int32_t id) const {
+CommandState CommandLog::state_of(long long id) const {
   for (const Entry& entry : entries_) {
     if (entry.state && entry.id == id) return static_cast<CommandState>(entry.state);
   }
   return CommandState::kUnknown;
 }
 
-bool CommandLog::record(int32_t id, CommandState state) {
+bool CommandLog::record(long long id, CommandState state) {
   Entry* slot = nullptr;
   for (Entry& entry : entries_) {
     if (entry.state && entry.id == id) slot = &entry;
@@ -48,9 +57,9 @@ bool CommandLog::save() {
   data[0] = next_;
   for (int i = 0; i < kEntries; i++) {
     uint8_t* at = data + 1 + i * kRecordSize;
-    uint32_t id = static_cast<uint32_t>(entries_[i].id);
-    for (int b = 0; b < 4; b++) at[b] = static_cast<uint8_t>(id >> (8 * b));
-    at[4] = entries_[i].state;
+    uint64_t id = static_cast<uint64_t>(entries_[i].id);
+    for (int b = 0; b < 8; b++) at[b] = static_cast<uint8_t>(id >> (8 * b));
+    at[8] = entries_[i].state;
   }
   // Written beside and renamed over, so a power cut leaves the old log or the new one.
   char temp[48];

@@ -21,14 +21,14 @@ class CommandLog {
 
   CommandLog(Storage& storage, const char* path) : storage_(storage), path_(path) {}
   bool load();
-  CommandState state_of(int32_t id) const;
-  bool record(int32_t id, CommandState state);
+  CommandState state_of(long long id) const;
+  bool record(long long id, CommandState state);
 
  private:
   bool save();
 
   struct Entry {
-    int32_t id;
+    long long id;  // the hub's ids are 64-bit
     uint8_t state;
   };
   Storage& storage_;

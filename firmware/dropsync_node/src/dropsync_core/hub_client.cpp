@@ -10,7 +10,7 @@ const size_t kCollectedHeaderCount = sizeof(kCollectedHeaders) / sizeof(kCollect
 HubClient::HubClient(HttpTransport& transport, const char* device_id, const char* token)
     : transport_(transport), device_id_(device_id) {
   copy_text(authorization_, sizeof(authorization_), "Bearer ");
-  append_text(authorization_, sizeof(authorization_), token);
+  token_fits_ = append_text(authorization_, sizeof(authorization_), token);
   path_[0] = '\0';
 }
 
@@ -20,7 +20,7 @@ const char* HubClient::route(const char* area, const char* route, const char* su
   append_text(path_, sizeof(path_), "/");
   append_text(path_, sizeof(path_), route);
   append_text(path_, sizeof(path_), "/");
-  append_text(path_, sizeof(path_), device_id_);
+  append_url_encoded(path_, sizeof(path_), device_id_);  // a device id is the user's text
   append_text(path_, sizeof(path_), suffix);
   return path_;
 }

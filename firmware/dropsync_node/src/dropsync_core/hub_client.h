@@ -44,6 +44,9 @@ class HubClient {
   long content_length() { return transport_.content_length(); }
   void close() { transport_.close(); }
   const char* device_id() const { return device_id_; }
+  // False when the token did not fit its buffer (it would be sent cut, and refused).
+  bool token_fits() const { return token_fits_; }
+  static const size_t kMaxToken = 88;
   HttpTransport& transport() { return transport_; }
 
  private:
@@ -51,7 +54,8 @@ class HubClient {
 
   HttpTransport& transport_;
   const char* device_id_;
-  char authorization_[96];
+  char authorization_[8 + kMaxToken];  // "Bearer " + the token
+  bool token_fits_;
   char path_[kPathSize];
 };
 

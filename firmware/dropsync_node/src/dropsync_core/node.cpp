@@ -112,6 +112,8 @@ bool Node::on(const char* name, CommandHandler handler, void* context) {
 }
 
 void Node::begin() {
+  uptime_ms_ = uptime_seen_at_ = clock_.millis();  // millis() counts from the boot
+  if (!hub_.token_fits()) line("token over 88 characters");  // sent cut, and refused
   storage_.make_dirs(kOutboxPath);
   outbox_.set_capacity(config_.outbox_slots);
   outbox_.load();
@@ -158,7 +160,15 @@ void Node::came_back() {
   if (outbox_.count() || outbox_.dropped()) flush_outbox();
 }
 
+uint64_t Node::uptime_ms() {
+  uint32_t now = clock_.millis();
+  uptime_ms_ += static_cast<uint32_t>(now - uptime_seen_at_);  // right across a wrap
+  uptime_seen_at_ = now;
+  return uptime_ms_;
+}
+
 uint32_t Node::tick() {
+  uptime_ms();  // seen at least once a wrap (49.7 days), so none is missed
   uint32_t now = clock_.millis();
   if (due(now, next_heartbeat_at_)) {
     next_heartbeat_at_ = now + config_.heartbeat_s * 1000;
@@ -233,7 +243,7 @@ int Node::poll() {
       JsonEvent value = reader.next();
       size_t start = reader.value_start();
       long long number = 0;
-      if (!strcmp(key, "id") && reader.as_int(number)) command.id = static_cast<int32_t>(number);
+      if (!strcmp(key, "id") && reader.as_int(number)) command.id = number;
       if (!strcmp(key, "attempt") && reader.as_int(number)) command.attempt = static_cast<int>(number);
       if (!strcmp(key, "name") && value == JsonEvent::kString) copy_text(name, sizeof(name), reader.text());
       if (!reader.skip(value)) break;
@@ -313,7 +323,7 @@ void Node::run_command(const Command& command) {
   complete(command.id, ok, result_, result.length(), ok ? nullptr : "the command failed");
 }
 
-int Node::complete(int32_t id, bool success, const char* result_json, size_t length,
+int Node::complete(long long id, bool success, const char* result_json, size_t length,
                    const char* error) {
   JsonWriter json(poll_buffer_, sizeof(poll_buffer_));  // the poll's answer is used up
   json.begin_object().field("command_id", id).field_bool("success", success)
@@ -332,11 +342,22 @@ int Node::deliver(ReportKind kind, const char* body, size_t length) {
 }
 
 bool Node::message(const char* level, const char* text) {
-  JsonWriter json(body_, sizeof(body_));
-  json.begin_object().field("level", level);
+  // At most 200 bytes of text, fewer when escaping makes the body too long for a slot,
+  // and never a UTF-8 character cut in two: the hub gets valid JSON or nothing.
+  static const size_t kMaxText = 200;
   size_t length = strlen(text);
-  json.key("text").string(text, length < 200 ? length : 200)
-      .field("timestamp", static_cast<long long>(clock_.millis() / 1000)).end_object();
+  if (length > kMaxText) length = kMaxText;
+  long long timestamp = static_cast<long long>(uptime_ms() / 1000);
+  JsonWriter json(body_, sizeof(body_));
+  for (;;) {
+    length = utf8_prefix(text, length);
+    json.clear();
+    json.begin_object().field("level", level).key("text").string(text, length)
+        .field("timestamp", timestamp).end_object();
+    if (json.ok() || length == 0) break;
+    length = length > 8 ? length - 8 : 0;
+  }
+  if (!json.ok()) return false;
   if (reachable_) {
     int status = deliver(ReportKind::kMessage, json.c_str(), json.length());
     if (!is_transient(status)) return status == 201;
@@ -351,7 +372,7 @@ bool Node::heartbeat() {
   board_.local_ip(ip, sizeof(ip));
   json.begin_object()
       .field("firmware_version", board_.firmware_version())
-      .field("uptime_s", static_cast<long long>(clock_.millis() / 1000))
+      .field("uptime_s", static_cast<long long>(uptime_ms() / 1000))
       .field("free_heap", static_cast<long long>(board_.free_heap()))
       .field("ip", ip);
   int rssi = board_.rssi();
@@ -428,7 +449,10 @@ int Node::upload_file(const char* path) {
   name = name ? name + 1 : path;
   char suffix[112];
   copy_text(suffix, sizeof(suffix), "?filename=");
-  append_text(suffix, sizeof(suffix), name);
+  if (!append_url_encoded(suffix, sizeof(suffix), name)) {  // a name is the user's text
+    file->close();
+    return 414;
+  }
   hub_.route("files", "upload", suffix);
   FileBody body(file);
   int status = hub_.post_stream("application/octet-stream", body);

@@ -36,7 +36,7 @@ struct NodeConfig {
 };
 
 struct Command {
-  int32_t id;
+  long long id;  // the hub's ids are 64-bit
   int attempt;
   const char* name;
   const char* args;  // the raw JSON of "args" ({} when none)
@@ -91,8 +91,9 @@ class Node final : public SyncLog {
  private:
   int poll();
   void run_command(const Command& command);
-  int complete(int32_t id, bool success, const char* result_json, size_t length,
+  int complete(long long id, bool success, const char* result_json, size_t length,
                const char* error);
+  uint64_t uptime_ms();  // millis() wraps after 49.7 days; this does not
   int deliver(ReportKind kind, const char* body, size_t length);
   bool flush_outbox();
   void went_unreachable(int status);
@@ -126,6 +127,8 @@ class Node final : public SyncLog {
   uint32_t next_heartbeat_at_ = 0;
   uint32_t next_manifest_at_ = 0;
   uint32_t retry_at_ = 0;
+  uint64_t uptime_ms_ = 0;
+  uint32_t uptime_seen_at_ = 0;
   char poll_buffer_[kPollBufferSize];
   char body_[Outbox::kMaxBody + 1];
   char result_[512];

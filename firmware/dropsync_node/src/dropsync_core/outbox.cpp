@@ -46,10 +46,30 @@ static File* open_ring(Storage& storage, const char* path) {
   return file ? file : storage.open(path, OpenMode::kWrite);
 }
 
+// ESP8266 LittleFS refuses a seek past the end of a file (LittleFSFileImpl::seek), so the
+// ring is written out whole, zeros, before any slot is reached by seeking. A zero header
+// is not the magic: a power cut mid-way leaves an empty ring.
+static bool fill_to(File* file, uint32_t size) {
+  uint32_t at = file->size();
+  if (at >= size) return true;
+  if (!file->seek(at)) return false;
+  uint8_t zeros[32] = {};
+  while (at < size) {
+    uint32_t n = size - at < sizeof(zeros) ? size - at : static_cast<uint32_t>(sizeof(zeros));
+    if (file->write(zeros, n) != static_cast<int>(n)) return false;
+    at += n;
+  }
+  return file->flush();
+}
+
 bool Outbox::push(ReportKind kind, const char* body, size_t length) {
   if (length > kMaxBody) return false;
   File* file = open_ring(storage_, path_);
   if (!file) return false;
+  if (!fill_to(file, kHeaderSize + capacity_ * kSlotSize)) {
+    file->close();
+    return false;
+  }
   if (count_ == capacity_) {  // full: the oldest goes
     head_ = (head_ + 1) % capacity_;
     count_--;

@@ -56,17 +56,32 @@ void store_field(JsonReader& reader, const char* key, JsonEvent event, ManifestF
   long long number = 0;
   bool is_number = event == JsonEvent::kNumber && reader.as_int(number);
   if (event == JsonEvent::kString) {
-    if (!strcmp(key, "id")) copy_text(file.id, sizeof(file.id), reader.text());
-    else if (!strcmp(key, "path")) copy_text(file.path, sizeof(file.path), reader.text());
-    else if (!strcmp(key, "sha256")) copy_text(file.sha256, sizeof(file.sha256), reader.text());
-    else if (!strcmp(key, "md5")) copy_text(file.md5, sizeof(file.md5), reader.text());
-    else if (!strcmp(key, "url")) copy_text(file.url, sizeof(file.url), reader.text());
+    char* to = !strcmp(key, "id") ? file.id : !strcmp(key, "path") ? file.path
+               : !strcmp(key, "sha256") ? file.sha256 : !strcmp(key, "md5") ? file.md5
+               : !strcmp(key, "url") ? file.url : nullptr;
+    size_t size = to == file.id ? sizeof(file.id) : to == file.path ? sizeof(file.path)
+                  : to == file.sha256 ? sizeof(file.sha256) : to == file.md5 ? sizeof(file.md5)
+                  : sizeof(file.url);
+    if (to && (!copy_text(to, size, reader.text()) || reader.truncated())) file.cut = true;
   } else if (is_number) {
-    if (!strcmp(key, "size")) file.size = static_cast<long>(number);
-    else if (!strcmp(key, "chunk_size")) file.chunk_size = static_cast<long>(number);
-    else if (!strcmp(key, "chunks")) file.chunks = static_cast<long>(number);
-    else if (!strcmp(key, "version")) file.version = static_cast<long>(number);
+    // chunk_size and chunks are checked against the size below; a 32-bit long holds them
+    // once that check passed for any file the flash can hold.
+    bool fits = number >= 0 && number <= 0x7fffffffLL;
+    if (!strcmp(key, "size")) file.size = number;
+    else if (!strcmp(key, "chunk_size")) file.chunk_size = fits ? static_cast<long>(number) : 0;
+    else if (!strcmp(key, "chunks")) file.chunks = fits ? static_cast<long>(number) : -1;
+    else if (!strcmp(key, "version")) file.version = number;
   }
+}
+
+// Where chunk `index` starts, in 64 bits (index * chunk_size overflows a 32-bit long).
+long long chunk_offset(const ManifestFile& file, long index) {
+  return static_cast<long long>(index) * file.chunk_size;
+}
+
+long chunk_length(const ManifestFile& file, long index) {
+  long long left = file.size - chunk_offset(file, index);
+  return left < file.chunk_size ? static_cast<long>(left) : file.chunk_size;
 }
 
 // Reads one line (without its newline) into out; false at the end of the file.
@@ -83,11 +98,31 @@ bool read_line(File* file, char* out, size_t size) {
 
 bool complete_entry(const ManifestFile& file) {
   return file.id[0] && file.path[0] && strlen(file.sha256) == 64 && file.url[0] &&
-         file.size >= 0 && file.chunk_size > 0 && file.version > 0 &&
+         file.size >= 0 && file.size <= 0x7fffffffLL && file.chunk_size > 0 &&
+         file.version > 0 &&
          file.chunks == (file.size + file.chunk_size - 1) / file.chunk_size;
 }
 
 }  // namespace
+
+const char* unstorable_reason(const ManifestFile& file) {
+  // Short texts: every literal is static RAM on an ESP8266.
+  if (file.cut) return "too long for the node";
+  if (strlen(file.path) > kMaxPathLength) return "path over 200 bytes";
+  size_t name = 0;
+  int depth = 0;
+  for (const char* p = file.path;; p++) {
+    if (*p && *p != '/') {
+      name++;
+      continue;
+    }
+    if (name > kMaxNameLength) return "name over 31 characters";
+    if (!*p) break;
+    name = 0;
+    depth++;
+  }
+  return depth > kMaxPathDepth ? "over 8 folders deep" : nullptr;
+}
 
 const char* sync_result_name(SyncResult result) {
   static const char* const kNames[] = {"up_to_date", "done", "failed", "unreachable"};
@@ -114,7 +149,8 @@ void Sync::state_path(char* out, size_t size, const char* folder, const char* id
   append_text(out, size, suffix);
 }
 
-void Sync::note(const char* what, const ManifestFile& file, long number, const char* detail) {
+void Sync::note(const char* what, const ManifestFile& file, long long number,
+                const char* detail) {
   char line[160];
   copy_text(line, sizeof(line), what);
   append_text(line, sizeof(line), " ");
@@ -210,6 +246,13 @@ SyncResult Sync::run(SyncStats& stats) {
       reader.skip(value);
     } else if (event == JsonEvent::kEndObject && depth == 2) {
       stats.files++;
+      const char* refusal = unstorable_reason(file);
+      if (refusal) {  // never storable here: reported once per list, not fetched
+        note("refused", file, file.version, refusal);
+        report(file, "failed", 0, refusal);
+        stats.failed++;
+        continue;
+      }
       if (!complete_entry(file)) {
         log_.line("manifest entry incomplete");
         all_well = false;
@@ -230,12 +273,15 @@ SyncResult Sync::run(SyncStats& stats) {
   manifest->close();
   if (result == SyncResult::kUnreachable) return result;
   if (!all_well) return SyncResult::kFailed;
-  prune_withdrawn();  // every listed file is on flash: what is not listed has gone
+  // Every listed file is on flash (or can never be): what is not listed has gone, and the
+  // list need not be fetched again until it changes.
+  prune_withdrawn();
   if (etag_[0]) write_small(storage_, kEtagPath, etag_);
+  if (stats.failed) return SyncResult::kFailed;
   return stats.fetched ? SyncResult::kDone : SyncResult::kUpToDate;
 }
 
-bool Sync::listed(const char* id) {
+bool Sync::listed(const char* key, const char* value) {
   File* manifest = storage_.open(kManifestPath, OpenMode::kRead);
   if (!manifest) return true;  // cannot tell: keep the file
   FileSource source(manifest);
@@ -243,8 +289,8 @@ bool Sync::listed(const char* id) {
   bool found = false;
   for (JsonEvent event = reader.next(); !found && event != JsonEvent::kEnd &&
                                         event != JsonEvent::kError; event = reader.next()) {
-    if (event == JsonEvent::kKey && reader.depth() == 3 && reader.text_is("id")) {
-      found = reader.next() == JsonEvent::kString && reader.text_is(id);
+    if (event == JsonEvent::kKey && reader.depth() == 3 && reader.text_is(key)) {
+      found = reader.next() == JsonEvent::kString && reader.text_is(value);
     }
   }
   manifest->close();
@@ -289,20 +335,23 @@ void Sync::prune_withdrawn() {
     char* space = strchr(line, ' ');
     if (!space) continue;
     *space = '\0';
-    if (listed(line)) {
+    if (listed("id", line)) {
       *space = ' ';
       append_text(line, sizeof(line), "\n");
       kept->write(reinterpret_cast<const uint8_t*>(line), strlen(line));
       continue;
     }
     changed = true;
+    // A path another listed package now has (moved from all/ to the device's own folder,
+    // say) is that package's file now: only this package's record goes.
+    bool moved = listed("path", space + 1);
     char path[sizeof(file_.path) + 1] = "/";
     append_text(path, sizeof(path), space + 1);
-    if (!is_firmware(space + 1)) storage_.remove(path);  // an image is not a file here
+    if (!moved && !is_firmware(space + 1)) storage_.remove(path);  // an image is not a file
     state_path(path, sizeof(path), "have", line);
     storage_.remove(path);
     char text[sizeof(line) + 12];
-    copy_text(text, sizeof(text), "withdrawn ");
+    copy_text(text, sizeof(text), moved ? "superseded " : "withdrawn ");
     append_text(text, sizeof(text), line);
     append_text(text, sizeof(text), " ");
     append_text(text, sizeof(text), space + 1);
@@ -354,8 +403,7 @@ int Sync::fetch_chunk(const ManifestFile& file, long index, File* out, uint8_t* 
   }
   char expected[72];
   bool has_hash = hub_.header("X-Chunk-SHA256", expected, sizeof(expected));
-  long offset = index * file.chunk_size;
-  long length = file.size - offset < file.chunk_size ? file.size - offset : file.chunk_size;
+  long length = chunk_length(file, index);
   long got = 0;
   sha256_.begin();
   for (;;) {
@@ -411,8 +459,9 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
       if (parse_number(progress, version) && version == file.version &&
           !strcmp(space + 1, file.sha256) && parse_number(second + 1, count) &&
           count > 0 && count <= file.chunks &&
-          storage_.file_size(part_path) >= (count * file.chunk_size < file.size
-                                                ? count * file.chunk_size : file.size)) {
+          storage_.file_size(part_path) >= (chunk_offset(file, static_cast<long>(count)) < file.size
+                                                ? chunk_offset(file, static_cast<long>(count))
+                                                : file.size)) {
         verified = static_cast<long>(count);
       }
     }
@@ -420,12 +469,12 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
   File* part = storage_.open(part_path, verified ? OpenMode::kUpdate : OpenMode::kWrite);
   if (!part) return FileResult::kFailed;
   if (verified) note("resume", file, verified);
-  report(file, "downloading", verified * file.chunk_size, "");
+  report(file, "downloading", chunk_offset(file, verified), "");
 
   for (long index = verified; index < file.chunks; index++) {
     int status = 0;
     for (int attempt = 0; attempt < kChunkAttempts && status != 200; attempt++) {
-      if (!part->seek(static_cast<uint32_t>(index * file.chunk_size))) {
+      if (!part->seek(static_cast<uint32_t>(chunk_offset(file, index)))) {
         status = kStorageError;
         break;
       }
@@ -444,7 +493,7 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
     }
     if (status == 200) {
       if ((index + 1) * 4 / file.chunks != index * 4 / file.chunks && index + 1 < file.chunks) {
-        report(file, "downloading", (index + 1) * file.chunk_size, "");
+        report(file, "downloading", chunk_offset(file, index + 1), "");
       }
       continue;
     }
@@ -463,7 +512,7 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
                                         : status == kStorageError ? ": flash write failed"
                                                                   : ": HTTP ");
     if (status > 0) append_number(reason, sizeof(reason), status);
-    report(file, "failed", index * file.chunk_size, reason);
+    report(file, "failed", chunk_offset(file, index), reason);
     return FileResult::kFailed;
   }
   part->close();
@@ -486,11 +535,11 @@ Sync::FileResult Sync::download_to_flash(const ManifestFile& file, SyncStats& st
   return FileResult::kFetched;
 }
 
-bool Sync::file_sha256_matches(const char* path, long size, const char* expected) {
+bool Sync::file_sha256_matches(const char* path, long long size, const char* expected) {
   File* file = storage_.open(path, OpenMode::kRead);
   if (!file) return false;
   sha256_.begin();
-  long left = size;
+  long long left = size;
   while (left > 0) {
     int n = file->read(piece_, left < static_cast<long>(sizeof(piece_)) ? static_cast<size_t>(left)
                                                                        : sizeof(piece_));
@@ -528,9 +577,7 @@ Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& st
     for (int attempt = 0; attempt < kChunkAttempts && status == 0; attempt++) {
       status = fetch_chunk(file, index, nullptr, chunk, stats);
     }
-    long offset = index * file.chunk_size;
-    long length = file.size - offset < file.chunk_size ? file.size - offset : file.chunk_size;
-    if (status == 200 && !sink->write(chunk, static_cast<size_t>(length))) {
+    if (status == 200 && !sink->write(chunk, static_cast<size_t>(chunk_length(file, index)))) {
       problem = "Update failed to write";
     } else if (status == 409) {
       result = FileResult::kReplaced;
@@ -543,7 +590,7 @@ Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& st
   }
   free(chunk);
   if (result == FileResult::kFetched && !sink->end()) {
-    problem = "Update.end refused the image (MD5 or header)";
+    problem = "Update.end refused the image";
     result = FileResult::kFailed;
   } else if (result != FileResult::kFetched) {
     sink->abort();
@@ -556,7 +603,8 @@ Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& st
   return result;
 }
 
-bool Sync::report(const ManifestFile& file, const char* state, long received, const char* reason) {
+bool Sync::report(const ManifestFile& file, const char* state, long long received,
+                  const char* reason) {
   char body[192];
   JsonWriter json(body, sizeof(body));
   json.begin_object().field("package", file.id).field("version", file.version)

@@ -32,11 +32,22 @@ struct ManifestFile {
   char sha256[65];
   char md5[33];
   char url[160];
-  long size;
+  long long size;     // 64-bit: a 32-bit long (the ESP's) would cut ids and sizes
   long chunk_size;
   long chunks;
-  long version;
+  long long version;
+  bool cut;           // a string was longer than its buffer: the entry is not usable
 };
+
+// The longest name (folder or file) and path the node stores, and how deep: ESP8266
+// LittleFS allows 31 characters a name (LFS_NAME_MAX 32 with the terminator); the hub
+// refuses staged paths over these (dropsync/sync/staging.py, path_problem).
+const size_t kMaxNameLength = 31;
+const size_t kMaxPathLength = 200;
+const int kMaxPathDepth = 8;
+
+// Why the node cannot store a manifest entry, or nullptr when it can.
+const char* unstorable_reason(const ManifestFile& file);
 
 enum class SyncResult : uint8_t {
   kUpToDate,     // 304, or every file already on flash
@@ -84,13 +95,15 @@ class Sync {
   // answers the HTTP status, 0 after a checksum mismatch, or -1 unreachable.
   int fetch_chunk(const ManifestFile& file, long index, File* out, uint8_t* memory,
                   SyncStats& stats);
-  bool file_sha256_matches(const char* path, long size, const char* expected);
+  bool file_sha256_matches(const char* path, long long size, const char* expected);
   bool up_to_date(const ManifestFile& file);
-  bool listed(const char* id);                  // in the manifest on flash
+  bool listed(const char* key, const char* value);  // an entry of the manifest on flash has it
   void remember(const ManifestFile& file);      // into the index of synced files
   void prune_withdrawn();                       // deletes synced files no longer listed
-  bool report(const ManifestFile& file, const char* state, long received, const char* reason);
-  void note(const char* what, const ManifestFile& file, long number, const char* detail = "");
+  bool report(const ManifestFile& file, const char* state, long long received,
+              const char* reason);
+  void note(const char* what, const ManifestFile& file, long long number,
+            const char* detail = "");
   void state_path(char* out, size_t size, const char* folder, const char* id,
                   const char* suffix = "");
 

@@ -4,6 +4,8 @@
 
 namespace dropsync {
 
+static const char kHexDigits[] = "0123456789abcdef";
+
 bool copy_text(char* to, size_t size, const char* from) {
   if (size == 0) return false;
   size_t i = 0;
@@ -56,7 +58,7 @@ bool parse_number(const char* text, long long& out) {
 }
 
 void to_hex(const uint8_t* data, size_t length, char* out) {
-  static const char kDigits[] = "0123456789abcdef";
+  const char* kDigits = kHexDigits;
   for (size_t i = 0; i < length; i++) {
     out[2 * i] = kDigits[data[i] >> 4];
     out[2 * i + 1] = kDigits[data[i] & 15];
@@ -73,6 +75,38 @@ bool hex_equals(const char* hex, const uint8_t digest[32]) {
     if (lower(hex[i]) != mine[i]) return false;
   }
   return hex[64] == '\0';
+}
+
+bool append_url_encoded(char* to, size_t size, const char* from) {
+  const char* kDigits = kHexDigits;  // %2b is %2B (RFC 3986 2.1)
+  size_t used = strlen(to);
+  for (; *from; from++) {
+    unsigned char c = static_cast<unsigned char>(*from);
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '.' || c == '_' || c == '~' || c == ':';
+    size_t need = plain ? 1 : 3;
+    if (used + need >= size) return false;
+    if (plain) {
+      to[used++] = static_cast<char>(c);
+    } else {
+      to[used++] = '%';
+      to[used++] = kDigits[c >> 4];
+      to[used++] = kDigits[c & 15];
+    }
+    to[used] = '\0';
+  }
+  return true;
+}
+
+size_t utf8_prefix(const char* text, size_t length) {
+  // Back over continuation bytes (10xxxxxx) to the lead byte of the character that the
+  // cut would split, and drop that character whole.
+  size_t end = length;
+  while (end > 0 && (static_cast<unsigned char>(text[end - 1]) & 0xC0) == 0x80) end--;
+  if (end == 0) return 0;
+  unsigned char lead = static_cast<unsigned char>(text[end - 1]);
+  size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  return length - (end - 1) >= want ? length : end - 1;
 }
 
 bool starts_with(const char* text, const char* prefix) {

@@ -18,6 +18,11 @@ bool parse_number(const char* text, long long& out);
 void to_hex(const uint8_t* data, size_t length, char* out);  // out: 2 * length + 1 bytes
 // Compares 64 hex digits to a 32-byte digest, ignoring case.
 bool hex_equals(const char* hex, const uint8_t digest[32]);
+// Appends `from` percent-encoded for a URL path segment or query value (only letters,
+// digits and -._~: stay as they are); false when it did not fit (the buffer is then cut).
+bool append_url_encoded(char* to, size_t size, const char* from);
+// The longest prefix of text[0..length) that does not end inside a UTF-8 character.
+size_t utf8_prefix(const char* text, size_t length);
 bool starts_with(const char* text, const char* prefix);
 bool ends_with(const char* text, const char* suffix);
 bool equals_ignore_case(const char* a, const char* b);
