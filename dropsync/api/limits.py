@@ -141,11 +141,14 @@ class KeyedLimit:
         """Count one for ``key``; False once it is over its rate."""
         return self.strategy.hit(self.rate, self.scope, *key)
 
+    def retry_after_s(self, *key: str) -> int:
+        """Whole seconds until ``key``'s window ends, never more than one window."""
+        reset_at = self.strategy.get_window_stats(self.rate, self.scope, *key).reset_time
+        return min(max(1, math.ceil(reset_at - time.time())), self.rate.get_expiry())
+
     def too_many(self, *key: str) -> Response:
         """The 429 answer for ``key``, with ``Retry-After``."""
-        reset_at = self.strategy.get_window_stats(self.rate, self.scope, *key).reset_time
-        # Whole seconds, never more than one window of waiting.
-        retry_after = min(max(1, math.ceil(reset_at - time.time())), self.rate.get_expiry())
+        retry_after = self.retry_after_s(*key)
         response = error_response(
             429, "rate_limited", f"too many requests: the limit is {self.rate}; retry in "
             f"{retry_after} s", {"limit": str(self.rate), "retry_after_s": retry_after})
@@ -227,29 +230,31 @@ class LoginLimits:
     """Failed dashboard logins, counted per client address and per username.
 
     Only failures count, so operators behind one address who type their passwords right
-    are never held up; a guesser is stopped whichever of the two it varies.
+    are never held up; a guesser is stopped whichever of the two it varies. Two
+    ``KeyedLimit`` counters of ``RATE_LIMIT_LOGIN``, in storage of their own.
     """
 
     def __init__(self, config: dict):
         self.enabled = config["RATE_LIMITS_ENABLED"]
-        self.limit: RateLimitItem = parse(config["RATE_LIMIT_LOGIN"])
-        self.strategy = FixedWindowRateLimiter(LazyMemoryStorage())
+        strategy = FixedWindowRateLimiter(LazyMemoryStorage())
+        rate = config["RATE_LIMIT_LOGIN"]
+        self.limits = (("address", KeyedLimit(strategy, rate, "login-address")),
+                       ("username", KeyedLimit(strategy, rate, "login-username")))
 
-    def _keys(self, address: str, username: str) -> list[tuple[str, str]]:
-        return [("address", address), ("username", username.strip().lower())]
+    def _keyed(self, address: str, username: str):
+        keys = {"address": address, "username": username.strip().lower()}
+        return [(limit, keys[name]) for name, limit in self.limits]
 
     def retry_after_s(self, address: str, username: str) -> int | None:
         """Seconds to wait when either count is spent, else None."""
         if not self.enabled:
             return None
-        for key in self._keys(address, username):
-            if not self.strategy.test(self.limit, "login", *key):
-                reset_at = self.strategy.get_window_stats(self.limit, "login", *key).reset_time
-                return min(max(1, math.ceil(reset_at - time.time())),
-                           self.limit.get_expiry())
+        for limit, key in self._keyed(address, username):
+            if limit.exceeded(key):
+                return limit.retry_after_s(key)
         return None
 
     def count_failure(self, address: str, username: str) -> None:
         if self.enabled:
-            for key in self._keys(address, username):
-                self.strategy.hit(self.limit, "login", *key)
+            for limit, key in self._keyed(address, username):
+                limit.count(key)
