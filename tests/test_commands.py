@@ -78,14 +78,36 @@ def test_poll_hands_out_by_priority_then_age_and_leases(admin, fleet):
     assert states(admin, urgent) == {"esp001": "delivered"}
 
 
-def test_a_lapsed_lease_is_handed_out_again_then_fails_with_timeout(admin, fleet):
+class MovedClock:
+    """The command queue's clock, moved by the test instead of waited for."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(app):
+    moved = MovedClock()
+    app.extensions["dropsync"].commands.clock = moved
+    return moved
+
+
+def test_a_lapsed_lease_is_handed_out_again_then_fails_with_timeout(admin, fleet, clock):
     esp = fleet["esp001"]
     command_id = send(admin, "esp001", "reboot")["id"]
     assert esp.poll_ids() == [command_id]
-    time.sleep(0.5)  # COMMAND_LEASE_S is 0.4
+    clock.advance(0.3)  # COMMAND_LEASE_S is 0.4: still leased
+    assert esp.poll_ids() == []
+    clock.advance(0.2)
     again = esp.poll()["commands"]
     assert [c["id"] for c in again] == [command_id] and again[0]["attempt"] == 2
-    time.sleep(0.5)  # the last of COMMAND_MAX_ATTEMPTS=2 lapses
+    clock.advance(0.5)  # the last of COMMAND_MAX_ATTEMPTS=2 lapses
     assert esp.poll_ids() == []
     delivery = command(admin, command_id)["deliveries"][0]
     assert (delivery["state"], delivery["reason"], delivery["attempts"]) == \
@@ -96,11 +118,11 @@ def test_a_lapsed_lease_is_handed_out_again_then_fails_with_timeout(admin, fleet
     assert command(admin, command_id)["deliveries"][0]["result"] is None
 
 
-def test_an_expired_command_is_never_delivered(admin, fleet):
+def test_an_expired_command_is_never_delivered(admin, fleet, clock):
     esp = fleet["esp001"]
     stale = send(admin, "esp001", "reboot", expires_in_s=0.2)["id"]
     fresh = send(admin, "esp001", "sync", expires_in_s=60)["id"]
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert esp.poll_ids() == [fresh]
     assert states(admin, stale) == {"esp001": "expired"}
     assert_error(esp.complete(stale), 409, "command_expired")

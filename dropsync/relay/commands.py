@@ -31,7 +31,7 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,9 @@ class CommandQueue:
     Ending a delivery appends to the history (an fdatasync) under a separate lock, so polls
     of other devices never wait on the disk.
     """
+
+    #: Where "now" comes from: leases, expiry and sweeps all ask this (tests move it).
+    clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, stores: Stores, settings: Settings | None = None):
         self.stores = stores
@@ -222,7 +225,7 @@ class CommandQueue:
         devices = self.resolve_target(target)
         args = args or {}
         check_json_size(args, self.settings.json_max_bytes, "args")
-        now = time.time()
+        now = self.clock()
         if expires_in_s is not None:
             expires_at = now + expires_in_s
         if expires_at is not None and expires_at <= now:
@@ -281,7 +284,7 @@ class CommandQueue:
         Touches only memory. Deliveries found expired or out of attempts are ended on the
         way, and never handed out.
         """
-        now = time.time()
+        now = self.clock()
         handed: list[Document] = []
         to_end: list[tuple[Delivery, str, str]] = []
         with self._lock:
@@ -317,7 +320,7 @@ class CommandQueue:
             delivery = self._by_command.get(command_id, {}).get(device_id)
         if delivery is None:
             return self._earlier_outcome(device_id, command_id), True
-        if delivery.state == PENDING and delivery.expired(time.time()):
+        if delivery.state == PENDING and delivery.expired(self.clock()):
             self._end_quietly(delivery, EXPIRED, "expired")
         record = self._end(delivery, COMPLETED if success else FAILED,
                            reason=None if success else (error or "failed"),
@@ -420,7 +423,7 @@ class CommandQueue:
     def sweep(self, now: float | None = None) -> int:
         """End what is due (expired, timed out, device deleted), then tidy
         ``commands.json``. Returns how many deliveries ended."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             due = []
             for queue in self._by_device.values():
@@ -485,7 +488,7 @@ class CommandQueue:
         with self._end_lock:
             if delivery.final is not None:
                 return None
-            now = time.time()
+            now = self.clock()
             record = self.history.append({
                 **self._command_view(delivery.command), "device_id": delivery.device_id,
                 "command_id": delivery.command["id"], "state": state, "reason": reason,
