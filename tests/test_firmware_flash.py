@@ -1,8 +1,8 @@
 """The firmware on the flash it really runs on: the host client's littlefs image with the
 ESP8266 core's LittleFS rules (seek past the end refused, a folder removed with its last
 file, 31-character names, rename replacing atomically), against real hubs. Each test here
-failed on the firmware as it was before issue 18 (the closing note says how each was seen
-to fail)."""
+failed on the firmware as it was when it still ran on a POSIX folder: each is a defect a
+folder could not show."""
 
 from __future__ import annotations
 
