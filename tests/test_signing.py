@@ -313,3 +313,39 @@ def test_a_backup_leaves_a_private_key_out(hub_process, workstation, tmp_path):
         names = tar.getnames()
     assert "data/signing.pem" not in names and "data/auth.json" in names
     assert "signing.pem left out" in hub.log
+
+
+def test_the_node_refuses_an_image_its_key_does_not_verify_and_says_signature(
+        hub_process, workstation, firmware_build, tmp_path):
+    """A hub without keys offers whatever is staged; the node's own Update (here the host
+    client's sink, with the key as a node built with it holds) still refuses an image that
+    does not verify, reports it as a failed sync with reason "signature", never boots it,
+    and takes the properly signed image after."""
+    hub = hub_process({"DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_POLL_INTERVAL_S": "1",
+                       "DROPSYNC_STAGING_WATCH": "false"})
+    token = register(hub, "esp-verify")
+    signed = sign(workstation, "app.bin", image(9000))
+    tampered = bytearray(signed)
+    tampered[2000] ^= 0x01
+    answer = stage_status(hub, "esp-verify", "firmware/app.bin", bytes(tampered))
+    assert answer.ok, answer.text
+    package = answer.json()["id"]
+    key = str(workstation / "keys" / "public.key")
+    sink = tmp_path / "flash.img.firmware.bin"
+    run = HostClient(firmware_build["client"], hub.url, "esp-verify", token,
+                     tmp_path / "flash.img", "--signing-key", key, "--manifest-s", "1")
+    try:
+        wait_until(lambda: [d for d in admin_get(hub, f"/packages/{package}")["devices"]
+                            if d["state"] == "failed"] or None, 30,
+                   message="the tampered image reported failed")
+        history = requests.get(f"{hub.url}/api/v1/files/sync-history/esp-verify",
+                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        failed = [h for h in history.json()["history"] if h["state"] == "failed"]
+        assert failed and failed[0]["reason"] == "signature", failed
+        assert run.process.poll() is None  # not restarted into the refused image
+        assert not sink.exists()
+        stage_status(hub, "esp-verify", "firmware/app.bin", signed)
+        assert run.wait(60) == 3, run.output  # the good image: Update took it, restart
+    finally:
+        run.stop()
+    assert sink.read_bytes() == signed

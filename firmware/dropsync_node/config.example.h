@@ -17,6 +17,12 @@
 // #define HUB_TLS_FINGERPRINT "AA BB CC ..."    // ESP8266
 // #define HUB_TLS_CA_CERT "-----BEGIN CERTIFICATE-----\n..."  // ESP32
 
+// Signed firmware: the public key `dropsync keys new` printed. With it, Update refuses
+// any image not signed by its private key (`dropsync sign`); the hub reports it as a
+// failed sync with reason "signature". (On an ESP8266, public.key in the sketch folder
+// does the same for every update, stock updaters included.)
+// #define FIRMWARE_SIGNING_KEY "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"
+
 // -- this node ------------------------------------------------------------------------
 // Empty: the WiFi MAC address (e.g. 5C:CF:7F:A1:49:8F), which the hub accepts as an id.
 #define DEVICE_ID ""

@@ -209,21 +209,48 @@ class PlatformSha256 : public dropsync::Sha256 {
 };
 #endif
 
-// Verified chunks of a firmware package go to Update, which checks the image's MD5.
+// Verified chunks of a firmware package go to Update, which checks the image's MD5 and,
+// with a signing key (FIRMWARE_SIGNING_KEY in config.h, or public.key in the sketch folder
+// on an ESP8266), its signature: an image that does not verify is never booted.
 class UpdateSink : public dropsync::FirmwareSink {
  public:
   bool begin(uint32_t size, const char* md5_hex) override {
+    install_signing_key();
+    refusal_ = nullptr;
     return Update.begin(size) && Update.setMD5(md5_hex);
   }
   bool write(const uint8_t* data, size_t length) override {
     return Update.write(const_cast<uint8_t*>(data), length) == length;
   }
-  bool end() override { return Update.end(); }
+  bool end() override {
+    if (Update.end()) return true;
+#if defined(UPDATE_ERROR_SIGN)
+    if (Update.getError() == UPDATE_ERROR_SIGN) refusal_ = "signature";
+#endif
+    return false;
+  }
+  const char* refusal() override { return refusal_; }
 #if defined(ESP8266)
   void abort() override { Update.end(true); }  // an incomplete image never boots
 #else
   void abort() override { Update.abort(); }
 #endif
+
+ private:
+  // The verifier the cores' own Update checks images with (their signed-update docs).
+  static void install_signing_key() {
+#if defined(FIRMWARE_SIGNING_KEY) && defined(ESP8266)
+    static BearSSL::PublicKey key(FIRMWARE_SIGNING_KEY);
+    static BearSSL::HashSHA256 hash;
+    static BearSSL::SigningVerifier verifier(&key);
+    Update.installSignature(&hash, &verifier);
+#elif defined(FIRMWARE_SIGNING_KEY) && defined(ESP32)
+    static UpdaterRSAVerifier verifier(reinterpret_cast<const uint8_t*>(FIRMWARE_SIGNING_KEY),
+                                       sizeof(FIRMWARE_SIGNING_KEY), HASH_SHA256);
+    Update.installSignature(&verifier);
+#endif
+  }
+  const char* refusal_ = nullptr;
 };
 
 // Counts starts that never reached the hub. The ESP8266 has no rollback, so a new image

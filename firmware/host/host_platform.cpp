@@ -304,10 +304,19 @@ uint32_t HostClock::random32() {  // xorshift64*
 }
 
 // -- firmware: written to a file (the host has no second flash slot) -----------------------
+bool HostFirmwareSink::require_signature(const char* public_key_pem_path) {
+  FILE* file = fopen(public_key_pem_path, "r");
+  if (!file) return false;
+  key_ = PEM_read_PUBKEY(file, nullptr, nullptr, nullptr);
+  fclose(file);
+  return key_ != nullptr;
+}
+
 bool HostFirmwareSink::begin(uint32_t size, const char*) {
-  fd_ = ::open(path_, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  fd_ = ::open(path_, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   expected_ = size;
   written_ = 0;
+  refusal_ = nullptr;
   return fd_ >= 0;
 }
 
@@ -317,10 +326,39 @@ bool HostFirmwareSink::write(const uint8_t* data, size_t length) {
   return n == static_cast<ssize_t>(length);
 }
 
+// As the ESP8266 Updater's _verifyEnd: the last 4 bytes give the signature's length, the
+// signature precedes them, and it must verify over the image before it.
+bool HostFirmwareSink::signature_verifies() {
+  uint32_t length = 0;
+  if (written_ < 4 || pread(fd_, &length, 4, written_ - 4) != 4) return false;
+  if (length == 0 || length > 1024 || length + 4 >= written_) return false;
+  uint32_t signed_size = written_ - 4 - length;
+  unsigned char signature[1024];
+  if (pread(fd_, signature, length, signed_size) != static_cast<ssize_t>(length)) return false;
+  EVP_MD_CTX* context = EVP_MD_CTX_new();
+  bool ok = context && EVP_DigestVerifyInit(context, nullptr, EVP_sha256(), nullptr, key_) == 1;
+  unsigned char block[4096];
+  for (uint32_t offset = 0; ok && offset < signed_size;) {
+    size_t want = signed_size - offset < sizeof(block) ? signed_size - offset : sizeof(block);
+    ssize_t got = pread(fd_, block, want, offset);
+    ok = got > 0 && EVP_DigestVerifyUpdate(context, block, static_cast<size_t>(got)) == 1;
+    offset += got > 0 ? static_cast<uint32_t>(got) : 0;
+  }
+  ok = ok && EVP_DigestVerifyFinal(context, signature, length) == 1;
+  EVP_MD_CTX_free(context);
+  return ok;
+}
+
 bool HostFirmwareSink::end() {
+  bool complete = written_ == expected_;
+  bool signed_ok = !complete || !key_ || signature_verifies();
   ::close(fd_);
   fd_ = -1;
-  return written_ == expected_;
+  if (complete && !signed_ok) {
+    refusal_ = "signature";
+    unlink(path_);  // as Update leaves a refused image unbootable
+  }
+  return complete && signed_ok;
 }
 
 void HostFirmwareSink::abort() {

@@ -8,6 +8,7 @@
 #include "esp_littlefs.h"
 #include "littlefs_storage.h"
 
+struct evp_pkey_st;
 struct ssl_ctx_st;
 struct ssl_st;
 struct ssl_session_st;
@@ -83,13 +84,21 @@ class HostClock : public dropsync::Clock {
 class HostFirmwareSink : public dropsync::FirmwareSink {
  public:
   explicit HostFirmwareSink(const char* path) : path_(path) {}
+  // The public key (PEM) images must be signed with, in the ESP8266 core's format
+  // (image | RSA PKCS#1 v1.5 signature over its SHA-256 | uint32 length), as a node's
+  // Update with an installed SigningVerifier checks them. Unset: not checked.
+  bool require_signature(const char* public_key_pem_path);
   bool begin(uint32_t size, const char* md5_hex) override;
   bool write(const uint8_t* data, size_t length) override;
   bool end() override;
   void abort() override;
+  const char* refusal() override { return refusal_; }
 
  private:
+  bool signature_verifies();
   const char* path_;
+  evp_pkey_st* key_ = nullptr;
+  const char* refusal_ = nullptr;
   int fd_ = -1;
   uint32_t expected_ = 0;
   uint32_t written_ = 0;

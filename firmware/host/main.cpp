@@ -3,6 +3,7 @@
 //
 //   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash.img
 //                 [--hub-cert hub.crt]   (with an https:// hub: the certificate to pin)
+//                 [--signing-key public.key]  (firmware images must be signed with it)
 //                 [--flash-flavour esp8266|esp32] [--poll-s 30] [--heartbeat-s 60]
 //                 [--manifest-s 300]
 //                 [--backoff-base-ms 1000] [--backoff-cap-ms 300000] [--outbox-slots 16]
@@ -125,6 +126,11 @@ int main(int argc, char** argv) {
   static char firmware_path[256];
   snprintf(firmware_path, sizeof(firmware_path), "%s.firmware.bin", flash);
   static HostFirmwareSink firmware(firmware_path);
+  const char* signing_key = option(argc, argv, "--signing-key", nullptr);
+  if (signing_key && !firmware.require_signature(signing_key)) {
+    fprintf(stderr, "--signing-key must name a PEM public key\n");
+    return 2;
+  }
   static HostBoard board(option(argc, argv, "--firmware-version", "host-1.0.0"), flash_fs,
                          &firmware);
 

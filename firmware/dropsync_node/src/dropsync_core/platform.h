@@ -122,6 +122,9 @@ class FirmwareSink {
   virtual bool write(const uint8_t* data, size_t length) = 0;
   virtual bool end() = 0;  // false when the image is incomplete or its MD5 differs
   virtual void abort() = 0;
+  // After end() refused: the reason a sync report gives, when the board knows it
+  // ("signature": the image's signature did not verify with the key the node holds).
+  virtual const char* refusal() { return nullptr; }
  protected:
   ~FirmwareSink() {}
 };

@@ -590,7 +590,7 @@ Sync::FileResult Sync::download_firmware(const ManifestFile& file, SyncStats& st
   }
   free(chunk);
   if (result == FileResult::kFetched && !sink->end()) {
-    problem = "Update.end refused the image";
+    problem = sink->refusal() ? sink->refusal() : "Update.end refused the image";
     result = FileResult::kFailed;
   } else if (result != FileResult::kFetched) {
     sink->abort();
