@@ -49,6 +49,7 @@ def test_the_whole_protocol_runs_over_tls_with_the_pinned_certificate(
     token = admin(hub, "POST", "/devices/register", json={"id": "esp-tls"}).json()["token"]
     command = admin(hub, "POST", "/devices/esp-tls/command",
                     json={"command": "echo", "params": {"over": "tls"}}).json()["id"]
+    admin(hub, "POST", "/devices/esp-tls/command", json={"command": "upload-log"})
     data = os.urandom(100 * 1024 + 7)  # four 32 KiB chunks and a short one
     staged = admin(hub, "PUT", "/staging/esp-tls/data/blob.bin", data=data)
     assert staged.ok, staged.text
@@ -58,13 +59,28 @@ def test_the_whole_protocol_runs_over_tls_with_the_pinned_certificate(
                       "--manifest-s", "1")
     try:
         node.wait_for(r"^sync done files=1 fetched=1 failed=0", 60)
-        wait_until(lambda: admin(hub, "GET", "/devices/esp-tls/commands").json()
-                   ["commands"][0]["state"] == "completed", 30, message="echo completed")
+        wait_until(lambda: {c["name"]: c["state"] for c in admin(
+            hub, "GET", "/devices/esp-tls/commands").json()["commands"]}
+            == {"echo": "completed", "upload-log": "completed"}, 30,
+            message="echo and upload-log completed")
     finally:
         node.stop()
+    # a firmware image over TLS too: chunk by chunk into Update, then the node restarts
+    image = b"\xe9\x03\x02\x20" + os.urandom(2 * 4096 + 10)
+    assert admin(hub, "PUT", "/staging/esp-tls/firmware/app.bin", data=image).ok
+    again = HostClient(firmware_build["client"], hub.url, "esp-tls", token,
+                       tmp_path / "flash.img", "--hub-cert", str(hub.cert), "--poll-s", "1")
+    try:
+        assert again.wait(60) == 3, again.output
+    finally:
+        again.stop()
     assert node.flash.read("/data/blob.bin") == data
-    done = admin(hub, "GET", "/devices/esp-tls/commands").json()["commands"][0]
-    assert done["id"] == command and done["result"] == {"echo": {"over": "tls"}}
+    assert (tmp_path / "flash.img.firmware.bin").read_bytes() == image
+    done = {c["name"]: c for c in admin(hub, "GET", "/devices/esp-tls/commands").json()
+            ["commands"]}
+    assert done["echo"]["id"] == command and done["echo"]["result"] == {"echo": {"over": "tls"}}
+    uploads = admin(hub, "GET", "/uploads", params={"device": "esp-tls"}).json()["uploads"]
+    assert [u["name"] for u in uploads] == ["log.txt"]  # a device upload over TLS too
     inventory = admin(hub, "GET", "/devices/esp-tls").json()["inventory"]
     assert inventory["firmware_version"] == "host-1.0.0"  # heartbeats arrived
     cost = figures(node.output)
