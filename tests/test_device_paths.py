@@ -23,7 +23,7 @@ ADMIN_TOKEN = "admin-token-for-the-device-paths-test-0001"
 #: Keys whose values differ between twins or between two moments by design.
 VOLATILE = {"server_time", "id", "command_id", "created_at", "queued_at", "leased_at",
             "lease_expires_at", "device_time", "received_at", "at", "last_seen", "url",
-            "etag", "version", "manifest_version"}
+            "etag", "version", "manifest_version", "created"}
 #: The routes that name a package: a device may fetch only its own manifest's.
 PACKAGE_ROUTES = {"files.download", "files.download_chunk", "files.ticket_download",
                   "files.ticket_chunk"}
