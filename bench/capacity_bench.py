@@ -58,7 +58,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import aiohttp
+from benchkit import stop_process_group  # noqa: E402 (after the path set-up)
 
 from dropsync.simulator.fleet import AdminAPI, device_ids
 
@@ -137,14 +140,7 @@ class Hub:
         return total
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+        stop_process_group(self.process, self.log)
 
 
 async def admin_calls(hub: Hub, calls: list[tuple[str, str, Any, bytes | None]]) -> list:

@@ -45,7 +45,7 @@ import requests
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from poll_bench import (  # noqa: E402 (the sibling benchmark's helpers)
+from benchkit import (  # noqa: E402 (the benchmarks' shared helpers)
     RESULTS_DIR,
     Server,
     clean_environment,

@@ -45,7 +45,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from poll_bench import (  # noqa: E402 (the bench's own helpers: servers, seeding)
+from benchkit import (  # noqa: E402 (the benchmarks' shared helpers)
     RESULTS_DIR,
     Server,
     clean_environment,
