@@ -14,6 +14,7 @@ Layout of a data directory::
     manifests.json      (before 2026-12) TinyDB: manifest versions; read once, to carry on
     manifest_versions.json  each device's manifest version and digest, checkpointed
     uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
+    rollouts.json       TinyDB: rollouts, their waves and each device's outcome
     sync_state.json     latest sync report per device and package, checkpointed
     sites.json          TinyDB: many sites (a site: the central commands it took, by id;
                         the centre: each site's last export and the commands it sent)
@@ -172,6 +173,9 @@ class Stores:
         self.manifest_versions = LivenessTable(self.data_dir / "manifest_versions.json",
                                                checkpoint_s)
         self.uploads = KeyedTable(self._open("uploads.json"), "uploads", "id", item="upload")
+        #: Rollouts with their waves (membership chosen once) and each device's outcome.
+        self.rollouts = KeyedTable(self._open("rollouts.json"), "rollouts", "id",
+                                   item="rollout")
         self.sync_state = SyncStateTable(self.data_dir / "sync_state.json",
                                          self.history["sync"], checkpoint_s)
 
