@@ -15,6 +15,7 @@ Layout of a data directory::
     manifest_versions.json  each device's manifest version and digest, checkpointed
     uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
     sync_state.json     latest sync report per device and package, checkpointed
+    rollouts.json       TinyDB: rollouts, their waves and each device's outcome
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ class Stores:
         self.manifest_versions = LivenessTable(self.data_dir / "manifest_versions.json",
                                                checkpoint_s)
         self.uploads = KeyedTable(self._open("uploads.json"), "uploads", "id", item="upload")
+        #: Rollouts with their waves' members, chosen once, and each device's outcome.
+        self.rollouts = KeyedTable(self._open("rollouts.json"), "rollouts", "id",
+                                   item="rollout")
         self.sync_state = SyncStateTable(self.data_dir / "sync_state.json",
                                          self.history["sync"], checkpoint_s)
 
