@@ -20,7 +20,7 @@ from .contract import contract
 
 
 @bp.post("/rollouts")
-@contract(body=RolloutCreateSchema, response=RolloutSchema, status=201, errors=(409,))
+@contract(body=RolloutCreateSchema, response=RolloutSchema, status=201, errors=(404, 409))
 def create_rollout(body):
     """Start a rollout of a package (or schedule it with ``start_at``): its waves are
     chosen now and kept; a staged image's draft becomes this rollout."""

@@ -79,7 +79,9 @@ class RolloutDeviceSchema(Schema):
     reason = fields.String()
 
 
-class RolloutSchema(Schema):
+class RolloutSummarySchema(Schema):
+    """A rollout with each wave's counts (in lists)."""
+
     id = fields.String()
     state = fields.String(metadata={"enum": list(STATES)})
     reason = fields.String(allow_none=True)
@@ -101,9 +103,14 @@ class RolloutSchema(Schema):
     updated = fields.String()
     totals = fields.Dict(keys=fields.String(), values=fields.Integer())
     waves = fields.List(fields.Nested(WaveSchema))
+
+
+class RolloutSchema(RolloutSummarySchema):
+    """A rollout with each device's outcome too."""
+
     devices = fields.Dict(keys=fields.String(), values=fields.Nested(RolloutDeviceSchema))
 
 
 class RolloutListSchema(Schema):
-    rollouts = fields.List(fields.Nested(RolloutSchema(exclude=("devices",))))
+    rollouts = fields.List(fields.Nested(RolloutSummarySchema))
     count = fields.Integer()
