@@ -26,7 +26,7 @@ from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
 from .store import current_holder
-from .sync import signing_cli
+from .sync import rollout_cli, signing_cli
 
 
 def admin_api(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
@@ -541,6 +541,7 @@ def withdraw(ctx, package_id, yes) -> None:
 # -- operations: install-service, tls, backup, restore (dropsync/ops/cli.py) -------------
 ops_cli.register(main)
 signing_cli.register(main)
+rollout_cli.register(main)
 
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)

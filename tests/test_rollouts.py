@@ -4,6 +4,7 @@ themselves, and everything survives reopening the data directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -238,3 +239,26 @@ def test_unknown_rollouts_and_packages_are_404_and_a_second_rollout_is_409(admin
     create(admin, package=package["id"])
     assert_error(admin.post("/rollouts", json={"package": package["id"]}), 409,
                  "rollout_exists")
+
+
+def test_cli_creates_lists_shows_pauses_resumes_and_aborts(staging_cli, tmp_path):
+    for device in ("a1", "a2", "a3"):
+        staging_cli("device", "add", device)
+    (tmp_path / "app.bin").write_bytes(image())
+    staged = json.loads(staging_cli("stage", str(tmp_path / "app.bin"), "--to", "all",
+                                    "--as", "firmware/app.bin", "--json").output)
+    listed = staging_cli("rollout", "list").output
+    assert "draft" in listed and staged["id"] in listed
+    created = staging_cli("rollout", "create", staged["id"], "--canary", "1",
+                          "--waves", "50,100", "--soak", "0", "--json").output
+    rollout = json.loads(created)
+    assert rollout["state"] == "running" and len(rollout["waves"]) == 3
+    shown = staging_cli("rollout", "show", rollout["id"]).output
+    assert f"Rollout {rollout['id']}: running" in shown and "canary" in shown
+    assert "paused" in staging_cli("rollout", "pause", rollout["id"]).output
+    assert "running" in staging_cli("rollout", "resume", rollout["id"]).output
+    assert "aborted" in staging_cli("rollout", "abort", rollout["id"]).output
+    refused = staging_cli("rollout", "resume", rollout["id"], expect=1).output
+    assert "aborted" in refused and "wrong_state" in refused
+    bad = staging_cli("rollout", "create", staged["id"], "--waves", "50,x", expect=2).output
+    assert "--waves" in bad

@@ -65,7 +65,7 @@ class FaultPlan:
         entry), or None. Fixed per device and image, so a fleet fails the same way each
         time an image is tried, and a test can tell beforehand which devices will."""
         share = self.rates.get("bad-image", 0.0)
-        digest = hashlib.sha256(f"{sha256}:{device_id}".encode()).digest()
+        digest = hashlib.sha256(f"bad-image:{sha256}:{device_id}".encode()).digest()
         if int.from_bytes(digest[:4], "big") >= share * 2**32:
             return None
         return BAD_IMAGE_MODES[digest[4] % len(BAD_IMAGE_MODES)]
