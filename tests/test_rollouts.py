@@ -166,6 +166,9 @@ def test_deadline_fails_silent_devices_and_abort_keeps_the_rest_out(admin, clien
     # an aborted rollout leaves the started waves as they are
     assert seeing(client, tokens, package["id"]) == set(tokens)
     assert_error(admin.post(f"/rollouts/{rollout['id']}/resume"), 409, "wrong_state")
+    metrics = client.get("/metrics", headers=admin.headers).data.decode()
+    assert 'dropsync_rollouts{state="aborted"} 1.0' in metrics
+    assert 'dropsync_rollouts{state="running"} 0.0' in metrics
 
 
 def test_a_rollout_survives_reopening_the_data_directory(settings, admin, client, app):
