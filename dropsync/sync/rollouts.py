@@ -364,11 +364,9 @@ class Rollouts:
                 continue
             counts = wave_counts(rollout, current)
             if counts["failed"] > rollout["error_threshold"] * counts["size"]:
-                current["state"], current["ended_at"] = "failed", now
-                self._set_state(rollout, "paused", None,
-                                f"wave {current['name']}: {counts['failed']} of "
-                                f"{counts['size']} devices failed, over the error threshold "
-                                f"of {rollout['error_threshold']:.0%}")
+                self._pause_on(rollout, current, now, f"{counts['failed']} of {counts['size']} "
+                               "devices failed, over the error threshold of "
+                               f"{rollout['error_threshold']:.0%}")
                 return
             if counts["succeeded"] >= rollout["success_threshold"] * counts["size"]:
                 current["met_at"] = current["met_at"] or now
@@ -377,12 +375,15 @@ class Rollouts:
                 current["state"], current["ended_at"] = "succeeded", now
                 continue
             if counts["pending"] == 0:
-                current["state"], current["ended_at"] = "failed", now
-                self._set_state(rollout, "paused", None,
-                                f"wave {current['name']}: {counts['succeeded']} of "
-                                f"{counts['size']} devices succeeded, under the success "
-                                f"threshold of {rollout['success_threshold']:.0%}")
+                self._pause_on(rollout, current, now, f"{counts['succeeded']} of "
+                               f"{counts['size']} devices succeeded, under the success "
+                               f"threshold of {rollout['success_threshold']:.0%}")
             return
+
+    def _pause_on(self, rollout: Document, wave: Document, now: float, why: str) -> None:
+        """A wave failed its thresholds: it fails and the rollout pauses by itself."""
+        wave["state"], wave["ended_at"] = "failed", now
+        self._set_state(rollout, "paused", None, f"wave {wave['name']}: {why}")
 
     def _start_wave(self, rollout: Document, wave: Document, now: float) -> None:
         wave["state"], wave["started_at"] = "running", now
