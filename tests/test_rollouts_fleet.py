@@ -207,9 +207,12 @@ def test_the_host_client_and_a_stock_updater_take_part_in_a_rollout(hub_process,
               for d in ("stock", "host", "stale")}
     old = image()
     new = image()
+    # the stale updater goes last: its failure pauses the rollout after the others'
+    # waves (an image is picked so that the order the rollout will use puts it there)
+    while wave_order(tokens, hashlib.sha256(new).hexdigest())[-1] != "stale":
+        new = image()
     package = stage_image(hub, new)
     order = wave_order(tokens, package["sha256"])
-    # the test decides who is in which wave by the order the rollout will use
     waves = {"canary": 1, "percents": [50, 100]}
     rollout = api(hub, "POST", "/rollouts", {"package": package["id"], "soak_s": 0,
                                              "deadline_s": 4, "error_threshold": 0,

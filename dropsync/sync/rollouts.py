@@ -154,8 +154,9 @@ class Rollouts:
                 members = frozenset(d for wave in rollout["waves"]
                                     if wave["state"] != "waiting" for d in wave["devices"])
             gates[package_id] = (rollout["package_version"], members)
-        self._gates = gates
-        self.generation += 1
+        if gates != self._gates:  # a report that opens no wave rebuilds no manifest
+            self._gates = gates
+            self.generation += 1
 
     # -- what staging and devices tell us ------------------------------------------------
     def publishing(self, package: Mapping[str, Any]) -> None:
