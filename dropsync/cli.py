@@ -27,7 +27,7 @@ from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
 from .sites import cli as sites_cli
 from .store import current_holder
-from .sync import signing_cli
+from .sync import rollout_cli, signing_cli
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -497,6 +497,7 @@ def withdraw(ctx, package_id, yes) -> None:
 # -- operations: install-service, tls, backup, restore (dropsync/ops/cli.py) -------------
 ops_cli.register(main)
 signing_cli.register(main)
+rollout_cli.register(main)
 
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)

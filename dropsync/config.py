@@ -165,6 +165,13 @@ def parse_path_list(text: str) -> str:
     return ",".join(paths)
 
 
+def parse_release(text: str) -> str:
+    from .sync.rollouts import parse_release as actions
+
+    actions(text)
+    return text
+
+
 def parse_address_list(text: str) -> str:
     """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
     import ipaddress
@@ -293,6 +300,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Public keys (PEM files, comma-separated) that firmware images must be signed "
             "with (`dropsync keys new`, `dropsync sign`); an unsigned image, or one no key "
             "verifies, is refused at staging. Unset: images are not checked for a signature."),
+    Setting("STAGING_RELEASE", "file=publish,firmware=draft", parse_release,
+            "What a staged package does by default, per kind: `publish` offers it to "
+            "every device of its target at once; `draft` holds it in a rollout draft until "
+            "an operator starts a rollout (`dropsync rollout create`). Kinds: `file`, "
+            "`firmware` (`firmware/*.bin`)."),
+    Setting("ROLLOUT_TICK_S", 5.0, parse_positive_float,
+            "Seconds between checks of running rollouts: deadlines, soak times, start "
+            "times, and the next wave."),
     # -- operations: request log, proxies, TLS, discovery --------------------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "
