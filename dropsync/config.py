@@ -307,7 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`firmware` (`firmware/*.bin`)."),
     Setting("ROLLOUT_TICK_S", 5.0, parse_positive_float,
             "Seconds between checks of running rollouts: deadlines, soak times, start "
-            "times, and the next wave."),
+            "times, daily windows, and the next wave."),
     # -- operations: request log, proxies, TLS, discovery --------------------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "

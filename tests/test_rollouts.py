@@ -233,6 +233,68 @@ def test_bad_rollout_requests_are_400(admin, body, field):
         assert field in str(error["details"]), error
 
 
+def local_window(start: float, hours: int) -> str:
+    """``HH:MM-HH:MM`` from ``start`` (Unix seconds) for ``hours``, in the hub's local time."""
+    return "-".join(time.strftime("%H:%M", time.localtime(start + h * 3600))
+                    for h in (0, hours))
+
+
+def test_a_daily_window_holds_each_wave_until_it_opens(admin, client, hub):
+    tokens = register_fleet(admin, 4)
+    package = stage(admin, "all", "firmware/app.bin", image())
+    now = time.time()
+    opens = now + 2 * 3600  # a window that opens in two hours and lasts one
+    rollout = create(admin, package=package["id"], canary=1, percents=[100], soak_s=3600,
+                     window=local_window(opens, 1))
+    assert rollout["state"] == "running" and rollout["window"] == local_window(opens, 1)
+    assert [w["state"] for w in rollout["waves"]] == ["waiting", "waiting"]
+    assert seeing(client, tokens, package["id"]) == set()
+    hub.rollouts.clock = lambda: opens + 60  # the hub's clock reaches the window
+    hub.rollouts.tick()
+    shown = admin.get(f"/rollouts/{rollout['id']}").get_json()
+    assert [w["state"] for w in shown["waves"]] == ["running", "waiting"]
+    canary = shown["waves"][0]["devices"][0]
+    report(client, canary, tokens[canary], package, "applied")
+    # soaked an hour later, when the window has closed again: the next wave waits
+    hub.rollouts.clock = lambda: opens + 3 * 3600
+    hub.rollouts.tick()
+    shown = admin.get(f"/rollouts/{rollout['id']}").get_json()
+    assert [w["state"] for w in shown["waves"]] == ["succeeded", "waiting"]
+    assert seeing(client, tokens, package["id"]) == {canary}
+    for bad in ("22:00", "25:00-05:00", "22:00-5:00", "ab:cd-ef:gh"):
+        assert_error(admin.post("/rollouts", json={"package": package["id"], "window": bad}),
+                     400)
+
+
+def test_a_window_may_span_midnight():
+    from dropsync.sync.rollouts import in_window
+
+    def at(hour, minute):
+        return time.mktime((2026, 12, 5, hour, minute, 0, 0, 0, -1))
+    assert in_window("22:00-05:00", at(23, 30)) and in_window("22:00-05:00", at(4, 59))
+    assert not in_window("22:00-05:00", at(5, 0)) and not in_window("22:00-05:00", at(12, 0))
+    assert in_window("09:00-17:00", at(9, 0)) and not in_window("09:00-17:00", at(17, 0))
+    assert in_window(None, at(3, 0))
+
+
+def test_a_stage_can_hold_any_file_in_a_draft(admin, client):
+    tokens = register_fleet(admin, 2)
+    response = admin.put("/staging/all/config.json?release=draft", data=b"{}",
+                         content_type="application/octet-stream")
+    assert response.status_code == 200, response.get_json()
+    held = response.get_json()
+    assert seeing(client, tokens, held["id"]) == set()
+    assert [r["package_id"] for r in admin.get("/rollouts?state=draft").get_json()
+            ["rollouts"]] == [held["id"]]
+    create(admin, package=held["id"], canary=0, percents=[100], soak_s=0)
+    assert seeing(client, tokens, held["id"]) == set(tokens)
+    response = admin.put("/staging/all/other.json?release=later", data=b"{}",
+                         content_type="application/octet-stream")
+    assert_error(response, 400)
+    assert "other.json" not in {p["path"] for p in admin.get("/packages").get_json()
+                                ["packages"]}
+
+
 def test_unknown_rollouts_and_packages_are_404_and_a_second_rollout_is_409(admin):
     admin.register_device("dev-00")
     assert_error(admin.get("/rollouts/nope"), 404, "no_such_rollout")
@@ -265,3 +327,14 @@ def test_cli_creates_lists_shows_pauses_resumes_and_aborts(staging_cli, tmp_path
     assert "aborted" in refused and "wrong_state" in refused
     bad = staging_cli("rollout", "create", staged["id"], "--waves", "50,x", expect=2).output
     assert "--waves" in bad
+    # stage --rollout: the file is held back, then offered in the waves asked for
+    (tmp_path / "settings.json").write_bytes(b'{"a": 1}')
+    staged = json.loads(staging_cli("stage", str(tmp_path / "settings.json"), "--to", "all",
+                                    "--rollout", "--canary", "1", "--waves", "100",
+                                    "--soak", "0", "--json").output)
+    assert staged["rollout"]["package_id"] == staged["id"]
+    assert staged["rollout"]["state"] == "running"
+    assert [w["size"] for w in staged["rollout"]["waves"]] == [1, 2]
+    said = staging_cli("stage", str(tmp_path / "settings.json"), "--to", "all",
+                       "--rollout").output
+    assert "unchanged" in said and "No rollout started" in said

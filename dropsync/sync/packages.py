@@ -157,7 +157,7 @@ class Gate(Protocol):
 
     def may_see(self, device_id: str, package: Mapping[str, Any]) -> bool: ...
 
-    def publishing(self, package: Mapping[str, Any]) -> None: ...
+    def publishing(self, package: Mapping[str, Any], release: str | None = None) -> None: ...
 
     def reported(self, device_id: str, package: Mapping[str, Any], state: str,
                  reason: str | None = None) -> None: ...
@@ -171,7 +171,7 @@ class OpenGate:
     def may_see(self, device_id: str, package: Mapping[str, Any]) -> bool:
         return True
 
-    def publishing(self, package: Mapping[str, Any]) -> None:
+    def publishing(self, package: Mapping[str, Any], release: str | None = None) -> None:
         pass
 
     def reported(self, device_id: str, package: Mapping[str, Any], state: str,
@@ -207,11 +207,13 @@ class PackageCatalog:
             yield
 
     def publish(self, target: str, path: str, blob: BlobInfo, *, source: str,
-                staged: Mapping[str, int] | None = None) -> tuple[Document, bool]:
+                staged: Mapping[str, int] | None = None,
+                release: str | None = None) -> tuple[Document, bool]:
         """Make ``blob`` the content of the package at ``target/path``.
 
         Returns the package and whether its content changed. Content equal to the current
         version's only refreshes what is known of the staged file: no new version.
+        ``release`` (publish or draft) overrides what ``STAGING_RELEASE`` says for its kind.
         """
         if source not in SOURCES:
             raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}")
@@ -242,7 +244,7 @@ class PackageCatalog:
             record_event(self.stores, "package.published", None, source,
                          package_id=stored["id"], target=target, path=path,
                          version=stored["version"], size=blob.size)
-            self.gate.publishing(stored)
+            self.gate.publishing(stored, release)
             self._refresh()
             if current is not None:
                 self.drop_blob_if_unused(current["sha256"])

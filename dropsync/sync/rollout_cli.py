@@ -12,7 +12,7 @@ from urllib.parse import quote
 import click
 
 from ..console import admin_api, echo_json, echo_rows, echo_table
-from .rollouts import STATES, target_label
+from .rollouts import DEFAULTS, STATES, target_label
 
 ROLLOUT_COLUMNS = [("ID", "id"), ("STATE", "state"), ("PACKAGE", "package_id"),
                    ("PATH", "path"), ("VERSION", "package_version"), ("TARGET", "target"),
@@ -65,37 +65,61 @@ def rollout_group() -> None:
     """Deliver a package in waves that pause by themselves when devices fail."""
 
 
-@rollout_group.command("create")
-@click.argument("package_id")
-@click.option("--target", "target", default="all", show_default=True,
-              help="all, group-<name>, a device id, or a filter: type=esp32,group=pump,"
-                   "firmware_version=1.2.0")
-@click.option("--canary", type=int, default=1, show_default=True,
-              help="Devices in the first wave.")
-@click.option("--waves", "percents", default="10,50,100", show_default=True,
-              help="Cumulative percentages of the target, one wave each; the last is 100.")
-@click.option("--success", "success_threshold", type=float, default=1.0, show_default=True,
-              help="Share of a wave that must succeed before the next.")
-@click.option("--errors", "error_threshold", type=float, default=0.1, show_default=True,
-              help="A wave with a larger share failed pauses the rollout.")
-@click.option("--soak", "soak_s", type=float, default=300, show_default=True,
-              help="Seconds a wave holds after meeting its threshold.")
-@click.option("--deadline", "deadline_s", type=float, default=3600, show_default=True,
-              help="Seconds a device has to succeed.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def create(ctx, package_id, target, canary, percents, success_threshold, error_threshold,
-           soak_s, deadline_s, as_json) -> None:
-    """Start a rollout of a package (a staged image's draft becomes it)."""
+def wave_options(command):
+    """How the waves go: shared by ``rollout create`` and ``stage --rollout``, with the
+    defaults every way of asking for a rollout starts from (``rollouts.DEFAULTS``)."""
+    options = [
+        click.option("--canary", type=int, default=DEFAULTS["canary"], show_default=True,
+                     help="Devices in the first wave."),
+        click.option("--waves", "percents", show_default=True,
+                     default=",".join(f"{p:g}" for p in DEFAULTS["percents"]),
+                     help="Cumulative percentages of the target, one wave each; the last "
+                          "is 100."),
+        click.option("--success", "success_threshold", type=float, show_default=True,
+                     default=DEFAULTS["success_threshold"],
+                     help="Share of a wave that must succeed before the next."),
+        click.option("--errors", "error_threshold", type=float, show_default=True,
+                     default=DEFAULTS["error_threshold"],
+                     help="A wave with a larger share failed pauses the rollout."),
+        click.option("--soak", "soak_s", type=float, default=DEFAULTS["soak_s"],
+                     show_default=True, help="Seconds a wave holds after meeting its "
+                                             "threshold."),
+        click.option("--deadline", "deadline_s", type=float, show_default=True,
+                     default=DEFAULTS["deadline_s"], help="Seconds a device has to succeed."),
+        click.option("--window", help="Start waves only between these local times, "
+                                      "HH:MM-HH:MM (e.g. 22:00-05:00)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def rollout_body(package_id: str, target: str, canary: int, percents: str,
+                 success_threshold: float, error_threshold: float, soak_s: float,
+                 deadline_s: float, window: str | None) -> dict[str, Any]:
+    """What ``POST /api/v1/admin/rollouts`` takes, from the command line's options."""
     try:
         waves = [float(p) for p in percents.split(",") if p.strip()]
     except ValueError:
         raise click.BadParameter("a comma-separated list of numbers",
                                  param_hint="--waves") from None
-    body = {"package": package_id, "target": parse_target(target), "canary": canary,
+    return {"package": package_id, "target": parse_target(target), "canary": canary,
             "percents": waves, "success_threshold": success_threshold,
-            "error_threshold": error_threshold, "soak_s": soak_s, "deadline_s": deadline_s}
-    show(api(ctx, "POST", "", body), as_json)
+            "error_threshold": error_threshold, "soak_s": soak_s, "deadline_s": deadline_s,
+            "window": window}
+
+
+@rollout_group.command("create")
+@click.argument("package_id")
+@click.option("--target", "target", default="all", show_default=True,
+              help="all, group-<name>, a device id, or a filter: type=esp32,group=pump,"
+                   "firmware_version=1.2.0")
+@wave_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def create(ctx, package_id, target, as_json, **waves) -> None:
+    """Start a rollout of a package (a staged image's draft becomes it)."""
+    show(api(ctx, "POST", "", rollout_body(package_id, target, **waves)), as_json)
 
 
 @rollout_group.command("list")

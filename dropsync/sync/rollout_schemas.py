@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from .rollouts import FILTER_FIELDS, STATES, TARGET_KINDS, WAVE_STATES
+from .rollouts import DEFAULTS, FILTER_FIELDS, STATES, TARGET_KINDS, WAVE_STATES, WINDOW_PATTERN
 
 
 class RolloutTargetSchema(Schema):
@@ -32,28 +32,38 @@ class RolloutCreateSchema(Schema):
     package = fields.String(required=True, validate=validate.Length(1, 64),
                             metadata={"description": "The package id (its current version)."})
     target = fields.Nested(RolloutTargetSchema, load_default=lambda: {"kind": "all"})
-    canary = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000),
+    canary = fields.Integer(load_default=DEFAULTS["canary"],
+                            validate=validate.Range(min=0, max=10_000),
                             metadata={"description": "Devices in the first wave."})
     percents = fields.List(fields.Float(validate=validate.Range(min=0, max=100,
                                                                 min_inclusive=False)),
-                           load_default=lambda: [100.0], validate=validate.Length(1, 20),
+                           load_default=lambda: list(DEFAULTS["percents"]),
+                           validate=validate.Length(1, 20),
                            metadata={"description": "Cumulative shares of the target, "
                                                     "one wave each; the last is 100."})
-    success_threshold = fields.Float(load_default=1.0,
+    success_threshold = fields.Float(load_default=DEFAULTS["success_threshold"],
                                      validate=validate.Range(min=0, max=1, min_inclusive=False),
                                      metadata={"description": "Share of a wave that must "
                                                               "succeed before the next."})
-    error_threshold = fields.Float(load_default=0.1, validate=validate.Range(min=0, max=1),
+    error_threshold = fields.Float(load_default=DEFAULTS["error_threshold"],
+                                   validate=validate.Range(min=0, max=1),
                                    metadata={"description": "A wave with a larger share "
                                                             "failed pauses the rollout."})
-    soak_s = fields.Float(load_default=300.0, validate=validate.Range(min=0, max=30 * 86400),
+    soak_s = fields.Float(load_default=DEFAULTS["soak_s"],
+                          validate=validate.Range(min=0, max=30 * 86400),
                           metadata={"description": "Seconds a wave holds before the next."})
-    deadline_s = fields.Float(load_default=3600.0,
+    deadline_s = fields.Float(load_default=DEFAULTS["deadline_s"],
                               validate=validate.Range(min=0.1, max=30 * 86400),
                               metadata={"description": "Seconds a device has to succeed."})
     start_at = fields.Float(load_default=None, allow_none=True,
                             validate=validate.Range(min=0),
                             metadata={"description": "Unix seconds; unset: now."})
+    window = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Regexp(WINDOW_PATTERN,
+                                                    error="HH:MM-HH:MM, e.g. 22:00-05:00"),
+                           metadata={"description": "A daily window in the hub's local time "
+                                                    "(HH:MM-HH:MM): waves start only inside "
+                                                    "it. Unset: any time."})
 
 
 class RolloutListQuerySchema(Schema):
@@ -99,6 +109,7 @@ class RolloutSummarySchema(Schema):
     soak_s = fields.Float()
     deadline_s = fields.Float()
     start_at = fields.Float(allow_none=True)
+    window = fields.String(allow_none=True)
     created = fields.String()
     updated = fields.String()
     totals = fields.Dict(keys=fields.String(), values=fields.Integer())

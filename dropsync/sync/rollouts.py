@@ -50,6 +50,14 @@ RELEASE_ACTIONS = ("publish", "draft")
 KINDS = ("file", "firmware")
 TARGET_KINDS = ("all", "device", "group", "filter")
 FILTER_FIELDS = ("type", "firmware_version", "group")
+#: What a rollout does where its operator did not say: one canary, then 10, 50 and 100%
+#: of the target; every device of a wave must succeed, more than 10% failing pauses it.
+#: The admin API, the CLI and the dashboard's form all start from these.
+DEFAULTS: dict[str, Any] = {"canary": 1, "percents": [10.0, 50.0, 100.0],
+                            "success_threshold": 1.0, "error_threshold": 0.1,
+                            "soak_s": 300.0, "deadline_s": 3600.0}
+#: A daily window, in the hub's local time: ``HH:MM-HH:MM`` (it may span midnight).
+WINDOW_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
 
 
 def kind_of(package: Mapping[str, Any]) -> str:
@@ -87,6 +95,24 @@ def wave_sizes(total: int, canary: int, percents: list[float]) -> list[tuple[str
             waves.append((f"{percent:g}%", upto - placed))
             placed = upto
     return waves
+
+
+def minute_of(clock_text: str) -> int:
+    hours, minutes = clock_text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def in_window(window: str | None, now: float) -> bool:
+    """Whether ``now`` falls in the daily ``window`` (``HH:MM-HH:MM``, the hub's local
+    time; an end before the start spans midnight). No window: always."""
+    if not window:
+        return True
+    start, end = (minute_of(part) for part in window.split("-"))
+    local = time.localtime(now)
+    minute = local.tm_hour * 60 + local.tm_min
+    if start <= end:
+        return start <= minute < end
+    return minute >= start or minute < end
 
 
 def matches_target(target: Mapping[str, Any], device: Mapping[str, Any],
@@ -159,9 +185,10 @@ class Rollouts:
             self.generation += 1
 
     # -- what staging and devices tell us ------------------------------------------------
-    def publishing(self, package: Mapping[str, Any]) -> None:
+    def publishing(self, package: Mapping[str, Any], release: str | None = None) -> None:
         """A new version of ``package`` is stored, not yet offered: rollouts of its older
-        versions end, and with ``STAGING_RELEASE`` saying draft it waits in a draft."""
+        versions end, and when ``release`` (else ``STAGING_RELEASE`` for its kind) says
+        draft, it waits in a draft."""
         with self.lock:
             for rollout in self.table.all():
                 if rollout["package_id"] == package["id"] and \
@@ -170,7 +197,7 @@ class Rollouts:
                     self._set_state(rollout, "aborted", None,
                                     f"superseded by version {package['version']}")
                     self._save(rollout)
-            if self.release.get(kind_of(package)) == "draft":
+            if (release or self.release.get(kind_of(package))) == "draft":
                 now = self.clock()
                 self.table.insert({
                     **self._base(package, now), "state": "draft",
@@ -227,7 +254,8 @@ class Rollouts:
     def create(self, spec: Mapping[str, Any], actor: str | None = None) -> Document:
         """Start (or schedule) a rollout of ``spec["package"]`` as ``spec`` describes
         (already shaped by the schema: target, canary, percents, thresholds, times)."""
-        percents = list(spec.get("percents") or [100])
+        spec = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
+        percents = list(spec["percents"])
         if any(b <= a for a, b in zip(percents, percents[1:], strict=False)) \
                 or percents[-1] != 100 or percents[0] <= 0:
             raise ValidationFailed("percents must rise and end at 100", code="bad_waves")
@@ -252,7 +280,7 @@ class Rollouts:
                                        "staged for", code="no_devices")
             order = wave_order([d["id"] for d in reached], package["sha256"])
             waves, devices, start = [], {}, 0
-            for index, (name, size) in enumerate(wave_sizes(len(order), spec.get("canary", 0),
+            for index, (name, size) in enumerate(wave_sizes(len(order), spec["canary"],
                                                             percents)):
                 members = order[start:start + size]
                 start += size
@@ -261,12 +289,11 @@ class Rollouts:
                 devices.update({d: {"wave": index, "state": "pending"} for d in members})
             start_at = spec.get("start_at")
             rollout = {
-                **self._base(package, now), "target": target, "canary": spec.get("canary", 0),
-                "percents": percents,
-                "success_threshold": spec.get("success_threshold", 1.0),
-                "error_threshold": spec.get("error_threshold", 0.1),
-                "soak_s": spec.get("soak_s", 300.0), "deadline_s": spec.get("deadline_s", 3600.0),
-                "start_at": start_at, "waves": waves, "devices": devices,
+                **self._base(package, now), "target": target, "canary": spec["canary"],
+                "percents": percents, "success_threshold": spec["success_threshold"],
+                "error_threshold": spec["error_threshold"], "soak_s": spec["soak_s"],
+                "deadline_s": spec["deadline_s"], "start_at": start_at,
+                "window": spec.get("window"), "waves": waves, "devices": devices,
                 "state": "scheduled", "reason": None, "created_by": actor,
             }
             if draft is not None:
@@ -361,6 +388,8 @@ class Rollouts:
                 if waiting is None:
                     self._set_state(rollout, "finished", None, None)
                     return
+                if not in_window(rollout.get("window"), now):
+                    return  # the next wave starts when the daily window opens
                 self._start_wave(rollout, waiting, now)
                 continue
             counts = wave_counts(rollout, current)
