@@ -165,10 +165,27 @@ def parse_path_list(text: str) -> str:
     return ",".join(paths)
 
 
-def parse_release(text: str) -> str:
-    from .sync.rollouts import parse_release as actions
+#: What a staged package does by default, per kind (``STAGING_RELEASE``): offered at once,
+#: or held in a rollout draft.
+RELEASE_ACTIONS = ("publish", "draft")
+RELEASE_KINDS = ("file", "firmware")
 
-    actions(text)
+
+def release_actions_from(text: str) -> dict[str, str]:
+    """``file=publish,firmware=draft`` -> {"file": "publish", "firmware": "draft"}."""
+    actions = dict.fromkeys(RELEASE_KINDS, "publish")
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, action = part.partition("=")
+        kind, action = kind.strip(), action.strip()
+        if kind not in RELEASE_KINDS or action not in RELEASE_ACTIONS:
+            raise ValueError(f"expected kind=action pairs, kinds {', '.join(RELEASE_KINDS)}, "
+                             f"actions {', '.join(RELEASE_ACTIONS)}; got {part!r}")
+        actions[kind] = action
+    return actions
+
+
+def parse_release(text: str) -> str:
+    release_actions_from(text)
     return text
 
 

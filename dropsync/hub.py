@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import release_actions_from
 from .errors import ConfigError
 from .fleet.bootstrap import (
     DEVICE_AUTH_FILE,
@@ -29,7 +30,7 @@ from .sync.blobs import BlobStore
 from .sync.firmware_images import FirmwareImages, is_firmware_path
 from .sync.keyfiles import private_key_files
 from .sync.packages import PackageCatalog
-from .sync.rollouts import Rollouts, parse_release
+from .sync.rollouts import Rollouts
 from .sync.staging import Staging
 from .sync.tickets import Tickets
 from .sync.uploads import DeviceUploads
@@ -164,7 +165,7 @@ class Hub:
             self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
                                             settings["DOWNLOAD_TICKET_TTL_S"])
         self.rollouts = Rollouts(self.stores, lambda: self.packages.catalog,
-                                 parse_release(settings["STAGING_RELEASE"]))
+                                 release_actions_from(settings["STAGING_RELEASE"]))
         self.packages.gate = self.rollouts
         self.rollout_ticks = Periodic("rollouts", settings["ROLLOUT_TICK_S"],
                                       self.rollouts.tick)

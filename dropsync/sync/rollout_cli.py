@@ -12,7 +12,7 @@ from urllib.parse import quote
 import click
 
 from ..console import admin_api, echo_json, echo_rows, echo_table
-from .rollouts import DEFAULTS, STATES, target_label
+from .rollouts import DEFAULTS, STATES, parse_percents, parse_target, target_label
 
 ROLLOUT_COLUMNS = [("ID", "id"), ("STATE", "state"), ("PACKAGE", "package_id"),
                    ("PATH", "path"), ("VERSION", "package_version"), ("TARGET", "target"),
@@ -32,18 +32,6 @@ def as_row(rollout: dict) -> dict:
             "waves": f"{done}/{len(states)}",
             "done": f"{rollout['totals']['succeeded']}/{rollout['totals']['devices']}",
             "failed": rollout["totals"]["failed"]}
-
-
-def parse_target(text: str) -> dict[str, Any]:
-    """``all``, ``group-<name>``, a device id, or ``type=esp32,group=pump`` (a filter)."""
-    if text == "all":
-        return {"kind": "all"}
-    if "=" in text:
-        pairs = (part.partition("=") for part in text.split(","))
-        return {"kind": "filter", "filter": {k.strip(): v.strip() for k, _, v in pairs}}
-    if text.startswith("group-"):
-        return {"kind": "group", "group": text[len("group-"):]}
-    return {"kind": "device", "device": text}
 
 
 def show(rollout: dict, as_json: bool) -> None:
@@ -99,10 +87,9 @@ def rollout_body(package_id: str, target: str, canary: int, percents: str,
                  deadline_s: float, window: str | None) -> dict[str, Any]:
     """What ``POST /api/v1/admin/rollouts`` takes, from the command line's options."""
     try:
-        waves = [float(p) for p in percents.split(",") if p.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of numbers",
-                                 param_hint="--waves") from None
+        waves = parse_percents(percents)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--waves") from None
     return {"package": package_id, "target": parse_target(target), "canary": canary,
             "percents": waves, "success_threshold": success_threshold,
             "error_threshold": error_threshold, "soak_s": soak_s, "deadline_s": deadline_s,

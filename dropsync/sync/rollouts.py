@@ -45,9 +45,6 @@ STATES = ("draft", "scheduled", "running", "paused", "finished", "aborted")
 WAVE_STATES = ("waiting", "running", "succeeded", "failed")
 #: Rollouts whose waves may still move.
 OPEN_STATES = ("draft", "scheduled", "running", "paused")
-#: What a staged package of each kind does by default (``STAGING_RELEASE``).
-RELEASE_ACTIONS = ("publish", "draft")
-KINDS = ("file", "firmware")
 TARGET_KINDS = ("all", "device", "group", "filter")
 FILTER_FIELDS = ("type", "firmware_version", "group")
 #: What a rollout does where its operator did not say: one canary, then 10, 50 and 100%
@@ -64,17 +61,26 @@ def kind_of(package: Mapping[str, Any]) -> str:
     return "firmware" if is_firmware_path(package["path"]) else "file"
 
 
-def parse_release(text: str) -> dict[str, str]:
-    """``file=publish,firmware=draft`` -> {"file": "publish", "firmware": "draft"}."""
-    actions = {"file": "publish", "firmware": "publish"}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, action = part.partition("=")
-        kind, action = kind.strip(), action.strip()
-        if kind not in KINDS or action not in RELEASE_ACTIONS:
-            raise ValueError(f"expected kind=action pairs, kinds {', '.join(KINDS)}, "
-                             f"actions {', '.join(RELEASE_ACTIONS)}; got {part!r}")
-        actions[kind] = action
-    return actions
+def parse_target(text: str) -> dict[str, Any]:
+    """A target as people type it: ``all``, ``group-<name>``, a device id, or a filter
+    ``type=esp32,group=pump`` (the CLI's ``--target``, the dashboard's form)."""
+    text = text.strip()
+    if text in ("", "all"):
+        return {"kind": "all"}
+    if "=" in text:
+        pairs = (part.partition("=") for part in text.split(","))
+        return {"kind": "filter", "filter": {k.strip(): v.strip() for k, _, v in pairs}}
+    if text.startswith(GROUP_PREFIX):
+        return {"kind": "group", "group": text[len(GROUP_PREFIX):]}
+    return {"kind": "device", "device": text}
+
+
+def parse_percents(text: str) -> list[float]:
+    """``10,50,100`` -> [10.0, 50.0, 100.0]."""
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError("a comma-separated list of numbers, e.g. 10,50,100") from None
 
 
 def wave_order(device_ids: Iterable[str], salt: str) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ..config import RELEASE_ACTIONS
 from ..schemas import HealthSchema, UnixSeconds
 from .packages import SYNC_STATES, UPLOAD_SOURCES
-from .rollouts import RELEASE_ACTIONS
 
 
 class ManifestFileSchema(Schema):
