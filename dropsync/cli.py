@@ -27,7 +27,7 @@ from .ops import cli as ops_cli
 from .simulator.cli import demo, simulate
 from .sites import cli as sites_cli
 from .store import current_holder
-from .sync import signing_cli
+from .sync import rollout_cli, signing_cli
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -437,12 +437,18 @@ PACKAGE_COLUMNS = [("ID", "id"), ("TARGET", "target"), ("PATH", "path"),
 @click.option("--to", "target", required=True,
               help="Device id, group-<name> or all: the folder below staging/.")
 @click.option("--as", "path", help="Path below the target folder (default: FILE's name).")
+@click.option("--rollout", is_flag=True,
+              help="Offer it in waves (the options below) instead of to every device at "
+                   "once: it is held in a draft until the rollout starts.")
+@rollout_cli.wave_options
 @json_option
 @click.pass_context
-def stage(ctx, file, target, path, as_json) -> None:
+def stage(ctx, file, target, path, rollout, as_json, **waves) -> None:
     """Put FILE into staging/<target>/ and take it in as a package at once."""
     rel = path or Path(file).name
     url = f"/api/v1/admin/staging/{quote(target, safe='')}/{quote(rel, safe='/')}"
+    if rollout:
+        url += "?release=draft"
     size = Path(file).stat().st_size
 
     def upload(hub, on_progress=None):
@@ -454,8 +460,12 @@ def stage(ctx, file, target, path, as_json) -> None:
             package = call_hub(ctx, lambda hub: upload(hub, bar.update))
     else:
         package = call_hub(ctx, upload)
+    started = None
+    if rollout and package["changed"]:
+        started = admin_api(ctx, "POST", "/rollouts",
+                            rollout_cli.rollout_body(package["id"], "all", **waves))
     if as_json:
-        echo_json(package)
+        echo_json({**package, "rollout": started} if rollout else package)
     elif package["changed"]:
         click.echo(f"Staged {target}/{package['path']}: package {package['id']} version "
                    f"{package['version']} ({package['size']} bytes, sha256 "
@@ -464,6 +474,10 @@ def stage(ctx, file, target, path, as_json) -> None:
     else:
         click.echo(f"{target}/{package['path']} is unchanged: package {package['id']} "
                    f"stays at version {package['version']}.")
+    if started is not None and not as_json:
+        rollout_cli.show(started, as_json=False)
+    elif rollout and not package["changed"]:
+        click.echo("No rollout started: the content did not change.", err=True)
 
 
 @main.command()
@@ -497,6 +511,7 @@ def withdraw(ctx, package_id, yes) -> None:
 # -- operations: install-service, tls, backup, restore (dropsync/ops/cli.py) -------------
 ops_cli.register(main)
 signing_cli.register(main)
+rollout_cli.register(main)
 
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)

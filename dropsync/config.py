@@ -165,6 +165,30 @@ def parse_path_list(text: str) -> str:
     return ",".join(paths)
 
 
+#: What a staged package does by default, per kind (``STAGING_RELEASE``): offered at once,
+#: or held in a rollout draft.
+RELEASE_ACTIONS = ("publish", "draft")
+RELEASE_KINDS = ("file", "firmware")
+
+
+def release_actions_from(text: str) -> dict[str, str]:
+    """``file=publish,firmware=draft`` -> {"file": "publish", "firmware": "draft"}."""
+    actions = dict.fromkeys(RELEASE_KINDS, "publish")
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, action = part.partition("=")
+        kind, action = kind.strip(), action.strip()
+        if kind not in RELEASE_KINDS or action not in RELEASE_ACTIONS:
+            raise ValueError(f"expected kind=action pairs, kinds {', '.join(RELEASE_KINDS)}, "
+                             f"actions {', '.join(RELEASE_ACTIONS)}; got {part!r}")
+        actions[kind] = action
+    return actions
+
+
+def parse_release(text: str) -> str:
+    release_actions_from(text)
+    return text
+
+
 def parse_address_list(text: str) -> str:
     """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
     import ipaddress
@@ -293,6 +317,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Public keys (PEM files, comma-separated) that firmware images must be signed "
             "with (`dropsync keys new`, `dropsync sign`); an unsigned image, or one no key "
             "verifies, is refused at staging. Unset: images are not checked for a signature."),
+    Setting("STAGING_RELEASE", "file=publish,firmware=draft", parse_release,
+            "What a staged package does by default, per kind: `publish` offers it to "
+            "every device of its target at once; `draft` holds it in a rollout draft until "
+            "an operator starts a rollout (`dropsync rollout create`). Kinds: `file`, "
+            "`firmware` (`firmware/*.bin`)."),
+    Setting("ROLLOUT_TICK_S", 5.0, parse_positive_float,
+            "Seconds between checks of running rollouts: deadlines, soak times, start "
+            "times, daily windows, and the next wave."),
     # -- operations: request log, proxies, TLS, discovery --------------------------------
     Setting("REQUEST_LOG", True, parse_bool,
             "Log one line per request (device id, route, status, latency; never a "

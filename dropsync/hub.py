@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import release_actions_from
 from .errors import ConfigError
 from .fleet.bootstrap import (
     DEVICE_AUTH_FILE,
@@ -24,10 +25,12 @@ from .fleet.pacing import Pacing
 from .relay.commands import CommandQueue
 from .relay.commands import Settings as CommandSettings
 from .store import Stores
+from .store.periodic import Periodic
 from .sync.blobs import BlobStore
 from .sync.firmware_images import FirmwareImages, is_firmware_path
 from .sync.keyfiles import private_key_files
 from .sync.packages import PackageCatalog
+from .sync.rollouts import Rollouts
 from .sync.staging import Staging
 from .sync.tickets import Tickets
 from .sync.uploads import DeviceUploads
@@ -121,6 +124,7 @@ class Hub:
                 self.watcher.start()
             self.commands.start()
             self.sites.start()
+            self.rollout_ticks.start()
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
 
@@ -142,6 +146,7 @@ class Hub:
             stop()
         self.sites.stop()
         self.commands.stop()
+        self.rollout_ticks.stop()
         try:
             self.commands.tidy()
         except Exception:  # the history already holds every ending; tidying can wait
@@ -159,6 +164,11 @@ class Hub:
         if settings.get("DOWNLOAD_TICKET_SECRET"):
             self.packages.tickets = Tickets(settings["DOWNLOAD_TICKET_SECRET"],
                                             settings["DOWNLOAD_TICKET_TTL_S"])
+        self.rollouts = Rollouts(self.stores, lambda: self.packages.catalog,
+                                 release_actions_from(settings["STAGING_RELEASE"]))
+        self.packages.gate = self.rollouts
+        self.rollout_ticks = Periodic("rollouts", settings["ROLLOUT_TICK_S"],
+                                      self.rollouts.tick)
         self.staging = Staging(Path(settings["STAGING_DIR"]), self.packages)
         self.staging.folder.is_hub_file = self.stores.hub_files.was_hub_file
         #: The images' flash limits and signing keys: checked at staging, and the flash

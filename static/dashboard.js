@@ -147,6 +147,8 @@
       var url = upload.getAttribute("data-action")
         .replace("TARGET", encodeURIComponent(target))
         .replace("PATH", path.split("/").map(encodeURIComponent).join("/"));
+      var hold = upload.querySelector('[name="hold"]');
+      if (hold && hold.checked) { url += "?release=draft"; }
       var request = new XMLHttpRequest();
       request.open("PUT", url);
       request.setRequestHeader("X-CSRFToken", csrfToken);
@@ -164,7 +166,8 @@
         if (request.status >= 200 && request.status < 300) {
           bar.value = 100;
           setText(result, "Staged " + data.target + "/" + data.path + " as version " +
-                  data.version + ".");
+                  data.version + (hold && hold.checked ? ", held for a rollout: start it on " +
+                  "the package's page." : "."));
           refreshSoon();
         } else {
           setText(result, errorMessage(data, request.status));

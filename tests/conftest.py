@@ -26,6 +26,8 @@ def settings(tmp_path):
         "RATE_LIMITS_ENABLED": False,
         # Small chunks, so small test files have several (the default is 32 KiB).
         "CHUNK_SIZE": 4096,
+        # Staged images go out at once; tests of rollouts ask for drafts.
+        "STAGING_RELEASE": "file=publish,firmware=publish",
     }
 
 

@@ -135,6 +135,8 @@ class HubProcess:
         self.env = {**os.environ, "DROPSYNC_HOST": "127.0.0.1",
                     "DROPSYNC_PORT": str(self.port), "DROPSYNC_LOG_LEVEL": "INFO",
                     "DROPSYNC_MDNS": "false",  # tests that want mDNS ask for it
+                    # images go out at once; tests of rollouts ask for drafts
+                    "DROPSYNC_STAGING_RELEASE": "file=publish,firmware=publish",
                     **(env or {})}
         self.process: subprocess.Popen | None = None
 

@@ -66,6 +66,19 @@ def test_demo_runs_devices_and_ctrl_c_leaves_nothing_behind(tmp_path):
             return len(devices) == 4 and all(d["connection"] == "online" for d in devices)
 
         wait_until(online, timeout=60, every=0.5, message="the demo's devices online")
+        assert "Rollout:" in output and "firmware/demo.bin" in output
+
+        def rollout() -> dict:
+            found = requests.get(f"{url}/api/v1/admin/rollouts", headers=bearer(token),
+                                 timeout=10).json()["rollouts"]
+            assert len(found) == 1 and found[0]["path"] == "firmware/demo.bin", found
+            return found[0]
+
+        assert [w["size"] for w in rollout()["waves"]] == [1, 1, 2]
+        # in its first minute: the canary ran the image and the next wave has started
+        wait_until(lambda: rollout()["waves"][1]["state"] != "waiting", timeout=60,
+                   every=0.5, message="the demo's rollout past its canary")
+        assert rollout()["state"] in ("running", "finished")
         assert processes_mentioning(workdir), "the hub runs with the demo's data directory"
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0

@@ -38,6 +38,7 @@ def hub(tmp_path_factory):
         "DATA_DIR": str(folder / "data"), "STAGING_DIR": str(folder / "staging"),
         "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING", "SERVING": False,
         "TESTING": True, "CHUNK_SIZE": 4096, "POLL_JITTER": 0.0,
+        "STAGING_RELEASE": "file=publish,firmware=publish",  # images offered at once
         "RATE_LIMITS_ENABLED": True, "RATE_LIMIT_FAILED_AUTH": "3/minute",
         "RATE_LIMIT_DEVICE": "40/minute", "RATE_LIMIT_FILES": "40/minute",
         "DOWNLOAD_TICKET_SECRET": "a-ticket-secret-of-at-least-32-characters-xyz"})

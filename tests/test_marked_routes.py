@@ -21,7 +21,8 @@ def test_marked_routes_match_as_the_url_map_does(app):
         if rule.endpoint == "static":
             continue
         view = app.view_functions[rule.endpoint]
-        path = urls.build(rule.endpoint, {k: SAMPLE[k] for k in rule.arguments})
+        path = urls.build(rule.endpoint, {k: rule.defaults[k] if k in (rule.defaults or {})
+                                          else SAMPLE.get(k, "sample-1") for k in rule.arguments})
         for method in sorted(rule.methods - {"OPTIONS"}):
             found = routes.match(method, path)
             if runs_on_loop(view) or lane_of(view):

@@ -8,11 +8,12 @@ from flask import Flask, Request, Response, current_app, has_request_context, re
 from flask.sessions import SecureCookieSessionInterface
 
 from ..ops import app as ops
-from . import (  # noqa: F401 (admin_fleet and admin_files add routes to admin)
+from . import (  # noqa: F401 (admin_fleet, _files and _rollouts add routes to admin)
     admin,
     admin_files,
     admin_fleet,
     admin_ops,
+    admin_rollouts,
     admin_sites,
     device,
     errors,

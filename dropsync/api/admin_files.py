@@ -68,17 +68,19 @@ def withdraw_package(package_id: str):
 def stage_file(target: str, path: str, query):
     """Put a file into ``staging/<target>/<path>`` (the body is its bytes) and take it in
     as a package at once, exactly as if it had been dropped there."""
-    return stage_request_body(target, path, query["source"])
+    return stage_request_body(target, path, query["source"], query.get("release"))
 
 
-def stage_request_body(target: str, path: str, source: str) -> dict:
+def stage_request_body(target: str, path: str, source: str, release: str | None = None) \
+        -> dict:
     """The request body into the staging folder as ``target/path``, taken in at once (also
     the dashboard's upload): the package with its progress and whether it changed."""
     limit = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
     request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
     hub = current_hub()
     package, changed = hub.staging.stage_stream(target, path, request.stream,
-                                                source=source, max_bytes=limit)
+                                                source=source, max_bytes=limit,
+                                                release=release)
     return {**with_progress(hub.packages, [package])[0], "changed": changed}
 
 

@@ -54,7 +54,10 @@ def firmware_image(device_id: str):
     """
     hub = current_hub()
     try:
-        image = choose_image(g.device, hub.packages.catalog.files_for(g.device))
+        image = choose_image(g.device, hub.packages.offered(g.device))
+        if image is None and choose_image(g.device, hub.packages.catalog.files_for(g.device)):
+            # held back by a rollout (a wave not started): "no update", as when it runs it
+            return Response(status=304, headers={"Cache-Control": "no-cache"})
     except AmbiguousImage as ambiguous:
         raise Conflict(str(ambiguous), {"paths": ambiguous.paths},
                        code="several_images") from None

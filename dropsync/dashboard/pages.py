@@ -27,6 +27,7 @@ from werkzeug.exceptions import NotFound
 from .. import __version__
 from ..api.accel import send_stored_file
 from ..api.context import current_hub
+from ..config import RELEASE_ACTIONS
 from ..errors import BadRequest, DropSyncError, ValidationFailed
 from ..fleet import credentials, devices
 from ..fleet.messages import LEVELS
@@ -39,6 +40,7 @@ from ..schemas import (
     OperatorCreateSchema,
     PasswordSchema,
 )
+from ..sync.rollouts import DEFAULTS as ROLLOUT_DEFAULTS
 from . import bp, views
 from .auth import actor, safe_next, wants_json
 
@@ -143,9 +145,13 @@ def device_list():
         page = int(request.args.get("page", "1"))
     except ValueError:
         page = 1
-    found = views.find_devices(views.fleet(hub()), query, state, page)
+    firmware = request.args.get("fw", "").strip()[:64]
+    fleet = views.fleet(hub())
+    found = views.find_devices(fleet, query, state, page, firmware=firmware)
     return render_page("dashboard/devices.html", {"device-rows": "dashboard/_device_rows.html"},
-                       q=query, state=state, states=views.DEVICE_STATES, **found)
+                       q=query, state=state, states=views.DEVICE_STATES, fw=firmware,
+                       versions=[v["version"] for v in views.firmware_breakdown(fleet)],
+                       **found)
 
 
 @bp.get("/devices/new")
@@ -314,7 +320,11 @@ def package_detail(package_id: str):
                        {"package-devices": "dashboard/_package_devices.html"},
                        package=found[0] if found else stored,
                        signature=hub().firmware_images.signature_dict(stored),
-                       signing=bool(hub().firmware_images.keys))
+                       signing=bool(hub().firmware_images.keys),
+                       rollouts=[r for r in hub().rollouts.list()
+                                 if r["package_id"] == package_id
+                                 and r["package_version"] == stored["version"]],
+                       rollout_defaults=ROLLOUT_DEFAULTS)
 
 
 @bp.post("/packages/<package_id>/withdraw")
@@ -334,8 +344,13 @@ def stage_file(target: str, path: str):
     """The browser's upload: the same path as the admin API's, and as a dropped file."""
     limit = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
     request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
+    release = request.args.get("release") or None
+    if release not in (None, *RELEASE_ACTIONS):
+        raise ValidationFailed(f"release must be one of {', '.join(RELEASE_ACTIONS)}",
+                               code="bad_release")
     package, changed = hub().staging.stage_stream(target, path, request.stream,
-                                                  source="dashboard", max_bytes=limit)
+                                                  source="dashboard", max_bytes=limit,
+                                                  release=release)
     views.recent(hub()).clear()
     progress = hub().packages.with_progress(devices.list_devices(hub().stores), [package])
     return jsonify({**progress[0], "changed": changed}), 201
@@ -434,3 +449,4 @@ def dropsync_version() -> str:
 
 bp.add_app_template_filter(views.ago, "ago")
 bp.add_app_template_filter(views.size, "size")
+bp.add_app_template_filter(views.duration, "duration")

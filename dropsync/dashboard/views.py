@@ -34,6 +34,10 @@ RECENT_COMMANDS = 200
 #: Events one activity page looks through for matches before offering "older".
 ACTIVITY_SCAN = 20_000
 DEVICE_STATES = ("online", "overdue", "offline", "disabled")
+#: What the firmware breakdown and filter call a device that never reported a version.
+UNKNOWN_FIRMWARE = "unknown"
+#: Rollout states the overview shows.
+ROLLOUTS_UNDER_WAY = ("scheduled", "running", "paused")
 
 
 class Recent:
@@ -86,8 +90,8 @@ def fleet(hub: Hub) -> list[dict[str, Any]]:
         for device in devices:
             view = hub.pacing.fleet_view(device)
             view["state"] = view["connection"] if device["enabled"] else "disabled"
-            view["sync"] = sync_summary(catalog.files_for(device).values(), reports,
-                                        device["id"])
+            view["sync"] = sync_summary(hub.packages.offered(device, catalog).values(),
+                                        reports, device["id"])
             views.append(view)
         return views
     return recent(hub).get("fleet", compute)
@@ -112,12 +116,30 @@ def fleet_counts(views: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def firmware_of(view: dict[str, Any]) -> str:
+    """The firmware version a device last reported, or ``unknown``."""
+    return str(view["inventory"].get("firmware_version") or UNKNOWN_FIRMWARE)
+
+
+def firmware_breakdown(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How many devices run each firmware version, the most common first."""
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[firmware_of(view)] = counts.get(firmware_of(view), 0) + 1
+    total = len(views) or 1
+    return [{"version": version, "count": count, "percent": round(100 * count / total)}
+            for version, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def find_devices(views: list[dict[str, Any]], query: str = "", state: str = "",
-                 page: int = 1, per_page: int = PAGE_SIZE) -> dict[str, Any]:
-    """One page of devices matching a search (id, name or group) and a state."""
+                 page: int = 1, per_page: int = PAGE_SIZE,
+                 firmware: str = "") -> dict[str, Any]:
+    """One page of devices matching a search (id, name or group), a state and a firmware
+    version."""
     needle = query.strip().lower()
     found = [v for v in views
              if (not state or v["state"] == state)
+             and (not firmware or firmware_of(v) == firmware)
              and (not needle or needle in v["id"].lower() or needle in v["name"].lower()
                   or any(needle in g.lower() for g in v.get("groups", ())))]
     pages = max(1, -(-len(found) // per_page))
@@ -146,6 +168,8 @@ def overview(hub: Hub) -> dict[str, Any]:
                         "uploads": sum(u.get("size", 0) for u in uploads)},
             "staging": hub.staging_report(),
             "activity": find_events(hub.stores, limit=8)["events"],
+            "rollouts": [r for r in hub.rollouts.list() if r["state"] in ROLLOUTS_UNDER_WAY],
+            "firmware": firmware_breakdown(views),
         }
     return recent(hub).get("overview", compute)
 
@@ -181,7 +205,7 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
     view = hub.pacing.fleet_view(device)
     reports = hub.packages.reports_by_package()
     files = []
-    for package in sorted(hub.packages.catalog.files_for(device).values(),
+    for package in sorted(hub.packages.offered(device).values(),
                           key=lambda p: p["path"]):
         files.append({**package, **device_status(
             package, reports.get(package["id"], {}).get(device_id))})
@@ -231,6 +255,18 @@ def ago(moment: str | float | None) -> str:
         if age >= size:
             return f"{int(age // size)} {unit} ago"
     return f"{int(age)} s ago"
+
+
+def duration(seconds: float | None) -> str:
+    """"45 s", "5 min", "2 h", "1 d 6 h": a soak time or a deadline."""
+    if not isinstance(seconds, int | float):
+        return "–"
+    seconds = int(seconds)
+    for unit, step, smaller, small_step in (("d", 86_400, "h", 3_600), ("h", 3_600, "min", 60)):
+        if seconds >= step:
+            rest = (seconds % step) // small_step
+            return f"{seconds // step} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
 def size(value: float | None) -> str:

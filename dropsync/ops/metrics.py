@@ -58,6 +58,12 @@ class HubStateCollector:
             commands.add_metric([state], stats[key])
         yield commands
 
+        rollouts = GaugeMetricFamily("dropsync_rollouts", "Rollouts by state",
+                                     labels=["state"])
+        for state, count in hub.rollouts.count_by_state().items():
+            rollouts.add_metric([state], count)
+        yield rollouts
+
         yield GaugeMetricFamily("dropsync_disk_free_bytes", "Free bytes on the data "
                                 "directory's filesystem",
                                 value=shutil.disk_usage(hub.stores.data_dir).free)

@@ -34,6 +34,10 @@ from .stats import progress_printer
 
 GROUPS = ("greenhouse", "barn")
 SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "data/calibration.bin"
+#: A pretend firmware image for every device, offered in waves: a canary, then half,
+#: then all, each wave holding DEMO_SOAK_S once it succeeded.
+IMAGE_PATH = "firmware/demo.bin"
+DEMO_WAVES = {"canary": 1, "percents": [50.0, 100.0], "soak_s": 10.0, "deadline_s": 120.0}
 #: Seconds to wait for the hub to answer, and for it to stop.
 HUB_START_S, HUB_STOP_S = 30.0, 15.0
 PR_SET_PDEATHSIG = 1
@@ -54,6 +58,12 @@ def sample_file() -> bytes:
         seed = hashlib.sha256(seed).digest()
         blocks.append(seed)
     return b"".join(blocks)[:24 * 1024]
+
+
+def sample_image() -> bytes:
+    """8 KiB that pass the hub's checks of an ESP image (its first byte is the magic 0xE9);
+    the simulated devices "run" it and report its digest as their firmware version."""
+    return b"\xe9\x03\x02\x20" + hashlib.sha256(b"dropsync demo image").digest() * 255
 
 
 def stop_with_parent() -> None:
@@ -163,6 +173,10 @@ class Demo:
             content = sample_file()
             await admin.request("PUT", f"/staging/{SAMPLE_TARGET}/{SAMPLE_PATH}",
                                 data=content)
+            image = await admin.request("PUT", f"/staging/all/{IMAGE_PATH}?release=draft",
+                                        data=sample_image())
+            rollout = await admin.request("POST", "/rollouts",
+                                          {"package": image["id"], **DEMO_WAVES})
             first = next(iter(credentials))
             await admin.request("POST", "/commands",
                                 {"target": f"group:{GROUPS[1]}", "name": "upload-log"})
@@ -182,12 +196,16 @@ class Demo:
             + "; ".join(f"{g}: {', '.join(ids)}" for g, ids in members.items()))
         say(f"  Staged:       {SAMPLE_TARGET}/{SAMPLE_PATH} ({len(content) // 1024} KiB, "
             f"for the {GROUPS[0]} group)")
+        say(f"  Rollout:      {IMAGE_PATH} to every device in waves (1, 50%, 100%); "
+            f"rollout {rollout['id']}"
+            + (f": {self.url}/dashboard/rollouts/{rollout['id']}" if dashboard else ""))
         say(f"  Queued:       upload-log for group:{GROUPS[1]}; reboot for {first}")
         say(f"  Data:         {workdir} (deleted on exit)")
         say("  Try:")
         say(f"    curl -H 'Authorization: Bearer {self.admin_token}' "
             f"{self.url}/api/v1/admin/devices")
         say(f"    DROPSYNC_DATA_DIR={workdir / 'data'} dropsync packages")
+        say(f"    DROPSYNC_DATA_DIR={workdir / 'data'} dropsync rollout show {rollout['id']}")
         say()
         show, every_s = progress_printer(False, None)
         summary = await Fleet(self.url, credentials, options).run(

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from .. import __version__
+from ..sync.firmware_images import is_firmware_path
 from .faults import FaultPlan
 from .stats import FleetStats
 
@@ -122,6 +123,10 @@ class VirtualDevice:
         self.partial: dict[str, PartialDownload] = {}
         self.session: aiohttp.ClientSession | None = None
         self.last_bad_token_at = -1e9
+        #: What the heartbeat reports running; an image applied replaces it.
+        self.firmware_version = FIRMWARE_VERSION
+        #: The image (its SHA-256) this device went quiet on ("never-return"), or None.
+        self.lost_to: str | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     async def run(self, first_delay_s: float = 0.0) -> None:
@@ -164,6 +169,11 @@ class VirtualDevice:
     async def cycle(self) -> None:
         """One wake-up: poll, commands, manifest, and now and then heartbeat and log."""
         faults = self.link.faults
+        if self.lost_to is not None:
+            if faults.bad_image(self.id, self.lost_to) == "never-return":
+                return
+            self.lost_to = None  # the fault is cleared: it comes back on its old image
+            await self.boot("recovered")
         try:
             if faults.roll("offline", self.rng):
                 await self.go_offline()
@@ -334,6 +344,7 @@ class VirtualDevice:
             del self.partial[withdrawn]
         complete = True
         for entry in manifest["files"]:
+            self.stats.offered.setdefault(entry["sha256"], set()).add(self.id)
             if self.held.get(entry["id"]) != (entry["version"], entry["sha256"]):
                 complete = await self.download(entry) and complete
         # Remember the version only when everything in it is held: otherwise the next
@@ -394,10 +405,29 @@ class VirtualDevice:
             await self.report(package, version, "failed", reason="sha256 mismatch")
             return False
         await self.report(package, version, "verified", received=part.received)
-        self.held[package] = (version, entry["sha256"])
         self.stats.files_verified += 1
+        if is_firmware_path(entry["path"]) and not await self.run_image(entry):
+            return False
+        self.held[package] = (version, entry["sha256"])
         await self.report(package, version, "applied")
         return True
+
+    async def run_image(self, entry: dict[str, Any]) -> bool:
+        """Flash and boot a firmware image: True when it runs (the heartbeat then reports
+        it); with the bad-image fault, fail as the fault says."""
+        failure = self.link.faults.bad_image(self.id, entry["sha256"])
+        if failure is None:
+            self.firmware_version = f"fw-{entry['sha256'][:12]}"
+            self.next_heartbeat_at = 0.0  # after the reboot, as a node does
+            return True
+        self.stats.faults["bad-image"] += 1
+        if failure == "never-return":
+            self.lost_to = entry["sha256"]
+            return False
+        reason = "boot loop: the image restarted before it could mark itself valid" \
+            if failure == "reboot-loop" else "rolled back: the image before runs again"
+        await self.report(entry["id"], entry["version"], "failed", reason=reason)
+        return False
 
     async def report(self, package: str, version: int, state: str, **extra: Any) -> None:
         # 409: that version was replaced meanwhile; the next manifest brings the new one.
@@ -412,7 +442,7 @@ class VirtualDevice:
         low, high = self.heap_range
         self.free_heap = min(high, max(low, self.free_heap + self.rng.randint(-800, 800)))
         reply = await self.call("heartbeat", "POST", f"/api/v1/device/heartbeat/{self.id}",
-                                body={"firmware_version": FIRMWARE_VERSION,
+                                body={"firmware_version": self.firmware_version,
                                       "uptime_s": int(time.monotonic() - self.booted_at),
                                       "free_heap": self.free_heap, "rssi": self.rssi,
                                       "ip": self.source_address or "10.0.0.2",

@@ -8,6 +8,7 @@ which makes ``dropsync simulate`` exit non-zero.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -20,7 +21,13 @@ FAULT_KINDS: dict[str, tuple[str, float]] = {
     "offline": ("go quiet for 2-4 poll intervals, then come back", 0.02),
     "stall": ("send half a request body, pause, then send the rest", 0.02),
     "bad-token": ("send a request with a wrong token; the hub must refuse it", 0.05),
+    "bad-image": ("this share of devices cannot run a firmware image they install: a "
+                  "reboot loop, a rollback, or never coming back (per device and image)",
+                  0.2),
 }
+#: What a device that cannot run an image does: reports a boot loop, reports that it
+#: rolled back to the image before, or goes quiet (until the fault is cleared).
+BAD_IMAGE_MODES = ("reboot-loop", "rollback", "never-return")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,16 @@ class FaultPlan:
     def roll(self, kind: str, rng: random.Random) -> bool:
         rate = self.rates.get(kind, 0.0)
         return rate > 0 and rng.random() < rate
+
+    def bad_image(self, device_id: str, sha256: str) -> str | None:
+        """How ``device_id`` fails to run the image ``sha256`` (a ``BAD_IMAGE_MODES``
+        entry), or None. Fixed per device and image, so a fleet fails the same way each
+        time an image is tried, and a test can tell beforehand which devices will."""
+        share = self.rates.get("bad-image", 0.0)
+        digest = hashlib.sha256(f"bad-image:{sha256}:{device_id}".encode()).digest()
+        if int.from_bytes(digest[:4], "big") >= share * 2**32:
+            return None
+        return BAD_IMAGE_MODES[digest[4] % len(BAD_IMAGE_MODES)]
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.rates.items()) or "none"

@@ -92,6 +92,8 @@ class FleetStats:
     polls_per_second: list[int] = field(default_factory=list)
     loop_lag_ms: list[float] = field(default_factory=list)
     online: set = field(default_factory=set)
+    #: Which devices were ever offered a content (by its SHA-256) in a manifest.
+    offered: dict = field(default_factory=dict)
     online_at_end: int | None = None
     # the window the live progress line reports on
     _window_requests: int = 0

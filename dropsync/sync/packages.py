@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..clock import now_iso
 from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -149,6 +149,36 @@ def content_digest(files: Iterable[Document]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class Gate(Protocol):
+    """Who may be offered which package now (``rollouts.Rollouts``)."""
+
+    #: Rises whenever the answer of ``may_see`` may have changed for someone.
+    generation: int
+
+    def may_see(self, device_id: str, package: Mapping[str, Any]) -> bool: ...
+
+    def publishing(self, package: Mapping[str, Any], release: str | None = None) -> None: ...
+
+    def reported(self, device_id: str, package: Mapping[str, Any], state: str,
+                 reason: str | None = None) -> None: ...
+
+
+class OpenGate:
+    """No rollouts: every device is offered everything staged for it."""
+
+    generation = 0
+
+    def may_see(self, device_id: str, package: Mapping[str, Any]) -> bool:
+        return True
+
+    def publishing(self, package: Mapping[str, Any], release: str | None = None) -> None:
+        pass
+
+    def reported(self, device_id: str, package: Mapping[str, Any], state: str,
+                 reason: str | None = None) -> None:
+        pass
+
+
 class PackageCatalog:
     """Every package, their manifests and the devices' sync state."""
 
@@ -166,6 +196,8 @@ class PackageCatalog:
         self.catalog = Catalog.of(stores.packages.all(), generation=0)
         #: Download tickets in manifest urls (DOWNLOAD_TICKET_SECRET), or None.
         self.tickets: Tickets | None = None
+        #: Rollouts: which of its packages a device may be offered now.
+        self.gate: Gate = OpenGate()
 
     # -- changes -----------------------------------------------------------------------
     @contextmanager
@@ -175,11 +207,13 @@ class PackageCatalog:
             yield
 
     def publish(self, target: str, path: str, blob: BlobInfo, *, source: str,
-                staged: Mapping[str, int] | None = None) -> tuple[Document, bool]:
+                staged: Mapping[str, int] | None = None,
+                release: str | None = None) -> tuple[Document, bool]:
         """Make ``blob`` the content of the package at ``target/path``.
 
         Returns the package and whether its content changed. Content equal to the current
         version's only refreshes what is known of the staged file: no new version.
+        ``release`` (publish or draft) overrides what ``STAGING_RELEASE`` says for its kind.
         """
         if source not in SOURCES:
             raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}")
@@ -205,10 +239,12 @@ class PackageCatalog:
                 stored = self.stores.packages.insert(package)
             else:
                 stored = self.stores.packages.update(current["id"], package)
-            # Stored, not yet offered: whoever sees the new version can find its event.
+            # Stored, not yet offered: whoever sees the new version can find its event,
+            # and a rollout draft holds it back before anyone could see it.
             record_event(self.stores, "package.published", None, source,
                          package_id=stored["id"], target=target, path=path,
                          version=stored["version"], size=blob.size)
+            self.gate.publishing(stored, release)
             self._refresh()
             if current is not None:
                 self.drop_blob_if_unused(current["sha256"])
@@ -259,6 +295,15 @@ class PackageCatalog:
         return sorted((dict(p) for p in packages if target is None or p["target"] == target),
                       key=lambda p: (p["target"], p["path"]))
 
+    def offered(self, device: Mapping[str, Any],
+                catalog: Catalog | None = None) -> dict[str, Document]:
+        """Path to package for what ``device`` is offered now: what is staged for it
+        (``Catalog.files_for``) less what a rollout holds back from it."""
+        gate = self.gate
+        return {path: package
+                for path, package in (catalog or self.catalog).files_for(device).items()
+                if gate.may_see(device["id"], package)}
+
     def blob_info(self, package: Mapping[str, Any]) -> BlobInfo:
         return self.blobs.info(package["sha256"], package["chunk_size"])
 
@@ -272,18 +317,19 @@ class PackageCatalog:
         tickets = self.tickets
         expires = tickets.expiry() if tickets else 0
         cached = self._manifests.get(device["id"])
-        if cached is not None and cached[0] == (self.catalog.generation, groups, expires):
+        if cached is not None and cached[0] == (self.catalog.generation,
+                                                self.gate.generation, groups, expires):
             return cached[1]
         # A miss builds under the lock from the catalog as it is then, so two requests
         # racing a catalog change cannot give an older list a newer version.
         with self._manifest_lock:
             catalog = self.catalog
-            key = (catalog.generation, groups, expires)
+            key = (catalog.generation, self.gate.generation, groups, expires)
             cached = self._manifests.get(device["id"])
             if cached is not None and cached[0] == key:
                 return cached[1]
             files = [manifest_entry(p, device["id"], tickets, expires)
-                     for _, p in sorted(catalog.files_for(device).items())]
+                     for _, p in sorted(self.offered(device, catalog).items())]
             digest = content_digest(files)
             version = self._manifest_version(device["id"], digest)
             etag = f"{version}-{digest[:16]}" + (f"-t{expires}" if tickets else "")
@@ -344,14 +390,15 @@ class PackageCatalog:
     def _listed_ids(self, catalog: Catalog, device: Mapping[str, Any]) -> frozenset[str]:
         """The ids in ``device``'s manifest, without building one: building stores the
         manifest's version (an fsynced write), which a download must not wait for."""
-        key = (catalog.generation, tuple(sorted(device.get("groups") or [])))
+        key = (catalog.generation, self.gate.generation,
+               tuple(sorted(device.get("groups") or [])))
         built = self._manifests.get(device["id"])
-        if built is not None and built[0][:2] == key:
+        if built is not None and built[0][:3] == key:
             return built[1].package_ids
         listed = self._listed.get(device["id"])
         if listed is not None and listed[0] == key:
             return listed[1]
-        ids = frozenset(package["id"] for package in catalog.files_for(device).values())
+        ids = frozenset(package["id"] for package in self.offered(device, catalog).values())
         self._listed[device["id"]] = (key, ids)
         return ids
 
@@ -374,7 +421,10 @@ class PackageCatalog:
             entry["received"] = min(report["received"], package["size"])
         if report.get("reason"):
             entry["reason"] = report["reason"]
-        return self.stores.sync_state.record(entry)
+        recorded = self.stores.sync_state.record(entry)
+        if report["version"] == package["version"]:
+            self.gate.reported(device["id"], package, report["state"], report.get("reason"))
+        return recorded
 
     def reports_by_package(self) -> dict[str, dict[str, Document]]:
         """Each package's latest sync report per device."""
@@ -406,7 +456,7 @@ class PackageCatalog:
             pid: {"devices": [], "targets": 0, "have": 0, "downloading": 0, "failed": 0}
             for pid in wanted}
         for device in devices:
-            for package in catalog.files_for(device).values():
+            for package in self.offered(device, catalog).values():
                 if package["id"] not in wanted:
                     continue
                 entry = device_status(package, reports.get(package["id"], {})

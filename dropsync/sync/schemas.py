@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ..config import RELEASE_ACTIONS
 from ..schemas import HealthSchema, UnixSeconds
 from .packages import SYNC_STATES, UPLOAD_SOURCES
 
@@ -176,6 +177,10 @@ class PackageStatusSchema(PackageSchema):
 
 class StageQuerySchema(Schema):
     source = fields.String(load_default="api", validate=validate.OneOf(UPLOAD_SOURCES))
+    release = fields.String(validate=validate.OneOf(RELEASE_ACTIONS),
+                            metadata={"description": "publish: offer it to every device of "
+                                      "its target at once; draft: hold it in a rollout draft. "
+                                      "Unset: as STAGING_RELEASE says for its kind."})
 
 
 class StagedSchema(PackageSchema):

@@ -410,7 +410,7 @@ class Staging:
                                             staged=before)
 
     def stage_stream(self, target: str, rel: str, stream: BinaryIO, *, source: str,
-                     max_bytes: int) -> tuple[Document, bool]:
+                     max_bytes: int, release: str | None = None) -> tuple[Document, bool]:
         """Put an uploaded file into the staging folder, then take it in like a dropped one.
 
         The bytes land under a temp name the watcher ignores and are renamed into place
@@ -459,7 +459,8 @@ class Staging:
                 if refused:
                     raise ValidationFailed(refused, {"target": target, "path": rel},
                                            code="refused_content")
-                return self._publish_then_place(incoming, destination, target, rel, source)
+                return self._publish_then_place(incoming, destination, target, rel, source,
+                                                release)
         except BaseException:
             remove_empty_folders(destination.parent, down_to=existing)
             raise
@@ -475,7 +476,8 @@ class Staging:
         return self.content_problem(target, rel, read_at, size)
 
     def _publish_then_place(self, incoming: AtomicFile, destination: Path, target: str,
-                            rel: str, source: str) -> tuple[Document, bool]:
+                            rel: str, source: str, release: str | None = None) \
+            -> tuple[Document, bool]:
         """Take the bytes in from the temp file, and only then rename it into place.
 
         Everything that can fail for want of space (the blob copy, the package record)
@@ -491,7 +493,7 @@ class Staging:
                 blob = self.catalog.blobs.add_stream(reader, self.chunk_size_for(rel))
             try:
                 package, changed = self.catalog.publish(target, rel, blob, source=source,
-                                                        staged=stamp)
+                                                        staged=stamp, release=release)
             except BaseException:
                 self.catalog.drop_blob_if_unused(blob.sha256)
                 raise
