@@ -97,7 +97,7 @@ def preauthorize(body):
 
 
 @bp.delete("/preauthorized/<hardware_id>")
-@contract(response=PreauthorizedBoardSchema, errors=(404,))
+@contract(response=PreauthorizedBoardSchema, errors=(400, 404))
 def unpreauthorize(hardware_id: str):
     """Take a MAC off the list."""
     return enrollment().unpreauthorize(hardware_id)

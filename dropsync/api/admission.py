@@ -184,9 +184,14 @@ def body_admission(app) -> BodyAdmission:
         if credentials.session_operator(hub.stores, sid) is None:
             raise Unauthorized("log in to the dashboard first", code="login_required")
 
+    def board(view_args, environ) -> None:
+        """Enrollment: a board has no token yet; its credential (the enrollment key or
+        its secret) is in the small body, and its address's rate is counted by the route."""
+
     return BodyAdmission(app.url_map, authenticators={"device": device_of("device"),
                                                       "files": device_of("files"),
-                                                      "admin": admin, "dashboard": operator},
+                                                      "admin": admin, "dashboard": operator,
+                                                      "enroll": board},
                          public_endpoints=set(PUBLIC_ENDPOINTS),
                          route_limits=body_limits(app.config),
                          default_limit=app.config["MAX_REQUEST_BYTES"])
