@@ -184,9 +184,15 @@ def body_admission(app) -> BodyAdmission:
         if credentials.session_operator(hub.stores, sid) is None:
             raise Unauthorized("log in to the dashboard first", code="login_required")
 
+    enroll_limit = app.extensions["dropsync.enroll_limit"]
+
     def board(view_args, environ) -> None:
         """Enrollment: a board has no token yet; its credential (the enrollment key or
-        its secret) is in the small body, and its address's rate is counted by the route."""
+        its secret) is in the small body. An address past its rate is refused here, on
+        the event loop, before a thread or the app sees it (the route counts)."""
+        address = Caller.of(environ).address
+        if enroll_limit is not None and enroll_limit.exceeded(address):
+            raise RateLimited(enroll_limit, (address,))
 
     return BodyAdmission(app.url_map, authenticators={"device": device_of("device"),
                                                       "files": device_of("files"),
