@@ -173,6 +173,7 @@ def test_bad_enrollments_are_400_and_store_nothing(admin, client, field, value):
 
 def test_bad_claims_and_operator_requests_are_clear_errors(admin, client):
     key = new_key(admin)
+    assert_error(Board(client, key, "a4:cf:12:00:04:02").enroll(name_hint="x" * 5000), 413)
     Board(client, key, "a4:cf:12:00:04:01").enroll()
     assert_error(client.post("/api/v1/enroll/claim", json={"hardware_id": "a4:cf:12:00:04:01",
                                                            "secret": "short"}), 400)

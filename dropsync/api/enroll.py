@@ -9,7 +9,7 @@ work is done, so a flood costs a counter, not a disk write. The rules are
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, make_response
+from flask import Blueprint, current_app, jsonify, make_response, request
 from marshmallow import Schema
 
 from ..fleet.enrollment_schemas import (
@@ -19,6 +19,7 @@ from ..fleet.enrollment_schemas import (
     EnrollSchema,
 )
 from .context import current_hub
+from .admission import ENROLL_BODY_MAX_BYTES
 from .contract import contract
 from .limits import client_address
 
@@ -27,6 +28,7 @@ bp = Blueprint("enroll", __name__, url_prefix="/api/v1/enroll")
 
 @bp.before_request
 def limit_per_address():
+    request.max_content_length = ENROLL_BODY_MAX_BYTES  # a board's request is small
     limit = current_app.extensions["dropsync.enroll_limit"]
     if limit is not None and not limit.count(client_address()):
         limit.refuse(client_address())
