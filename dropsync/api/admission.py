@@ -147,13 +147,10 @@ def session_id_of(environ: Mapping[str, Any], cookie_name: str,
     return session.get("sid") if isinstance(session, dict) else None
 
 
-#: A board's enrollment or claim: a few hundred bytes of JSON.
-ENROLL_BODY_MAX_BYTES = 4096
-
-
 def body_limits(config: Mapping[str, Any]) -> dict[str, int]:
     """The routes whose bodies may be larger than ``MAX_REQUEST_BYTES`` (or must be
     smaller: anyone may send to the enrollment routes, and a board's request is small)."""
+    from ..fleet.enrollment import ENROLL_BODY_MAX_BYTES
     from ..sync.uploads import MULTIPART_OVERHEAD
 
     return {"files.upload": config["UPLOAD_MAX_BYTES"] + MULTIPART_OVERHEAD,

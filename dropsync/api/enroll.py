@@ -12,6 +12,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, make_response, request
 from marshmallow import Schema
 
+from ..fleet.enrollment import ENROLL_BODY_MAX_BYTES
 from ..fleet.enrollment_schemas import (
     ClaimAnswerSchema,
     ClaimSchema,
@@ -19,7 +20,6 @@ from ..fleet.enrollment_schemas import (
     EnrollSchema,
 )
 from .context import current_hub
-from .admission import ENROLL_BODY_MAX_BYTES
 from .contract import contract
 from .limits import client_address
 

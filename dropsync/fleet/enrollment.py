@@ -60,6 +60,9 @@ HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 #: A pending board re-enrolling more often than this refreshes its "last seen" in memory
 #: only: a board retrying every few seconds must not rewrite the file each time.
 LAST_SEEN_WRITE_S = 60.0
+#: A board's enrollment or claim is a few hundred bytes of JSON: a larger body is refused
+#: before it is read (anyone may send to these routes).
+ENROLL_BODY_MAX_BYTES = 4096
 
 
 def normal_mac(text: str) -> str:
