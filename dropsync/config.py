@@ -362,8 +362,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a dashboard login lasts; logging out or a password change ends it "
             "sooner."),
     Setting("RATE_LIMIT_LOGIN", "5/minute", parse_rate_limit,
-            "Failed dashboard logins per client address and per username; then 429 "
-            "with `Retry-After`."),
+            "Failed dashboard logins per username (from any address); then 429 with "
+            "`Retry-After`. A client address may fail ten times as often across "
+            "usernames, so one operator's typos never lock out the others behind it."),
     Setting("RATE_LIMIT_ENROLL", "600/minute", parse_rate_limit,
             "Enrollment requests (`/api/v1/enroll`, its claims) per client address; then "
             "429 with `Retry-After`. A site's boards booting together behind one router "
