@@ -56,3 +56,58 @@ def test_one_operators_typos_do_not_lock_out_another_at_the_same_address(day_set
         assert spray.count(401) == 45 and spray[45:] == [429] * 15, spray  # 5 + 45 = 50
     finally:
         app.extensions["dropsync"].close()
+
+
+def token_on(html: str) -> str | None:
+    found = re.search(r'id="device-token"[^>]*value="([^"]+)"', html)
+    return found[1] if found else None
+
+
+def events(hub, kind: str) -> int:
+    return sum(1 for e in hub.stores.history["events"].find(None, limit=500)
+               if e["kind"] == kind)
+
+
+def test_a_reload_of_the_new_token_page_neither_posts_again_nor_shows_it_again(browser, hub):
+    csrf = page_token(browser)
+    posted = browser.post("/dashboard/devices", data={"id": "esp001", "csrf_token": csrf})
+    assert posted.status_code == 302  # post/redirect/get
+    page = browser.get(posted.headers["Location"])
+    token = token_on(page.get_data(as_text=True))
+    assert page.status_code == 200 and devices.authenticate_device(hub.stores, "esp001", token)
+    reloaded = browser.get(posted.headers["Location"])  # the browser's reload: a GET
+    assert reloaded.status_code == 410 and token_on(reloaded.get_data(as_text=True)) is None
+    assert "shown once" in reloaded.get_data(as_text=True)
+    assert devices.authenticate_device(hub.stores, "esp001", token)  # still the same
+    assert events(hub, "device.registered") == 1
+
+    rotated = browser.post("/dashboard/devices/esp001/rotate-token",
+                           data={"csrf_token": csrf, "confirm": "yes"})
+    assert rotated.status_code == 302
+    new_token = token_on(browser.get(rotated.headers["Location"]).get_data(as_text=True))
+    assert browser.get(rotated.headers["Location"]).status_code == 410
+    assert events(hub, "device.token_rotated") == 1
+    assert devices.authenticate_device(hub.stores, "esp001", new_token)
+    # the page is the operator's who made it: another session gets nothing from the key
+    other = hub_client_logged_in(browser)
+    again = browser.post("/dashboard/devices/esp001/rotate-token",
+                         data={"csrf_token": csrf, "confirm": "yes"})
+    assert other.get(again.headers["Location"]).status_code == 410
+
+
+def hub_client_logged_in(browser):
+    client = browser.application.test_client()
+    credentials.add_operator(browser.application.extensions["dropsync"].stores, "carol",
+                             "carols-password-1")
+    assert log_in(client, "carol", "carols-password-1").status_code == 302
+    return client
+
+
+def test_a_device_named_new_opens_and_deletes_like_any_other(browser, hub):
+    devices.register_device(hub.stores, "new")
+    page = browser.get("/dashboard/devices/new").get_data(as_text=True)
+    assert 'id="id"' not in page and "new" in page  # its page, not the Register form
+    assert "Register a device" in browser.get("/dashboard/register").get_data(as_text=True)
+    deleted = browser.post("/dashboard/devices/new/delete",
+                           data={"csrf_token": page_token(browser), "confirm": "yes"})
+    assert deleted.status_code == 302 and "new" not in hub.stores.devices

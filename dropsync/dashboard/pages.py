@@ -7,7 +7,10 @@ fetch the same URL with ``?live=1`` and get those regions re-rendered as JSON.
 
 from __future__ import annotations
 
+import secrets
 import socket
+import threading
+import time
 from typing import Any
 
 from flask import (
@@ -79,6 +82,37 @@ def render_page(template: str, regions: dict[str, str] | None = None, **context:
     answer.add_etag()
     answer.headers["Cache-Control"] = "no-cache"  # revalidate every time: 304 if unchanged
     return answer.make_conditional(request)
+
+
+class OneTimeNotes:
+    """What one operator's next page shows once (a token just made), kept in the hub's
+    memory, never in the cookie: a key in the redirect's URL takes it, once, for the
+    operator who made it, within ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 600.0, max_entries: int = 256):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._notes: dict[str, tuple[float, str, dict]] = {}
+        self._lock = threading.Lock()
+
+    def keep(self, owner: str, note: dict) -> str:
+        key = secrets.token_urlsafe(16)
+        with self._lock:
+            now = time.monotonic()
+            for old in [k for k, (at, _, _) in self._notes.items() if now - at > self.ttl_s]:
+                del self._notes[old]
+            while len(self._notes) >= self.max_entries:
+                del self._notes[next(iter(self._notes))]
+            self._notes[key] = (now, owner, note)
+        return key
+
+    def take(self, key: str, owner: str) -> dict | None:
+        with self._lock:
+            found = self._notes.get(key)
+            if found is None or found[1] != owner \
+                    or time.monotonic() - found[0] > self.ttl_s:
+                return None
+            del self._notes[key]
+            return found[2]
 
 
 def form_data(schema: Schema) -> dict[str, Any]:
@@ -156,7 +190,7 @@ def device_list():
                        **found)
 
 
-@bp.get("/devices/new")
+@bp.get("/register")
 def register_form():
     return render_page("dashboard/register.html")
 
@@ -170,14 +204,32 @@ def register():
     except DropSyncError as exc:
         return failed(exc, url_for(".register_form"))
     views.recent(hub()).clear()
-    return token_page(device, token, "registered")
+    return show_token_once(device["id"], token, "registered")
 
 
-def token_page(device: dict, token: str, what: str):
-    """The device's token, shown this once, with the firmware's config lines."""
-    hub_url = hub_url_for_devices()
-    return render_template("dashboard/token.html", device=device, token=token, what=what,
-                           hub_url=hub_url), 201 if what == "registered" else 200
+def show_token_once(device_id: str, token: str, what: str):
+    """After the post that made a token: a redirect to the page that shows it, once
+    (post/redirect/get), so a reload shows the page again and never posts again."""
+    key = shown_once().keep(g.operator, {"device_id": device_id, "token": token,
+                                         "what": what})
+    return redirect(url_for(".device_token", device_id=device_id, once=key))
+
+
+def shown_once() -> OneTimeNotes:
+    return current_app.extensions.setdefault("dropsync.shown_once", OneTimeNotes())
+
+
+@bp.get("/devices/<device_id>/token")
+def device_token(device_id: str):
+    """The device's token with the firmware's config lines, the one time; after that (a
+    reload, the back button) a page that says it was shown and how to get a new one."""
+    note = shown_once().take(request.args.get("once", ""), g.operator)
+    device = devices.get_device(hub().stores, device_id)  # 404 for an unknown device
+    if note is None or note["device_id"] != device_id:
+        return render_template("dashboard/token.html", device=device, token=None,
+                               what="token"), 410
+    return render_template("dashboard/token.html", device=device, token=note["token"],
+                           what=note["what"], hub_url=hub_url_for_devices())
 
 
 def hub_url_for_devices() -> str:
@@ -245,7 +297,7 @@ def rotate_token(device_id: str):
         device, token = devices.rotate_token(hub().stores, device_id, actor=actor())
     except DropSyncError as exc:
         return failed(exc, url_for(".device_detail", device_id=device_id))
-    return token_page(device, token, "given a new token")
+    return show_token_once(device["id"], token, "given a new token")
 
 
 @bp.post("/devices/<device_id>/delete")
