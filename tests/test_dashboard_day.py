@@ -111,3 +111,27 @@ def test_a_device_named_new_opens_and_deletes_like_any_other(browser, hub):
     deleted = browser.post("/dashboard/devices/new/delete",
                            data={"csrf_token": page_token(browser), "confirm": "yes"})
     assert deleted.status_code == 302 and "new" not in hub.stores.devices
+
+
+def test_failed_commands_are_found_from_the_overview_with_their_reason(browser, hub, day_app):
+    token = devices.register_device(hub.stores, "pump-1")[1]
+    node = day_app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    command = hub.commands.send("pump-1", {"name": "open-valve", "args": {}, "priority": 50},
+                                "test")
+    polled = node.get("/api/v1/device/commands/pump-1", headers=auth).get_json()
+    assert [c["id"] for c in polled["commands"]] == [command["id"]]
+    done = node.post("/api/v1/device/commands/pump-1/complete", headers=auth, json={
+        "command_id": command["id"], "success": False, "error": "relay stuck",
+        "result": {"valve": "closed", "current_ma": 0}})
+    assert done.status_code == 200, done.get_json()
+    overview = browser.get("/dashboard/").get_data(as_text=True)
+    tile = re.search(r'<a class="tile warn" href="([^"]+)"><span class="num" id="count-failed">'
+                     r'(\d+)', overview)
+    assert tile and tile[2] == "1"
+    failed = browser.get(tile[1]).get_data(as_text=True)
+    row = re.search(rf'<tr data-command="{command["id"]}">(.*?)</tr>', failed, re.S)[1]
+    assert "pump-1" in row and "open-valve" in row and "relay stuck" in row
+    assert "current_ma" in row and "closed" in row
+    commands = browser.get("/dashboard/commands").get_data(as_text=True)
+    assert "relay stuck" in commands and "failed failed" not in commands

@@ -329,6 +329,14 @@ def command_list():
                                       for g in d.get("groups", ())}))
 
 
+@bp.get("/failed")
+def failed_list():
+    """Failures first: every failed delivery among the latest ended, with its reason and
+    the device's result."""
+    return render_page("dashboard/failed.html", {"failed-rows": "dashboard/_failed_rows.html"},
+                       failures=views.failures(hub()), scanned=views.RECENT_COMMANDS)
+
+
 @bp.post("/commands")
 def send_command():
     back = url_for(".command_list")
@@ -503,4 +511,5 @@ def dropsync_version() -> str:
 
 bp.add_app_template_filter(views.ago, "ago")
 bp.add_app_template_filter(views.size, "size")
+bp.add_app_template_filter(views.result_text, "result_text")
 bp.add_app_template_filter(views.duration, "duration")

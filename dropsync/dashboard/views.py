@@ -8,6 +8,7 @@ dashboards cost what one does.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -154,7 +155,7 @@ def overview(hub: Hub) -> dict[str, Any]:
         views = fleet(hub)
         packages = package_progress(hub)
         ended = hub.commands.recently_ended(RECENT_COMMANDS)
-        failed = [r for r in ended if r.get("state") == "failed"]
+        failed = [r for r in ended if r.get("state") == "failed"]  # as failures() does
         disk = shutil.disk_usage(hub.stores.data_dir)
         blobs = {p["sha256"]: p["size"] for p in packages}
         uploads = hub.uploads.list()
@@ -173,6 +174,20 @@ def overview(hub: Hub) -> dict[str, Any]:
             "firmware": firmware_breakdown(views),
         }
     return recent(hub).get("overview", compute)
+
+
+def failures(hub: Hub, limit: int = RECENT_COMMANDS) -> list[dict[str, Any]]:
+    """Failed deliveries among the latest ended, newest first: by the device (with its
+    error and result) or by the hub (the lease ran out too often: "timeout")."""
+    return [r for r in hub.commands.recently_ended(limit) if r.get("state") == "failed"]
+
+
+def result_text(result: Any, limit: int = 200) -> str:
+    """A delivery's result as one line of JSON, cut to ``limit`` characters."""
+    if result in (None, {}, []):
+        return ""
+    text = json.dumps(result, separators=(", ", ": "), ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dict[str, Any]]:
