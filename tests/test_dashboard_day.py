@@ -7,6 +7,7 @@ Chromium (test_dashboard_day_browser.py)."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from dashboard_support import PASSWORD, log_in, page_token
@@ -135,3 +136,31 @@ def test_failed_commands_are_found_from_the_overview_with_their_reason(browser, 
     assert "current_ma" in row and "closed" in row
     commands = browser.get("/dashboard/commands").get_data(as_text=True)
     assert "relay stuck" in commands and "failed failed" not in commands
+
+
+def test_a_live_refresh_answers_304_when_only_the_clock_moved(browser, hub, day_app):
+    token = devices.register_device(hub.stores, "pump-1")[1]
+    node = day_app.test_client()
+    assert node.post("/api/v1/device/heartbeat/pump-1", json={"rssi": -60},
+                     headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    command = hub.commands.send("pump-1", {"name": "blink", "args": {}, "priority": 50}, "t")
+    pages = ["/dashboard/", "/dashboard/devices", "/dashboard/devices/pump-1",
+             "/dashboard/commands", "/dashboard/activity", "/dashboard/failed"]
+    tags = {}
+    for page in pages:
+        first = browser.get(page + "?live=1")
+        assert first.status_code == 200 and first.headers.get("ETag"), page
+        tags[page] = first.headers["ETag"]
+    time.sleep(2.2)  # past the shared figures' reuse, and a whole second on every clock
+    for page in pages:
+        again = browser.get(page + "?live=1", headers={"If-None-Match": tags[page]})
+        assert again.status_code == 304, (page, again.get_data(as_text=True)[:300])
+    # what the page draws carries the moment, not its age
+    html = browser.get("/dashboard/devices").get_data(as_text=True)
+    assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ" title="[^"]+" '
+                     r'class="ago">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</time>', html)
+    assert " s ago" not in html
+    # and a change in the data is a new page
+    hub.commands.cancel(command["id"], actor="t")
+    assert browser.get("/dashboard/commands?live=1",
+                       headers={"If-None-Match": tags["/dashboard/commands"]}).status_code == 200

@@ -509,7 +509,9 @@ def dropsync_version() -> str:
     return __version__
 
 
-bp.add_app_template_filter(views.ago, "ago")
+bp.add_app_template_filter(views.iso_time, "iso_time")
+bp.add_app_template_filter(views.local_time, "local_time")
+bp.add_app_template_global(views.hub_zone, "hub_zone")
 bp.add_app_template_filter(views.size, "size")
 bp.add_app_template_filter(views.result_text, "result_text")
 bp.add_app_template_filter(views.duration, "duration")

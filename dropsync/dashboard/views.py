@@ -254,23 +254,26 @@ def activity(hub: Hub, *, kind: str = "", device: str = "", before: int | None =
 
 
 # -- formatting (Jinja filters) ----------------------------------------------------------
-def seconds_since(moment: str | float | None, now: float | None = None) -> float | None:
-    if moment is None:
-        return None
+def epoch_of(moment: str | float) -> float:
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
-    return max(0.0, (time.time() if now is None else now) - moment)
+        return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+    return float(moment)
 
 
-def ago(moment: str | float | None) -> str:
-    """"12 s ago", "5 min ago", "3 h ago", "2 d ago", or "never"."""
-    age = seconds_since(moment)
-    if age is None:
-        return "never"
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if age >= size:
-            return f"{int(age // size)} {unit} ago"
-    return f"{int(age)} s ago"
+def iso_time(moment: str | float) -> str:
+    """The moment as ISO 8601 in UTC, for ``<time datetime>``: the browser draws "12 s ago"
+    from it, so a page's HTML changes only when its data does (and a refresh can 304)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_of(moment)))
+
+
+def local_time(moment: str | float) -> str:
+    """The moment as the hub's local date and time (its zone: ``hub_zone``)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_of(moment)))
+
+
+def hub_zone() -> str:
+    """The hub's time zone, as the pages name it beside local times."""
+    return time.strftime("%Z") or "UTC"
 
 
 def duration(seconds: float | None) -> str:
