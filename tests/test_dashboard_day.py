@@ -164,3 +164,21 @@ def test_a_live_refresh_answers_304_when_only_the_clock_moved(browser, hub, day_
     hub.commands.cancel(command["id"], actor="t")
     assert browser.get("/dashboard/commands?live=1",
                        headers={"If-None-Match": tags["/dashboard/commands"]}).status_code == 200
+
+
+def test_the_charts_read_as_the_inventory_does(browser, hub, day_app):
+    token = devices.register_device(hub.stores, "pump-1")[1]
+    node = day_app.test_client()
+    for rssi in (-50, -51):
+        assert node.post("/api/v1/device/heartbeat/pump-1", json={"rssi": rssi,
+                                                                 "free_heap": 30000},
+                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    page = browser.get("/dashboard/devices/pump-1").get_data(as_text=True)
+    charts = re.findall(r'aria-label="([^"]+) over the last [^:]+: \d+ points, from '
+                        r'([-\d.]+) to ([-\d.]+) (\w+)"', page)
+    found = {title: (float(low), float(high), unit) for title, low, high, unit in charts}
+    low, high, unit = found["Signal (RSSI)"]
+    assert unit == "dBm" and high - low >= 10 and low <= -51 and high >= -50
+    low, high, unit = found["Free heap"]
+    assert unit == "KiB" and low <= 29.3 <= high, found  # 30,000 bytes, as the inventory
+    assert "29.3 KiB" in page

@@ -236,8 +236,10 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
         "files": files,
         "sync_history": hub.packages.sync_history(device_id, 20),
         "charts": [
-            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm", now=now),
-            charts.line_chart(series, "free_heap", title="Free heap", unit="bytes", now=now),
+            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm", now=now,
+                              min_range=10),
+            charts.line_chart(series, "free_heap", title="Free heap", unit="KiB", now=now,
+                              scale=1024, min_range=4),
         ],
         "series_points": len(series),
     }
