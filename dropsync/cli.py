@@ -21,6 +21,7 @@ from . import __version__
 from .config import load_config
 from .console import admin_api, echo_json, echo_rows
 from .errors import DataDirBusy, StartupError
+from .fleet import enrollment_cli
 from .hubclient import call_hub
 from .jsonbounds import loads_bounded
 from .ops import cli as ops_cli
@@ -512,6 +513,7 @@ def withdraw(ctx, package_id, yes) -> None:
 ops_cli.register(main)
 signing_cli.register(main)
 rollout_cli.register(main)
+enrollment_cli.register(main)
 
 # -- simulator (dropsync/simulator/) -----------------------------------------------------
 main.add_command(simulate)

@@ -364,6 +364,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATE_LIMIT_LOGIN", "5/minute", parse_rate_limit,
             "Failed dashboard logins per client address and per username; then 429 "
             "with `Retry-After`."),
+    Setting("RATE_LIMIT_ENROLL", "600/minute", parse_rate_limit,
+            "Enrollment requests (`/api/v1/enroll`, its claims) per client address; then "
+            "429 with `Retry-After`. A site's boards booting together behind one router "
+            "share it."),
+    Setting("ENROLL_PENDING_MAX", 200, parse_positive_int,
+            "Boards that may wait for an operator at a time; past it an enrollment answers "
+            "503 `pending_full`, so a flood cannot fill the disk."),
+    Setting("ENROLL_PENDING_TTL_S", 604800, parse_positive_int,
+            "Seconds a pending board is kept after it was last seen (7 days)."),
+    Setting("ENROLL_RETRY_S", 30, parse_positive_int,
+            "Seconds a pending board is told to wait before it asks again."),
     Setting("HEALTH_SERIES_BUCKET_S", 300, parse_positive_int,
             "Seconds per point of each device's RSSI and free-heap series (24 hours kept, "
             "at most 1,440 points; checkpointed with liveness)."),

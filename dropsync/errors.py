@@ -48,6 +48,14 @@ class Conflict(DropSyncError):
     status, code = 409, "conflict"
 
 
+class Gone(DropSyncError):
+    status, code = 410, "gone"
+
+
+class ServiceUnavailable(DropSyncError):
+    status, code = 503, "unavailable"
+
+
 class UnsupportedMediaType(DropSyncError):
     status, code = 415, "unsupported_media_type"
 

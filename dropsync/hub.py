@@ -21,6 +21,7 @@ from .fleet.bootstrap import (
     load_or_create_secret_key,
 )
 from .fleet.credentials import AdminAuthority, new_token
+from .fleet.enrollment import Enrollment
 from .fleet.pacing import Pacing
 from .relay.commands import CommandQueue
 from .relay.commands import Settings as CommandSettings
@@ -108,6 +109,10 @@ class Hub:
             self.admin = AdminAuthority(self.stores, extra)
             self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
             self.pacing = Pacing(self.stores, settings)
+            self.enrollment = Enrollment(self.stores,
+                                         pending_max=settings["ENROLL_PENDING_MAX"],
+                                         pending_ttl_s=settings["ENROLL_PENDING_TTL_S"],
+                                         retry_s=settings["ENROLL_RETRY_S"])
             self._open_file_sync(settings)
             from .sites.link import SitesLink  # its export reads the dashboard's views
             self.sites = SitesLink(self, settings)

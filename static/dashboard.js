@@ -179,6 +179,15 @@
     });
   }
 
+  // -- "select all" boxes --------------------------------------------------------------
+  document.addEventListener("change", function (event) {
+    var all = event.target;
+    var name = all.getAttribute && all.getAttribute("data-select-all");
+    if (!name) { return; }
+    var boxes = document.querySelectorAll("input." + name);
+    for (var i = 0; i < boxes.length; i++) { boxes[i].checked = all.checked; }
+  });
+
   // -- copy buttons ------------------------------------------------------------------
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("[data-copy]") : null;

@@ -79,6 +79,11 @@ def test_demo_runs_devices_and_ctrl_c_leaves_nothing_behind(tmp_path):
         wait_until(lambda: rollout()["waves"][1]["state"] != "waiting", timeout=60,
                    every=0.5, message="the demo's rollout past its canary")
         assert rollout()["state"] in ("running", "finished")
+        # boards with no token arrive and wait for the person at the dashboard
+        assert "New boards:" in output and "Pending page" in output
+        wait_until(lambda: requests.get(f"{url}/api/v1/admin/enrollments?state=pending",
+                                        headers=bearer(token), timeout=10).json()["count"]
+                   == 2, timeout=30, every=0.5, message="two boards pending")
         assert processes_mentioning(workdir), "the hub runs with the demo's data directory"
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0

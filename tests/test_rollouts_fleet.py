@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
 
 import pytest
 import requests
 from firmware_support import ADMIN, HostClient
+from fleet_support import RunningFleet
 from support import ADMIN_TOKEN, HubProcess
 from sync_support import wait_until
 from updater_support import basic, esp8266_request
 
 from dropsync.simulator.faults import FaultPlan
-from dropsync.simulator.fleet import Fleet, FleetOptions, prepare_credentials
+from dropsync.simulator.fleet import FleetOptions, prepare_credentials
 from dropsync.sync.rollouts import wave_order
 
 pytestmark = pytest.mark.slow
@@ -45,27 +45,6 @@ def stage_image(hub, data):
 
 def image():
     return b"\xe9\x03\x02\x20" + os.urandom(5000)
-
-
-class RunningFleet:
-    """The simulator's fleet in its own thread and event loop, beside the test."""
-
-    def __init__(self, hub_url, tokens):
-        self.fleet = Fleet(hub_url, tokens, FleetOptions(
-            devices=len(tokens), ramp_s=1, heartbeat_every_s=1, manifest_every_s=1,
-            request_timeout_s=10, seed=21))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_until_complete,
-                                       args=(self.fleet.run(stop_on_signals=()),))
-        self.thread.start()
-
-    def offered(self, sha256):
-        return set(self.fleet.stats.offered.get(sha256, ()))
-
-    def stop(self):
-        self.loop.call_soon_threadsafe(self.fleet.stop.set)
-        self.thread.join(60)
-        self.loop.close()
 
 
 def started_members(rollout):
@@ -115,7 +94,7 @@ def test_200_devices_take_a_good_image_in_waves_and_a_bad_one_pauses_by_itself(
     hub = hub_process(HUB_ENV)
     tokens = asyncio.run(prepare_credentials(hub.url, ADMIN_TOKEN,
                                              FleetOptions(devices=DEVICES), None))
-    fleet = RunningFleet(hub.url, tokens)
+    fleet = RunningFleet(hub.url, tokens).start()
     try:
         # -- a good image: 1 -> 10% -> 50% -> 100% ----------------------------------------
         good = image()

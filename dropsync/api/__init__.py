@@ -10,12 +10,14 @@ from flask.sessions import SecureCookieSessionInterface
 from ..ops import app as ops
 from . import (  # noqa: F401 (admin_fleet, _files and _rollouts add routes to admin)
     admin,
+    admin_enrollment,
     admin_files,
     admin_fleet,
     admin_ops,
     admin_rollouts,
     admin_sites,
     device,
+    enroll,
     errors,
     files,
     health,
@@ -89,6 +91,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.after_request(openapi.static_security_headers)
     app.register_blueprint(ota.bp)
+    app.register_blueprint(enroll.bp)
     app.register_blueprint(admin_ops.bp)  # /metrics
     rate_limits = limits.init_app(
         app, device_limits={device.bp: app.config["RATE_LIMIT_DEVICE"],
@@ -96,3 +99,5 @@ def init_app(app: Flask) -> None:
                             ota.bp: app.config["RATE_LIMIT_DEVICE"]},
         guarded_blueprints=[device.bp, files.bp, admin.bp, ota.bp])
     app.extensions["dropsync.gate"] = DeviceGate(app.extensions["dropsync"], rate_limits)
+    app.extensions["dropsync.enroll_limit"] = rate_limits.limit(
+        "enroll", app.config["RATE_LIMIT_ENROLL"]) if rate_limits.enabled else None

@@ -148,12 +148,15 @@ def session_id_of(environ: Mapping[str, Any], cookie_name: str,
 
 
 def body_limits(config: Mapping[str, Any]) -> dict[str, int]:
-    """The routes whose bodies may be larger than ``MAX_REQUEST_BYTES``, and by how much."""
+    """The routes whose bodies may be larger than ``MAX_REQUEST_BYTES`` (or must be
+    smaller: anyone may send to the enrollment routes, and a board's request is small)."""
+    from ..fleet.enrollment import ENROLL_BODY_MAX_BYTES
     from ..sync.uploads import MULTIPART_OVERHEAD
 
     return {"files.upload": config["UPLOAD_MAX_BYTES"] + MULTIPART_OVERHEAD,
             "admin.stage_file": config["STAGING_UPLOAD_MAX_BYTES"],
-            "dashboard.stage_file": config["STAGING_UPLOAD_MAX_BYTES"]}
+            "dashboard.stage_file": config["STAGING_UPLOAD_MAX_BYTES"],
+            "enroll.enroll": ENROLL_BODY_MAX_BYTES, "enroll.claim": ENROLL_BODY_MAX_BYTES}
 
 
 def body_admission(app) -> BodyAdmission:
@@ -184,9 +187,20 @@ def body_admission(app) -> BodyAdmission:
         if credentials.session_operator(hub.stores, sid) is None:
             raise Unauthorized("log in to the dashboard first", code="login_required")
 
+    enroll_limit = app.extensions["dropsync.enroll_limit"]
+
+    def board(view_args, environ) -> None:
+        """Enrollment: a board has no token yet; its credential (the enrollment key or
+        its secret) is in the small body. An address past its rate is refused here, on
+        the event loop, before a thread or the app sees it (the route counts)."""
+        address = Caller.of(environ).address
+        if enroll_limit is not None and enroll_limit.exceeded(address):
+            raise RateLimited(enroll_limit, (address,))
+
     return BodyAdmission(app.url_map, authenticators={"device": device_of("device"),
                                                       "files": device_of("files"),
-                                                      "admin": admin, "dashboard": operator},
+                                                      "admin": admin, "dashboard": operator,
+                                                      "enroll": board},
                          public_endpoints=set(PUBLIC_ENDPOINTS),
                          route_limits=body_limits(app.config),
                          default_limit=app.config["MAX_REQUEST_BYTES"])

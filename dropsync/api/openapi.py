@@ -36,9 +36,12 @@ ERROR_TEXT = {
     400: "Invalid input", 401: "Missing or invalid credentials",
     403: "Credentials valid but not for this resource", 404: "Not found",
     405: "Method not allowed", 409: "Conflict with the current state",
-    410: "Gone (an expired download ticket)", 413: "Body too large",
+    410: "Gone (an expired download ticket; a token claimed before)",
+    413: "Body too large",
     415: "Unsupported content type", 416: "Range not satisfiable",
-    429: "Too many requests; see Retry-After", 507: "The hub's disk is full",
+    429: "Too many requests; see Retry-After",
+    503: "Not now (e.g. too many boards already waiting for an operator)",
+    507: "The hub's disk is full",
 }
 PATH_PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>\w+)>")
 CONVERTER_TYPES = {"int": {"type": "integer", "minimum": 0}, "path": {"type": "string"}}

@@ -110,7 +110,9 @@ def confirmed(question: str, button: str):
     if request.form.get("confirm") == "yes":
         return None
     return render_template("dashboard/confirm.html", question=question, button=button,
-                           action=request.path)
+                           action=request.path,
+                           carried=[(k, v) for k, v in request.form.items(multi=True)
+                                    if k not in FORM_ONLY])
 
 
 def done(message: str, to: str):

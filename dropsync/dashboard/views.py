@@ -168,6 +168,7 @@ def overview(hub: Hub) -> dict[str, Any]:
                         "uploads": sum(u.get("size", 0) for u in uploads)},
             "staging": hub.staging_report(),
             "activity": find_events(hub.stores, limit=8)["events"],
+            "pending_boards": hub.enrollment.pending_count(),
             "rollouts": [r for r in hub.rollouts.list() if r["state"] in ROLLOUTS_UNDER_WAY],
             "firmware": firmware_breakdown(views),
         }

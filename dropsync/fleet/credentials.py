@@ -13,12 +13,13 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..clock import now_iso
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from ..store import Document, Stores
+from ..store import Document, KeyedTable, Stores
 
 TOKEN_BYTES = 24
 MIN_PASSWORD_LENGTH = 8
@@ -36,14 +37,18 @@ def tokens_match(token_hash: str, token: str) -> bool:
     return hmac.compare_digest(token_hash, hash_token(token))
 
 
-# -- admin tokens ----------------------------------------------------------------------
+# -- admin tokens and enrollment keys ----------------------------------------------------
+def issue_secret(table: KeyedTable, **fields: Any) -> tuple[Document, str]:
+    """A new random secret kept in ``table`` only as its hash: the record and the secret,
+    shown this once (admin tokens, enrollment keys)."""
+    secret = new_token()
+    record = table.insert({"id": secrets.token_hex(4), **fields,
+                           "token_hash": hash_token(secret), "created_at": now_iso()})
+    return record, secret
+
+
 def create_admin_token(stores: Stores, label: str) -> tuple[Document, str]:
-    token = new_token()
-    record = stores.admin_tokens.insert({
-        "id": secrets.token_hex(4), "label": label, "token_hash": hash_token(token),
-        "created_at": now_iso(),
-    })
-    return record, token
+    return issue_secret(stores.admin_tokens, label=label)
 
 
 def revoke_admin_token(stores: Stores, token_id: str) -> Document:

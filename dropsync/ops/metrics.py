@@ -64,6 +64,13 @@ class HubStateCollector:
             rollouts.add_metric([state], count)
         yield rollouts
 
+        enrollments = GaugeMetricFamily("dropsync_enrollments", "Boards that enrolled, by "
+                                        "state (pending: waiting for an operator)",
+                                        labels=["state"])
+        for state, count in hub.enrollment.counts().items():
+            enrollments.add_metric([state], count)
+        yield enrollments
+
         yield GaugeMetricFamily("dropsync_disk_free_bytes", "Free bytes on the data "
                                 "directory's filesystem",
                                 value=shutil.disk_usage(hub.stores.data_dir).free)

@@ -86,6 +86,9 @@ def locate_hub(overrides: dict[str, Any], hub_url: str | None,
               "found in the data directory).")
 @click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False),
               help='Use registered devices from a {"id": "token"} JSON file instead.')
+@click.option("--enroll-key", help="Start the fleet unenrolled: each device enrolls with "
+              "this key, waits until an operator accepts it (or its MAC is preauthorised), "
+              "claims its token, then runs.")
 @click.option("--save-tokens", type=click.Path(dir_okay=False),
               help="Write the registered devices' ids and tokens there (mode 0600).")
 @click.option("--heartbeat-every", "heartbeat_s", type=click.FloatRange(min=1), default=60.0,
@@ -102,7 +105,8 @@ def locate_hub(overrides: dict[str, Any], hub_url: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, warmup_s, prefix,
-             groups, device_type, fault_spec, stall_s, admin_token, tokens_file, save_tokens,
+             groups, device_type, fault_spec, stall_s, admin_token, enroll_key, tokens_file,
+             save_tokens,
              heartbeat_s, manifest_s, timeout_s, progress_every, quiet, seed, as_json) -> None:
     """Run N virtual devices against a hub, as the firmware behaves on the wire.
 
@@ -130,7 +134,7 @@ def simulate(ctx: click.Context, hub_url, count, duration, start, ramp_s, warmup
                            warmup_s=warmup_s,
                            duration_s=duration, faults=faults, request_timeout_s=timeout_s,
                            heartbeat_every_s=heartbeat_s, manifest_every_s=manifest_s,
-                           seed=seed)
+                           seed=seed, enroll_key=enroll_key)
     show, every_s = progress_printer(quiet, progress_every)
 
     async def main() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +38,8 @@ SAMPLE_TARGET, SAMPLE_PATH = "group-greenhouse", "data/calibration.bin"
 #: A pretend firmware image for every device, offered in waves: a canary, then half,
 #: then all, each wave holding DEMO_SOAK_S once it succeeded.
 IMAGE_PATH = "firmware/demo.bin"
+#: Boards that arrive with no token, enroll and wait for the person at the dashboard.
+NEW_BOARDS = 2
 DEMO_WAVES = {"canary": 1, "percents": [50.0, 100.0], "soak_s": 10.0, "deadline_s": 120.0}
 #: Seconds to wait for the hub to answer, and for it to stop.
 HUB_START_S, HUB_STOP_S = 30.0, 15.0
@@ -177,6 +180,8 @@ class Demo:
                                         data=sample_image())
             rollout = await admin.request("POST", "/rollouts",
                                           {"package": image["id"], **DEMO_WAVES})
+            enroll_key = (await admin.request("POST", "/enroll-keys",
+                                              {"group": GROUPS[0], "label": "demo"}))["key"]
             first = next(iter(credentials))
             await admin.request("POST", "/commands",
                                 {"target": f"group:{GROUPS[1]}", "name": "upload-log"})
@@ -200,6 +205,9 @@ class Demo:
             f"rollout {rollout['id']}"
             + (f": {self.url}/dashboard/rollouts/{rollout['id']}" if dashboard else ""))
         say(f"  Queued:       upload-log for group:{GROUPS[1]}; reboot for {first}")
+        say(f"  New boards:   {NEW_BOARDS} arrive with no token and wait for you: accept "
+            "them on the dashboard's Pending page (or: dropsync device pending, then "
+            "dropsync device accept MAC)")
         say(f"  Data:         {workdir} (deleted on exit)")
         say("  Try:")
         say(f"    curl -H 'Authorization: Bearer {self.admin_token}' "
@@ -208,8 +216,15 @@ class Demo:
         say(f"    DROPSYNC_DATA_DIR={workdir / 'data'} dropsync rollout show {rollout['id']}")
         say()
         show, every_s = progress_printer(False, None)
+        # The boards with no token enroll beside the fleet and stop with it.
+        arriving = Fleet(self.url, dict.fromkeys(f"new-{i}" for i in range(1, NEW_BOARDS + 1)),
+                         replace(options, devices=NEW_BOARDS, prefix="new-",
+                                 enroll_key=enroll_key, ramp_s=5))
+        newcomers = asyncio.create_task(arriving.run(stop_on_signals=()))
         summary = await Fleet(self.url, credentials, options).run(
             show, every_s, stop_on_signals=STOP_SIGNALS)
+        arriving.stop.set()
+        await newcomers
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         say(f"The devices made {summary['requests']['total']} requests, verified "

@@ -52,6 +52,9 @@ CHUNK_ATTEMPTS = 3
 FAILED_AUTH_WINDOW_S = 65.0
 #: Where the interval is unknown (before the first answer).
 DEFAULT_INTERVAL_S = 10.0
+#: Seconds a board with no token waits after its enrollment was refused (a rejected
+#: board, an unknown key): it tries again, slowly, in case an operator changes that.
+ENROLL_REFUSED_WAIT_S = 60.0
 
 MESSAGE_LEVELS = (("debug", 3), ("info", 10), ("warning", 3), ("error", 1))
 MESSAGE_TEXTS = {
@@ -102,14 +105,20 @@ class PartialDownload:
 
 
 class VirtualDevice:
-    def __init__(self, link: HubLink, device_id: str, token: str, *, seed: int,
-                 source_address: str | None = None, device_type: str = "esp8266"):
+    def __init__(self, link: HubLink, device_id: str, token: str | None, *, seed: int,
+                 source_address: str | None = None, device_type: str = "esp8266",
+                 enroll_key: str | None = None):
         self.link = link
         self.stats = link.stats
         self.id = device_id
         self.token = token
         self.source_address = source_address
         self.rng = random.Random(seed)
+        self.device_type = device_type
+        #: With no token: the key it enrolls with, and the MAC and secret a board has.
+        self.enroll_key = enroll_key
+        self.mac = ":".join(f"{b:02x}" for b in [0x02, *self.rng.randbytes(5)])
+        self.secret = self.rng.randbytes(32).hex()
         self.heap_range = (150_000, 290_000) if device_type == "esp32" else (18_000, 42_000)
         self.rssi = self.rng.randint(-82, -48)
         self.free_heap = self.rng.randint(*self.heap_range)
@@ -133,6 +142,8 @@ class VirtualDevice:
         """Boot after ``first_delay_s``, then poll until cancelled."""
         try:
             await asyncio.sleep(first_delay_s)
+            while self.token is None:
+                await self.enroll()
             await self.boot("power on")
             while True:
                 await self.cycle()
@@ -151,6 +162,32 @@ class VirtualDevice:
             await self.send_message("info", f"booted ({reason}), firmware {FIRMWARE_VERSION}")
         except RequestFailed:
             pass  # the next cycle tries again, as the firmware does
+
+    async def enroll(self) -> None:
+        """One step of a board with no token: enroll, and once accepted claim the token
+        (then it is a device like any other). Waits as the hub says, or a minute after a
+        refusal (a rejected board, a revoked key), as the firmware does."""
+        body = {"enroll_key": self.enroll_key, "hardware_id": self.mac,
+                "board": self.device_type, "firmware_version": FIRMWARE_VERSION,
+                "name_hint": self.id,
+                "secret_sha256": hashlib.sha256(self.secret.encode()).hexdigest()}
+        try:
+            reply = await self.call("enroll", "POST", "/api/v1/enroll", body=body,
+                                    ok=(200, 202), token="", fault="enrollment")
+            answer = reply.json()
+            if reply.status == 200:
+                reply = await self.call("enroll", "POST", "/api/v1/enroll/claim",
+                                        body={"hardware_id": self.mac,
+                                              "secret": self.secret},
+                                        ok=(200, 202), token="", fault="enrollment")
+                answer = reply.json()
+                if reply.status == 200:
+                    self.id, self.token = answer["device_id"], answer["token"]
+                    self.stats.enrolled += 1
+                    return
+        except RequestFailed:
+            answer = {"retry_after_s": ENROLL_REFUSED_WAIT_S}
+        await asyncio.sleep(float(answer.get("retry_after_s") or ENROLL_REFUSED_WAIT_S))
 
     def connect(self) -> None:
         connector = aiohttp.TCPConnector(

@@ -54,6 +54,9 @@ class FleetOptions:
     #: Give each device its own loopback source address (None: when the hub is on an
     #: IPv4 loopback address).
     own_addresses: bool | None = None
+    #: Start unenrolled: each device enrolls with this key, waits for an operator (or a
+    #: preauthorised MAC), claims its token and carries on (None: registered up front).
+    enroll_key: str | None = None
 
 
 class AdminAPI:
@@ -146,7 +149,8 @@ class Fleet:
         self.rng = random.Random(seed)
         types = options.device_type
         self.devices = [VirtualDevice(self.link, device_id, token, seed=seed + i,
-                                      source_address=addresses[i], device_type=types)
+                                      source_address=addresses[i], device_type=types,
+                                      enroll_key=options.enroll_key)
                         for i, (device_id, token) in enumerate(credentials.items())]
         self.stop = asyncio.Event()
 
@@ -223,7 +227,10 @@ class Fleet:
 async def prepare_credentials(hub_url: str, admin_token: str | None,
                               options: FleetOptions, tokens: dict[str, str] | None) \
         -> dict[str, str]:
-    """The fleet's ``{id: token}``: the given tokens, or new registrations."""
+    """The fleet's ``{id: token}``: the given tokens, or new registrations; with an
+    enrollment key, name hints with no token yet (the devices enroll)."""
+    if options.enroll_key is not None:
+        return dict.fromkeys(device_ids(options.prefix, options.devices))
     if tokens is not None and not options.groups:
         return tokens
     if admin_token is None:

@@ -89,6 +89,7 @@ class FleetStats:
     uploads: int = 0
     messages: int = 0
     heartbeats: int = 0
+    enrolled: int = 0          # boards that enrolled and claimed their tokens
     polls_per_second: list[int] = field(default_factory=list)
     loop_lag_ms: list[float] = field(default_factory=list)
     online: set = field(default_factory=set)

@@ -5,7 +5,7 @@ Layout of a data directory::
     hub.lock            exclusive claim of the running hub (pid, URL, local CLI token)
     devices.json        TinyDB: devices and group settings (hot, small state)
     commands.json       TinyDB: commands with deliveries still open; finished ones leave
-    auth.json           TinyDB: admin tokens, operators
+    auth.json           TinyDB: admin tokens, enrollment keys, operators
     meta.json           TinyDB: hub-wide facts (e.g. which seed files were imported)
     liveness.json       last seen, signal, heap: checkpointed, not fsynced per heartbeat
     health.json         24 h of RSSI and free heap per device, downsampled, checkpointed
@@ -16,6 +16,8 @@ Layout of a data directory::
     uploads.json        TinyDB: files devices uploaded (name, size, SHA-256)
     rollouts.json       TinyDB: rollouts, their waves and each device's outcome
     sync_state.json     latest sync report per device and package, checkpointed
+    enrollments.json    TinyDB: boards enrolling without a token (pending, accepted, ...)
+                        and the MACs preauthorised to join
     sites.json          TinyDB: many sites (a site: the central commands it took, by id;
                         the centre: each site's last export and the commands it sent)
 """
@@ -85,6 +87,9 @@ class Stores:
                                       item="device")
             self.admin_tokens = KeyedTable(auth_file, "admin_tokens", "id",
                                            unique=["token_hash"], item="admin token")
+            #: Enrollment keys (their hash): the credential of a board that has no token.
+            self.enroll_keys = KeyedTable(auth_file, "enroll_keys", "id",
+                                          unique=["token_hash"], item="enrollment key")
             self.operators = KeyedTable(auth_file, "operators", "username", item="operator")
             #: Dashboard sessions by the hash of their id: a logout or a password change
             #: deletes them, so an old cookie stops working.
@@ -104,6 +109,14 @@ class Stores:
             self.health = HealthSeries(self.data_dir / "health.json", health_bucket_s,
                                        liveness_checkpoint_s)
             self._open_file_sync_stores(liveness_checkpoint_s)
+            enrollment_file = self._open("enrollments.json")
+            #: Boards that asked to join, by hardware id (MAC): pending, accepted, rejected
+            #: or claimed (the token handed out, once).
+            self.enrollments = KeyedTable(enrollment_file, "enrollments", "hardware_id",
+                                          item="enrollment")
+            #: MACs an operator accepted before the boards arrived (with groups, a name).
+            self.preauthorized = KeyedTable(enrollment_file, "preauthorized", "hardware_id",
+                                            item="preauthorised board")
             sites_file = self._open("sites.json")
             #: On a site: every command file from the centre taken in, by its id, so a
             #: file delivered again (a link back, a rescan) is never queued twice.

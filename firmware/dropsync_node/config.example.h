@@ -9,7 +9,8 @@
 
 // -- the hub --------------------------------------------------------------------------
 // Base URL only, no trailing slash. A name (http://raspberrypi.local:8000) needs mDNS or
-// DNS on the network; an address always works.
+// DNS on the network; an address always works. Empty (""): the board asks the LAN for the
+// hub over mDNS (_dropsync._tcp, which the hub advertises) at every boot.
 #define HUB_URL "http://192.168.1.10:8000"
 
 // TLS placeholder: with an https:// HUB_URL, pin the hub's certificate by its SHA-1
@@ -23,7 +24,16 @@
 // does the same for every update, stock updaters included.)
 // #define FIRMWARE_SIGNING_KEY "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"
 
-// -- this node ------------------------------------------------------------------------
+// -- this node: EITHER one build for the whole fleet... ---------------------------------
+// The key `dropsync enroll-key new` printed. Each board then enrolls at first boot, waits
+// until an operator accepts it (dashboard: Pending; or `dropsync device accept MAC`) or its
+// MAC was preauthorised, and keeps the token it is given on its flash. DEVICE_ID and
+// DEVICE_TOKEN below are then ignored. (docs/operators/adding-boards.md)
+// #define ENROLL_KEY "paste-the-enrollment-key-here"
+// Held low for 5 s (the BOOT/FLASH button on most boards): forget the token, enroll again.
+// #define RESET_PIN 0        // -1: no reset button
+
+// -- ...OR a build for this one board ---------------------------------------------------
 // Empty: the WiFi MAC address (e.g. 5C:CF:7F:A1:49:8F), which the hub accepts as an id.
 #define DEVICE_ID ""
 // From `dropsync device add <id>` (shown once).

@@ -72,6 +72,8 @@ class BodyStream : public Stream {
 class ArduinoTransport : public dropsync::HttpTransport {
  public:
   explicit ArduinoTransport(const char* base_url) : base_(base_url) {}
+  // The hub found at run time (mDNS): its URL, kept by the caller for as long as this is.
+  void set_base(const char* base_url) { base_ = base_url; }
 
   void begin() {
 #if defined(HUB_TLS_FINGERPRINT) && defined(ESP8266)

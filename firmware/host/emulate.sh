@@ -12,7 +12,8 @@
 #   firmware/host/emulate.sh /path/to/esp8266-Arduino http://127.0.0.1:8000 <device id> <token> [seconds]
 #       the sketch against a hub of yours for the given seconds
 #
-# BUILD_ONLY=1 builds and stops. FLASH_DIR (default: a temp folder) keeps the emulated
+# ENROLL_KEY=K builds the board with no identity of its own: it enrolls with that key
+# (device id and token are then ignored; give any). BUILD_ONLY=1 builds and stops. FLASH_DIR (default: a temp folder) keeps the emulated
 # flash, which persists every write as it happens (see below), so a killed run resumes;
 # FLASH_KB sets its size (default 1024, a 4M1M board's FS).
 # With SKETCH=stock_update_check it builds host/stock_update_check instead: the core's own
@@ -52,6 +53,9 @@ cat > "$work/dropsync_node/config.h" <<CONFIG
 #define BACKOFF_BASE_MS 500
 #define BACKOFF_CAP_MS 4000
 CONFIG
+if [ -n "${ENROLL_KEY:-}" ]; then  # a board built once for a fleet: it enrolls
+    echo "#define ENROLL_KEY \"$ENROLL_KEY\"" >> "$work/dropsync_node/config.h"
+fi
 cp "$work/dropsync_node/config.h" "$work/stock_update_check/config.h"
 
 # The core's tests/host, in a shadow tree (the rest of the checkout linked, not copied),

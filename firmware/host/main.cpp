@@ -2,6 +2,11 @@
 // The tests (tests/test_firmware*.py) run it; it is also a handy node simulator.
 //
 //   dropsync-host --hub http://127.0.0.1:8000 --id esp001 --token T --flash ./flash.img
+//   dropsync-host --hub ... --flash ./flash.img --enroll-key K --hardware-id MAC
+//                 [--name-hint ID] [--refused-wait-ms N] [--factory-reset]
+//                 (no id or token: it enrolls, waits, claims its token and keeps it on
+//                 its flash, as a board built once for a fleet; --factory-reset forgets
+//                 it first, as the sketch's long press does)
 //                 [--hub-cert hub.crt]   (with an https:// hub: the certificate to pin)
 //                 [--signing-key public.key]  (firmware images must be signed with it)
 //                 [--flash-flavour esp8266|esp32] [--poll-s 30] [--heartbeat-s 60]
@@ -18,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dropsync_core/enrollment.h"
 #include "dropsync_core/node.h"
 #include "dropsync_core/text.h"
 #include "host_platform.h"
@@ -87,9 +93,16 @@ int main(int argc, char** argv) {
   dropsync::NodeConfig config;
   config.device_id = option(argc, argv, "--id", "");
   config.token = option(argc, argv, "--token", "");
-  if (!hub || !flash || !*config.device_id) {
-    fprintf(stderr, "usage: %s --hub http://IP:PORT --id ID --token TOKEN --flash IMAGE ...\n",
-            argv[0]);
+  dropsync::EnrollConfig enroll;
+  enroll.enroll_key = option(argc, argv, "--enroll-key", "");
+  enroll.hardware_id = option(argc, argv, "--hardware-id", "");
+  enroll.board = "host";
+  enroll.name_hint = option(argc, argv, "--name-hint", "");
+  bool enrolls = *enroll.enroll_key != '\0';
+  if (!hub || !flash || (!*config.device_id && !(enrolls && *enroll.hardware_id))) {
+    fprintf(stderr, "usage: %s --hub http://IP:PORT --id ID --token TOKEN --flash IMAGE ...\n"
+            "   or: %s --hub ... --flash IMAGE --enroll-key KEY --hardware-id MAC ...\n",
+            argv[0], argv[0]);
     return 2;
   }
   config.poll_s = number(argc, argv, "--poll-s", config.poll_s);
@@ -134,6 +147,38 @@ int main(int argc, char** argv) {
   static HostBoard board(option(argc, argv, "--firmware-version", "host-1.0.0"), flash_fs,
                          &firmware);
 
+  // A board built with no identity: the one it stored, else enroll until it has one.
+  static dropsync::Identity identity;
+  if (enrolls) {
+    if (flag(argc, argv, "--factory-reset")) {
+      dropsync::Enrollment::forget(storage);
+      board.log("factory reset: identity forgotten");
+    }
+    enroll.backoff_base_ms = config.backoff_base_ms;
+    enroll.backoff_cap_ms = config.backoff_cap_ms;
+    enroll.refused_wait_ms = number(argc, argv, "--refused-wait-ms", enroll.refused_wait_ms);
+    if (dropsync::Enrollment::load(storage, identity)) {
+      board.log("enroll: identity on flash");
+    } else {
+      dropsync::Enrollment enrollment(transport, storage, clock, sha256, board);
+      uint32_t started = clock.millis();
+      bool done = false;
+      while (!done && !stop_requested && !(run_ms && clock.millis() - started >= run_ms)) {
+        uint32_t wait = enrollment.step(enroll, identity, done);
+        uint32_t waited = 0;  // in short sleeps, so a stop is not held up
+        while (!done && !stop_requested && waited < wait &&
+               !(run_ms && clock.millis() - started >= run_ms)) {
+          uint32_t slice = wait - waited < 100 ? wait - waited : 100;
+          clock.sleep_ms(slice);
+          waited += slice;
+        }
+      }
+      if (!done) return 4;  // stopped before it was accepted
+    }
+    config.device_id = identity.device_id;
+    config.token = identity.token;
+  }
+
   // The node lives on the heap here so the peak below includes it.
   size_t before = heap_in_use();
   heap_reset_peak();
@@ -141,6 +186,7 @@ int main(int argc, char** argv) {
   node->on("echo", echo_command);
   node->on("fail", fail_command);
   node->on("nap", nap_command, &clock);
+  if (enrolls) node->on("factory_reset", dropsync::factory_reset_command);
   node->begin();
   const char* text = option(argc, argv, "--message", nullptr);
   if (text) node->message("info", text);

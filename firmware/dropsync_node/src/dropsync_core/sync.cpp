@@ -17,17 +17,6 @@ static const char kIndexPath[] = "/.dropsync/have.idx";
 // A status for "flash refused the write": not the hub's fault, so not retried as one.
 static const int kStorageError = -100;
 
-namespace {
-
-class FileSource : public ByteSource {
- public:
-  explicit FileSource(File* file) : file_(file) {}
-  int read(uint8_t* buffer, size_t length) override { return file_->read(buffer, length); }
- private:
-  File* file_;
-};
-
-// Reads a small state file (a line of text) into out; false when missing.
 bool read_small(Storage& storage, const char* path, char* out, size_t size) {
   File* file = storage.open(path, OpenMode::kRead);
   if (!file) return false;
@@ -52,6 +41,17 @@ bool write_small(Storage& storage, const char* path, const char* text) {
   return ok && storage.rename(temp, path);
 }
 
+namespace {
+
+class FileSource : public ByteSource {
+ public:
+  explicit FileSource(File* file) : file_(file) {}
+  int read(uint8_t* buffer, size_t length) override { return file_->read(buffer, length); }
+ private:
+  File* file_;
+};
+
+// Reads a small state file (a line of text) into out; false when missing.
 void store_field(JsonReader& reader, const char* key, JsonEvent event, ManifestFile& file) {
   long long number = 0;
   bool is_number = event == JsonEvent::kNumber && reader.as_int(number);

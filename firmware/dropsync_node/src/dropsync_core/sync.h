@@ -26,6 +26,11 @@ namespace dropsync {
 
 class JsonWriter;
 
+// A small state file (a line of text) on flash: read whole, NUL-terminated...
+bool read_small(Storage& storage, const char* path, char* out, size_t size);
+// ...and replaced whole: written beside, flushed, then renamed over (atomic on LittleFS).
+bool write_small(Storage& storage, const char* path, const char* text);
+
 struct ManifestFile {
   char id[16];
   char path[208];
