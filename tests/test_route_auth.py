@@ -16,7 +16,10 @@ from marshmallow import fields
 from support import ADMIN_TOKEN, assert_error
 
 #: Endpoints anyone may call. Keep it short: every entry is a route with no auth at all.
-PUBLIC = {"health.show", "docs.openapi_document", "docs.viewer", "docs.viewer_asset", "static"}
+PUBLIC = {"health.show", "docs.openapi_document", "docs.viewer", "docs.viewer_asset", "static",
+          # a board with no token yet: its credential (the enrollment key, its secret) is
+          # in the body; tests/test_enrollment.py refuses wrong ones on both routes
+          "enroll.enroll", "enroll.claim"}
 #: The dashboard's login page(s) are public too, once the dashboard exists.
 OPTIONAL_PUBLIC_PREFIX = "dashboard.login"
 #: Blueprints whose routes need the token of the device named in the path.
