@@ -266,9 +266,10 @@
         try { data = JSON.parse(request.responseText); } catch (e) { data = null; }
         if (request.status >= 200 && request.status < 300) {
           bar.value = 100;
+          var reach = data.progress ? ", for " + data.progress.targets + " device(s)" : "";
           setText(result, "Staged " + data.target + "/" + data.path + " as version " +
-                  data.version + (hold && hold.checked ? ", held for a rollout: start it on " +
-                  "the package's page." : "."));
+                  data.version + reach + (hold && hold.checked ? ", held for a rollout: " +
+                  "start it on the package's page." : "."));
           refreshSoon();
         } else {
           setText(result, errorMessage(data, request.status));

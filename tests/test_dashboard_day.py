@@ -182,3 +182,24 @@ def test_the_charts_read_as_the_inventory_does(browser, hub, day_app):
     low, high, unit = found["Free heap"]
     assert unit == "KiB" and low <= 29.3 <= high, found  # 30,000 bytes, as the inventory
     assert "29.3 KiB" in page
+
+
+def test_an_upload_to_a_target_that_reaches_nobody_is_refused_and_stores_nothing(browser,
+                                                                                  hub):
+    devices.register_device(hub.stores, "pump-1", groups=["field"])
+    headers = {"X-CSRFToken": page_token(browser), "Accept": "application/json",
+               "Content-Type": "application/octet-stream"}
+    for target in ("orchard", "group:orchard", "group-orchard"):
+        refused = browser.put(f"/dashboard/staging/{target}/a.json", data=b"{}",
+                              headers=headers)
+        assert refused.status_code == 400, (target, refused.get_json())
+        assert refused.get_json()["error"]["code"] == "unknown_target"
+    assert hub.packages.list_packages() == []
+    assert not any((hub.staging.root).rglob("a.json"))
+    # the Commands page's spelling of a group is understood, and the answer says who gets it
+    staged = browser.put("/dashboard/staging/group:field/a.json", data=b"{}", headers=headers)
+    assert staged.status_code == 201, staged.get_json()
+    assert staged.get_json()["target"] == "group-field"
+    assert staged.get_json()["progress"]["targets"] == 1
+    page = browser.get("/dashboard/packages").get_data(as_text=True)
+    assert '<option value="group-field">' in page

@@ -35,6 +35,7 @@ from ..errors import BadRequest, DropSyncError, ValidationFailed
 from ..fleet import credentials, devices
 from ..fleet.messages import LEVELS
 from ..hub import local_url
+from ..relay.commands import Target
 from ..schemas import (
     AdminTokenCreateSchema,
     CommandCreateSchema,
@@ -43,6 +44,7 @@ from ..schemas import (
     OperatorCreateSchema,
     PasswordSchema,
 )
+from ..sync.packages import GROUP_PREFIX
 from ..sync.rollouts import DEFAULTS as ROLLOUT_DEFAULTS
 from . import bp, views
 from .auth import actor, safe_next, wants_json
@@ -365,11 +367,14 @@ def cancel_command(command_id: int):
 # -- packages --------------------------------------------------------------------------
 @bp.get("/packages")
 def package_list():
-    known = [d["id"] for d in devices.list_devices(hub().stores)]
+    fleet = devices.list_devices(hub().stores)
+    known = [d["id"] for d in fleet]
+    groups = sorted({g for d in fleet for g in d.get("groups", ())})
     return render_page("dashboard/packages.html",
                        {"package-rows": "dashboard/_package_rows.html",
                         "staging-state": "dashboard/_staging.html"},
                        packages=views.package_progress(hub()), devices=known,
+                       groups=groups,
                        staging=hub().staging_report(),
                        max_bytes=current_app.config["STAGING_UPLOAD_MAX_BYTES"])
 
@@ -401,11 +406,30 @@ def withdraw_package(package_id: str):
     return done(f"{package['target']}/{package['path']} withdrawn.", url_for(".package_list"))
 
 
+def staging_folder_for(text: str) -> str:
+    """The staging folder an operator's target names (``group:x`` as the Commands page
+    writes it, or ``group-x``), refused when it reaches no device today: a mistyped target
+    would otherwise be staged for nobody, quietly. (A file dropped into the folder by hand
+    may still name a device to come.)"""
+    target = Target.parse(text.strip())
+    if target.kind == "all":
+        return "all"
+    try:
+        hub().commands.resolve_target(target)
+    except DropSyncError as exc:
+        raise ValidationFailed(
+            f"{text!r} reaches no device ({exc.message}): use all, group-<name> of a group "
+            "with devices, or a registered device id", {"target": [text]},
+            code="unknown_target") from None
+    return f"{GROUP_PREFIX}{target.name}" if target.kind == "group" else target.name
+
+
 @bp.put("/staging/<target>/<path:path>")
 def stage_file(target: str, path: str):
     """The browser's upload: the same path as the admin API's, and as a dropped file."""
     limit = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
     request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
+    target = staging_folder_for(target)
     release = request.args.get("release") or None
     if release not in (None, *RELEASE_ACTIONS):
         raise ValidationFailed(f"release must be one of {', '.join(RELEASE_ACTIONS)}",
