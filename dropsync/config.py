@@ -365,6 +365,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Failed dashboard logins per username (from any address); then 429 with "
             "`Retry-After`. A client address may fail ten times as often across "
             "usernames, so one operator's typos never lock out the others behind it."),
+    Setting("BULK_MAX_DEVICES", 1000, parse_positive_int,
+            "Devices one bulk action on the dashboard's devices list may name (a command, "
+            "a group, disable or enable); more is refused with a clear error."),
     Setting("RATE_LIMIT_ENROLL", "600/minute", parse_rate_limit,
             "Enrollment requests (`/api/v1/enroll`, its claims) per client address; then "
             "429 with `Retry-After`. A site's boards booting together behind one router "

@@ -105,7 +105,10 @@
       var region = document.getElementById(id);
       if (!region || regions[id] === lastHtml[id]) { return; }
       var key = focusKey(region);
-      if (key === false || selectionInside(region)) { return; }  // next time
+      // a half-typed field, a selection, or ticked boxes (a bulk action being chosen)
+      // keep the region as it is until they are done with
+      if (key === false || selectionInside(region) ||
+          region.querySelector("input[type=checkbox]:checked")) { return; }
       region.innerHTML = regions[id];
       lastHtml[id] = regions[id];
       drawTimes(region);

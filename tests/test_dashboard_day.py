@@ -203,3 +203,28 @@ def test_an_upload_to_a_target_that_reaches_nobody_is_refused_and_stores_nothing
     assert staged.get_json()["progress"]["targets"] == 1
     page = browser.get("/dashboard/packages").get_data(as_text=True)
     assert '<option value="group-field">' in page
+
+
+def test_bulk_actions_refuse_bad_input_whole_and_csv_cells_never_run(browser, hub, day_app):
+    for i in range(3):
+        devices.register_device(hub.stores, f"pump-{i}", name="=HYPERLINK(\"http://x\")")
+    csrf = page_token(browser)
+
+    def bulk(**form):
+        return browser.post("/dashboard/devices/bulk", data={"csrf_token": csrf, **form},
+                            follow_redirects=True).get_data(as_text=True)
+    assert "tick at least one device" in bulk(group_action="add", group="g")
+    assert "choose something to do" in bulk(device="pump-0")
+    assert "the command has errors" in bulk(device="pump-0", group="g", command="x",
+                                            args="not json")
+    assert "not found" in bulk(device=["pump-0", "ghost"], group="g", group_action="add")
+    assert all(hub.stores.devices.get(f"pump-{i}")["groups"] == [] for i in range(3))
+    day_app.config["BULK_MAX_DEVICES"] = 2
+    assert "more than one action may name" in bulk(all_matching="yes", q="pump",
+                                                    enabled="disable")
+    assert all(hub.stores.devices.get(f"pump-{i}")["enabled"] for i in range(3))
+    said = bulk(device=["pump-0", "pump-1"], enabled="disable", group="g", group_action="add")
+    assert "2 device(s): added to group g; disabled." in said
+    assert not hub.stores.devices.get("pump-1")["enabled"]
+    table = browser.get("/dashboard/devices.csv?sort=id").get_data(as_text=True)
+    assert table.splitlines()[1].startswith('pump-0,"\'=HYPERLINK(')  # text, not a formula

@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
 
 
 def init_app(app: Flask) -> None:
-    from . import auth, pages, pending, rollouts, sites  # noqa: F401 (their routes join bp)
+    from . import auth, bulk, pages, pending, rollouts, sites  # noqa: F401 (their routes join bp)
 
     app.config.update(
         SESSION_COOKIE_NAME="dropsync_session",

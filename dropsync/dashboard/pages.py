@@ -173,23 +173,38 @@ def overview():
 
 
 # -- devices ---------------------------------------------------------------------------
+def device_filter(args) -> dict[str, str]:
+    """The devices list's search, filters and order, as its URL (or a form) carries them."""
+    state = args.get("state", "")
+    sort = args.get("sort", "id")
+    return {"q": args.get("q", "")[:200],
+            "state": state if state in views.DEVICE_STATES else "",
+            "fw": args.get("fw", "").strip()[:64],
+            "sort": sort if sort in views.SORT_KEYS else "id",
+            "order": "desc" if args.get("order") == "desc" else "asc"}
+
+
+def matching_devices(chosen: dict[str, str], page: int = 1,
+                     per_page: int = views.PAGE_SIZE) -> dict[str, Any]:
+    return views.find_devices(views.fleet(hub()), chosen["q"], chosen["state"], page,
+                              per_page, firmware=chosen["fw"], sort=chosen["sort"],
+                              order=chosen["order"])
+
+
 @bp.get("/devices")
 def device_list():
-    query = request.args.get("q", "")
-    state = request.args.get("state", "")
-    if state not in views.DEVICE_STATES:
-        state = ""
+    chosen = device_filter(request.args)
     try:
         page = int(request.args.get("page", "1"))
     except ValueError:
         page = 1
-    firmware = request.args.get("fw", "").strip()[:64]
-    fleet = views.fleet(hub())
-    found = views.find_devices(fleet, query, state, page, firmware=firmware)
+    found = matching_devices(chosen, page)
     return render_page("dashboard/devices.html", {"device-rows": "dashboard/_device_rows.html"},
-                       q=query, state=state, states=views.DEVICE_STATES, fw=firmware,
-                       versions=[v["version"] for v in views.firmware_breakdown(fleet)],
-                       **found)
+                       states=views.DEVICE_STATES, filters=chosen,
+                       versions=[v["version"] for v in
+                                 views.firmware_breakdown(views.fleet(hub()))],
+                       bulk_max=current_app.config["BULK_MAX_DEVICES"],
+                       **chosen, **found)
 
 
 @bp.get("/register")

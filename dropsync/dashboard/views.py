@@ -132,21 +132,43 @@ def firmware_breakdown(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for version, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+#: What the devices list sorts by: a column's name -> the value it compares.
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "id": lambda v: v["id"],
+    "state": lambda v: v["state"],
+    "last_seen": lambda v: v["last_seen"],
+    "rssi": lambda v: v["inventory"].get("rssi"),
+    "free_heap": lambda v: v["inventory"].get("free_heap"),
+    "firmware": lambda v: v["inventory"].get("firmware_version"),
+}
+
+
+def sorted_devices(found: list[dict[str, Any]], sort: str, order: str) -> list[dict[str, Any]]:
+    """By a column, ascending or descending; devices with no value come last either way,
+    then by id."""
+    key = SORT_KEYS.get(sort, SORT_KEYS["id"])
+    known = [v for v in found if key(v) is not None]
+    unknown = [v for v in found if key(v) is None]
+    known.sort(key=lambda v: (key(v), v["id"]), reverse=order == "desc")
+    return known + sorted(unknown, key=lambda v: v["id"])
+
+
 def find_devices(views: list[dict[str, Any]], query: str = "", state: str = "",
                  page: int = 1, per_page: int = PAGE_SIZE,
-                 firmware: str = "") -> dict[str, Any]:
+                 firmware: str = "", sort: str = "id", order: str = "asc") -> dict[str, Any]:
     """One page of devices matching a search (id, name or group), a state and a firmware
-    version."""
+    version, sorted by a column."""
     needle = query.strip().lower()
     found = [v for v in views
              if (not state or v["state"] == state)
              and (not firmware or firmware_of(v) == firmware)
              and (not needle or needle in v["id"].lower() or needle in v["name"].lower()
                   or any(needle in g.lower() for g in v.get("groups", ())))]
+    found = sorted_devices(found, sort, order)
     pages = max(1, -(-len(found) // per_page))
     page = min(max(1, page), pages)
     return {"devices": found[(page - 1) * per_page:page * per_page], "total": len(found),
-            "page": page, "pages": pages}
+            "page": page, "pages": pages, "matching": [v["id"] for v in found]}
 
 
 # -- overview --------------------------------------------------------------------------

@@ -214,15 +214,29 @@ class CommandQueue:
                            priority=body["priority"], expires_in_s=body.get("expires_in_s"),
                            expires_at=body.get("expires_at"), actor=actor)
 
+    def send_to(self, device_ids: list[str], body: dict[str, Any],
+                actor: str | None) -> Document:
+        """``send`` to the devices an operator selected (one command, a delivery each)."""
+        return self.create(Target("selection", f"{len(device_ids)} selected devices"),
+                           body["name"], args=body["args"], priority=body["priority"],
+                           expires_in_s=body.get("expires_in_s"),
+                           expires_at=body.get("expires_at"), actor=actor,
+                           devices=device_ids)
+
     def recently_ended(self, limit: int) -> list[Document]:
         """The latest ended deliveries, newest first (from the history)."""
         return self.history.find(limit=limit)
 
     def create(self, target: Target, name: str, *, args: dict | None = None,
                priority: int = 50, expires_in_s: float | None = None,
-               expires_at: float | None = None, actor: str | None = None) -> Document:
-        """Queue a command; it is on disk before this returns."""
-        devices = self.resolve_target(target)
+               expires_at: float | None = None, actor: str | None = None,
+               devices: list[str] | None = None) -> Document:
+        """Queue a command; it is on disk before this returns. ``devices`` (each must
+        exist) instead of the target's: the devices an operator selected."""
+        if devices is not None:
+            devices = sorted({self.stores.devices.get(d)["id"] for d in devices})
+        else:
+            devices = self.resolve_target(target)
         args = args or {}
         check_json_size(args, self.settings.json_max_bytes, "args")
         now = self.clock()
