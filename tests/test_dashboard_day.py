@@ -228,3 +228,38 @@ def test_bulk_actions_refuse_bad_input_whole_and_csv_cells_never_run(browser, hu
     assert not hub.stores.devices.get("pump-1")["enabled"]
     table = browser.get("/dashboard/devices.csv?sort=id").get_data(as_text=True)
     assert table.splitlines()[1].startswith('pump-0,"\'=HYPERLINK(')  # text, not a formula
+
+
+def test_command_numbers_carry_on_after_a_clean_restart(day_settings):
+    from dropsync import create_app
+
+    numbers = []
+    for _ in range(3):
+        app = create_app(day_settings)
+        hub = app.extensions["dropsync"]
+        if "pump-1" not in hub.stores.devices:
+            devices.register_device(hub.stores, "pump-1")
+        numbers.append(hub.commands.send("pump-1", {"name": "blink", "args": {},
+                                                    "priority": 50}, "t")["id"])
+        hub.close()
+    assert numbers == [1, 2, 3]
+
+
+def test_small_things_an_operator_tripped_over(browser, hub):
+    devices.register_device(hub.stores, "Pump-North-1")
+    command = hub.commands.send("Pump-North-1", {"name": "blink", "args": {},
+                                                 "priority": 50}, "t")
+    hub.commands.cancel(command["id"], actor="operator:admin")
+    # the activity filter finds a device by part of its id, in any case
+    page = browser.get("/dashboard/activity?device=north").get_data(as_text=True)
+    assert "Pump-North-1" in page and "device.registered" in page
+    # and a cancellation says which command
+    cancelled = [e for e in hub.stores.history["events"].find(None, limit=50)
+                 if e["kind"] == "command.cancelled"]
+    assert cancelled[0]["command_id"] == command["id"]
+    assert f"#{command['id']}" in browser.get("/dashboard/activity?kind=command").get_data(
+        as_text=True)
+    # revoking your own account asks a question of its own
+    asked = browser.post("/dashboard/operators/admin/revoke",
+                         data={"csrf_token": page_token(browser)}).get_data(as_text=True)
+    assert "your own account" in asked

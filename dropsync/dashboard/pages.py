@@ -492,8 +492,12 @@ def set_password(username: str):
 
 @bp.post("/operators/<username>/revoke")
 def revoke_operator(username: str):
-    if page := confirmed(f"Revoke operator {username}? They are logged out everywhere.",
-                         "Revoke"):
+    question = f"Revoke operator {username}? They are logged out everywhere."
+    if username == g.operator:
+        question = (f"{username} is your own account. Revoke it? You are logged out at "
+                    "once, and only another operator (or dropsync operator add) can let "
+                    "you back in.")
+    if page := confirmed(question, "Revoke"):
         return page
     back = url_for(".operator_list")
     try:
@@ -535,7 +539,8 @@ def activity():
     except ValueError:
         before = None
     page = views.activity(hub(), kind=kind, device=device, before=before)
-    return render_page("dashboard/activity.html", kind=kind, device=device, **page)
+    return render_page("dashboard/activity.html", kind=kind, device=device, before=before,
+                       **page)
 
 
 @bp.route("/<path:anything>")

@@ -81,16 +81,18 @@ def record_events(stores: Stores, kind: str, device_ids: list[str | None], actor
 def find_events(stores: Stores, *, kind: str = "", device: str = "",
                 before: int | None = None, limit: int = 50,
                 scan: int = 20_000) -> dict[str, Any]:
-    """A page of the audit trail, newest first, by kind prefix and device. A filtered
-    page looks through at most ``scan`` events, so a rare match cannot make one request
-    read the whole history; ``next_before`` continues where it stopped (None: no more)."""
+    """A page of the audit trail, newest first, by kind prefix and device (any part of its
+    id, in any case). A filtered page looks through at most ``scan`` events, so a rare
+    match cannot make one request read the whole history; ``next_before`` continues where
+    it stopped (None: no more)."""
+    device = device.lower()
     log = stores.history["events"]
     high = log.last_seq + 1 if before is None else before
     low = max(0, high - scan - 1)
 
     def matches(record: dict[str, Any]) -> bool:
         return (not kind or str(record.get("kind", "")).startswith(kind)) and \
-            (not device or record.get("device_id") == device)
+            (not device or device in str(record.get("device_id") or "").lower())
 
     where = matches if kind or device else None
     events = log.find(before_seq=high, after_seq=low, limit=limit + 1, where=where)

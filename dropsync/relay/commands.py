@@ -470,6 +470,16 @@ class CommandQueue:
 
     def stop(self) -> None:
         self._sweeper.stop()
+        self._release_ids()
+
+    def _release_ids(self) -> None:
+        """At a clean stop the reserved block's unused ids are free again, so the next
+        start carries on the numbers (#12 after #11, not #1001). A crash still starts
+        past the whole block: an id is never used twice."""
+        with self._create_lock:
+            if self._next_id < self._ids_reserved_until:
+                self.stores.meta.upsert({"name": ID_FACT, "value": self._next_id})
+                self._ids_reserved_until = self._next_id
 
     # -- internals -----------------------------------------------------------------------
     def _due_ending(self, delivery: Delivery, now: float) -> tuple[str, str] | None:
@@ -523,7 +533,8 @@ class CommandQueue:
         if delivery.attempts:
             self._note_leases(delivery.device_id)
         if ended_by not in ("device", "hub"):
-            record_event(self.stores, f"command.{state}", delivery.device_id, ended_by)
+            record_event(self.stores, f"command.{state}", delivery.device_id, ended_by,
+                         command_id=delivery.command["id"], name=delivery.command["name"])
         return record
 
     @staticmethod
