@@ -152,6 +152,26 @@ def test_every_page_fits_a_phone_and_breaks_no_short_word(browser, hub):
         context.close()
 
 
+def test_a_dark_theme_follows_the_systems_setting(browser, hub):
+    for scheme, dark in (("light", False), ("dark", True)):
+        context = browser.new_context(viewport={"width": 1366, "height": 900},
+                                      color_scheme=scheme)
+        page = context.new_page()
+        try:
+            page.goto(hub.url + "/dashboard/login")
+            page.fill("#username", "admin")
+            page.fill("#password", PASSWORD)
+            page.click("button[type=submit]")
+            page.goto(hub.url + "/dashboard/devices")
+            background, ink = page.evaluate("""() => [getComputedStyle(document.documentElement)
+                .backgroundColor, getComputedStyle(document.querySelector('main')).color]""")
+            brightness = [sum(map(int, re.findall(r"\d+", c)[:3])) / 3 for c in (background, ink)]
+            assert (brightness[0] < 60 and brightness[1] > 180) == dark, (scheme, background, ink)
+            page.screenshot(path=str(ARTIFACTS / f"day-devices-{scheme}-1366.png"))
+        finally:
+            context.close()
+
+
 def test_an_ended_session_says_so_at_the_top_with_a_login_link(browser, hub):
     context, page = logged_in(browser, hub)
     try:
