@@ -21,6 +21,7 @@ from .fleet.bootstrap import (
     load_or_create_secret_key,
 )
 from .fleet.credentials import AdminAuthority, new_token
+from .fleet.devices import RefusedTokens
 from .fleet.enrollment import Enrollment
 from .fleet.pacing import Pacing
 from .relay.commands import CommandQueue
@@ -109,6 +110,8 @@ class Hub:
             self.admin = AdminAuthority(self.stores, extra)
             self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
             self.pacing = Pacing(self.stores, settings)
+            #: Wrong tokens naming a registered device (in memory: the device page's).
+            self.refused_tokens = RefusedTokens()
             self.enrollment = Enrollment(self.stores,
                                          pending_max=settings["ENROLL_PENDING_MAX"],
                                          pending_ttl_s=settings["ENROLL_PENDING_TTL_S"],

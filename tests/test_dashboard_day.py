@@ -263,3 +263,28 @@ def test_small_things_an_operator_tripped_over(browser, hub):
     asked = browser.post("/dashboard/operators/admin/revoke",
                          data={"csrf_token": page_token(browser)}).get_data(as_text=True)
     assert "your own account" in asked
+
+
+def test_alerts_offline_in_the_last_hour_overdue_highlighted_refused_tokens_shown(
+        browser, hub, day_app):
+    old = devices.register_device(hub.stores, "gate-1")[1]
+    devices.register_device(hub.stores, "pump-2")
+    now = time.time()
+    hub.stores.liveness.update("gate-1", last_seen=now - 1800)  # half an hour ago: offline
+    hub.stores.liveness.update("pump-2", last_seen=now - 5 * 86400)  # long gone: not an alert
+    devices.register_device(hub.stores, "pump-3")
+    hub.stores.liveness.update("pump-3", last_seen=now - 90)  # three 30 s polls: overdue
+    devices.rotate_token(hub.stores, "gate-1")
+    node = day_app.test_client()
+    for _ in range(3):  # the node still holds the token rotated out
+        assert node.get("/api/v1/device/ping/gate-1",
+                        headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    overview = browser.get("/dashboard/").get_data(as_text=True)
+    alert = re.search(r'<section class="card warn"[^>]*id="went-offline">(.*?)</section>',
+                      overview, re.S)[1]
+    assert "gate-1" in alert and "pump-2" not in alert
+    assert re.search(r'class="tile warn" href="/dashboard/devices\?state=offline"', overview)
+    assert re.search(r'class="tile warn" href="/dashboard/devices\?state=overdue"', overview)
+    page = browser.get("/dashboard/devices/gate-1").get_data(as_text=True)
+    refused = re.search(r'id="device-refused">(.*?)</dd>', page, re.S)[1]
+    assert refused.startswith("3 requests") and "127.0.0.1" in refused

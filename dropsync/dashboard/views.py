@@ -109,6 +109,17 @@ def sync_summary(packages, reports: dict, device_id: str) -> dict[str, int]:
     return {"files": files, "have": have, "percent": round(percent / files) if files else 100}
 
 
+#: The overview lists devices that went offline within this long.
+OFFLINE_ALERT_S = 3600
+
+
+def went_offline(views: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Devices that were seen in the last hour but are offline now, most recent first."""
+    found = [v for v in views if v["state"] == "offline" and v["last_seen"]
+             and now - epoch_of(v["last_seen"]) <= OFFLINE_ALERT_S]
+    return sorted(found, key=lambda v: v["last_seen"], reverse=True)
+
+
 def fleet_counts(views: list[dict[str, Any]]) -> dict[str, int]:
     counts = {state: 0 for state in DEVICE_STATES}
     for view in views:
@@ -192,6 +203,7 @@ def overview(hub: Hub) -> dict[str, Any]:
             "staging": hub.staging_report(),
             "activity": find_events(hub.stores, limit=8)["events"],
             "pending_boards": hub.enrollment.pending_count(),
+            "went_offline": went_offline(views, time.time()),
             "rollouts": [r for r in hub.rollouts.list() if r["state"] in ROLLOUTS_UNDER_WAY],
             "firmware": firmware_breakdown(views),
         }
@@ -264,6 +276,7 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
                               scale=1024, min_range=4),
         ],
         "series_points": len(series),
+        "refused": hub.refused_tokens.of(device_id),
     }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,6 +250,30 @@ def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
             record_event(stores, "device.token_imported", device_id, actor)
             result.updated.append(device_id)
     return result
+
+
+class RefusedTokens:
+    """Requests that named a registered device with a token that is not its own (a node
+    left on a token rotated out, a copy of an old config): counted in memory for the
+    device's page, where "offline" alone would hide that the node is trying."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, device_id: str, address: str) -> None:
+        with self._lock:
+            seen = self._by_device.setdefault(device_id, {"count": 0, "first_at": time.time()})
+            seen.update(count=seen["count"] + 1, last_at=time.time(), address=address)
+
+    def of(self, device_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._by_device.get(device_id)
+            return dict(found) if found else None
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            self._by_device.pop(device_id, None)
 
 
 def authenticate_device(stores: Stores, device_id: str, token: str | None) -> Document:
