@@ -288,3 +288,23 @@ def test_alerts_offline_in_the_last_hour_overdue_highlighted_refused_tokens_show
     page = browser.get("/dashboard/devices/gate-1").get_data(as_text=True)
     refused = re.search(r'id="device-refused">(.*?)</dd>', page, re.S)[1]
     assert refused.startswith("3 requests") and "127.0.0.1" in refused
+
+
+def test_a_device_is_edited_on_its_page_and_bad_input_changes_nothing(browser, hub):
+    devices.register_device(hub.stores, "pump-1", groups=["old"])
+    csrf = page_token(browser)
+    saved = browser.post("/dashboard/devices/pump-1/edit", follow_redirects=True, data={
+        "csrf_token": csrf, "name": "North pump", "groups": "field, north",
+        "poll_interval_s": "45"}).get_data(as_text=True)
+    assert "pump-1 saved." in saved
+    device = hub.stores.devices.get("pump-1")
+    assert (device["name"], device["groups"], device["poll_interval_s"]) == \
+        ("North pump", ["field", "north"], 45)
+    refused = browser.post("/dashboard/devices/pump-1/edit", follow_redirects=True, data={
+        "csrf_token": csrf, "name": "x", "groups": "bad group!", "poll_interval_s": "0"})
+    assert "the form has errors" in refused.get_data(as_text=True)
+    assert hub.stores.devices.get("pump-1")["groups"] == ["field", "north"]
+    browser.post("/dashboard/devices/pump-1/edit", data={
+        "csrf_token": csrf, "name": "North pump", "groups": "", "poll_interval_s": ""})
+    device = hub.stores.devices.get("pump-1")
+    assert device["groups"] == [] and device.get("poll_interval_s") is None

@@ -41,6 +41,7 @@ from ..schemas import (
     CommandCreateSchema,
     DeviceCommandCreateSchema,
     DeviceRegisterSchema,
+    DeviceUpdateSchema,
     OperatorCreateSchema,
     PasswordSchema,
 )
@@ -288,6 +289,26 @@ def send_device_command(device_id: str):
     if wants_json():
         return jsonify(command), 201
     return done(f"Command {command['id']} ({command['name']}) queued.", back)
+
+
+@bp.post("/devices/<device_id>/edit")
+def edit_device(device_id: str):
+    """Name, groups and poll interval, through the admin API's own schema and rule; an
+    emptied groups field leaves every group, an emptied interval goes back to the
+    group's or the hub's."""
+    back = url_for(".device_detail", device_id=device_id)
+    form = {k: v.strip() for k, v in request.form.items() if k not in FORM_ONLY}
+    changes = {"name": form.get("name") or device_id,
+               "groups": [g.strip() for g in form.get("groups", "").split(",") if g.strip()],
+               "poll_interval_s": form.get("poll_interval_s") or None}
+    try:
+        body = DeviceUpdateSchema().load(changes)
+        devices.update_device(hub().stores, device_id, body, actor=actor())
+    except ValidationError as exc:
+        return failed(ValidationFailed("the form has errors", exc.messages), back)
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"{device_id} saved.", back)
 
 
 @bp.post("/devices/<device_id>/enable", defaults={"change": "enable"})
