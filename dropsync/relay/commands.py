@@ -138,6 +138,8 @@ class CommandQueue:
         self._next_id = 0
         self._ids_reserved_until = 0
         self._sweeper = Periodic("command-sweeper", self.settings.sweep_s, self.sweep)
+        #: Called with each delivery that ended failed (the alert webhook), or None.
+        self.on_failed: Callable[[Document], None] | None = None
         self._load()
 
     # -- start-up ------------------------------------------------------------------------
@@ -532,6 +534,8 @@ class CommandQueue:
                 self._by_command.get(delivery.command["id"], {}).pop(delivery.device_id, None)
         if delivery.attempts:
             self._note_leases(delivery.device_id)
+        if state == FAILED and self.on_failed is not None:
+            self.on_failed(record)  # never blocks: the alert webhook queues it
         if ended_by not in ("device", "hub"):
             record_event(self.stores, f"command.{state}", delivery.device_id, ended_by,
                          command_id=delivery.command["id"], name=delivery.command["name"])
