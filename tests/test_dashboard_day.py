@@ -308,3 +308,21 @@ def test_a_device_is_edited_on_its_page_and_bad_input_changes_nothing(browser, h
         "csrf_token": csrf, "name": "North pump", "groups": "", "poll_interval_s": ""})
     device = hub.stores.devices.get("pump-1")
     assert device["groups"] == [] and device.get("poll_interval_s") is None
+
+
+def test_a_refused_form_comes_back_with_what_was_typed(browser, hub):
+    csrf = page_token(browser)
+    back = browser.post("/dashboard/devices", follow_redirects=True, data={
+        "csrf_token": csrf, "id": "bad id!", "name": "Greenhouse <1>", "type": "esp32",
+        "groups": "field"}).get_data(as_text=True)
+    assert "use 1-64 letters" in back
+    assert 'value="bad id!"' in back and 'value="Greenhouse &lt;1&gt;"' in back
+    assert "<option selected>esp32</option>" in back and 'value="field"' in back
+    # once: the next visit is a clean form
+    assert 'value="bad id!"' not in browser.get("/dashboard/register").get_data(as_text=True)
+    devices.register_device(hub.stores, "pump-1")
+    sent = browser.post("/dashboard/devices/pump-1/commands", follow_redirects=True, data={
+        "csrf_token": csrf, "name": "open-valve", "args": '{"seconds": 30', "priority": "70"})
+    page = sent.get_data(as_text=True)
+    assert "open-valve" in page and '{&#34;seconds&#34;: 30</textarea>' in page
+    assert 'value="70"' in page

@@ -159,11 +159,28 @@ def done(message: str, to: str):
     return redirect(to)
 
 
+#: Form fields never kept for the page after a refused post.
+SECRET_FIELDS = {"password", "token"}
+
+
 def failed(exc: DropSyncError, to: str):
+    """A refused form post: back to the page with the error, and what was typed kept for
+    that one page (never a password), so the operator corrects it instead of retyping."""
     if wants_json():
         raise exc
     flash(error_text(exc), "error")
+    if request.form:
+        session["typed"] = {k: v[:4000] for k, v in request.form.items()
+                            if k not in FORM_ONLY and k not in SECRET_FIELDS}
     return redirect(to)
+
+
+@bp.app_template_global()
+def typed(name: str, default: str = "") -> str:
+    """What the operator typed into ``name`` before a refused post, else ``default``."""
+    if "typed" not in g:
+        g.typed = session.pop("typed", {})
+    return g.typed.get(name, default)
 
 
 # -- overview --------------------------------------------------------------------------
