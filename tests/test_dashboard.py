@@ -270,8 +270,13 @@ def test_operators_and_admin_tokens_are_managed_from_the_page(browser, dash_hub,
     assert "last operator" in response.get_data(as_text=True)
 
     response = browser.post("/dashboard/tokens", data={"label": "backup", "csrf_token": token})
+    assert response.status_code == 302  # post/redirect/get: a reload makes no second token
+    shown = response.headers["Location"]
     secret = re.search(r'id="admin-token"[^>]*value="([^"]+)"',
-                       response.get_data(as_text=True))[1]
+                       browser.get(shown).get_data(as_text=True))[1]
+    again = browser.get(shown)
+    assert again.status_code == 410 and secret not in again.get_data(as_text=True)
+    assert len(credentials.list_admin_tokens(dash_hub.stores)) == 1
     api = dash_app.test_client()
     headers = {"Authorization": f"Bearer {secret}"}
     assert api.get("/api/v1/admin/devices", headers=headers).status_code == 200

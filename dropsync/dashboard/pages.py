@@ -552,7 +552,20 @@ def create_token():
         record, token = credentials.create_admin_token(hub().stores, body["label"])
     except DropSyncError as exc:
         return failed(exc, url_for(".operator_list"))
-    return render_template("dashboard/admin_token.html", record=record, token=token), 201
+    key = shown_once().keep(g.operator, {"token_id": record["id"], "token": token,
+                                         "label": record["label"]})
+    return redirect(url_for(".admin_token", token_id=record["id"], once=key))
+
+
+@bp.get("/tokens/<token_id>")
+def admin_token(token_id: str):
+    """A new admin token, the one time (post/redirect/get, as a device's token)."""
+    note = shown_once().take(request.args.get("once", ""), g.operator)
+    if note is None or note["token_id"] != token_id:
+        return render_template("dashboard/admin_token.html", record={"id": token_id},
+                               token=None), 410
+    return render_template("dashboard/admin_token.html", token=note["token"],
+                           record={"id": token_id, "label": note["label"]})
 
 
 @bp.post("/tokens/<token_id>/revoke")
