@@ -148,6 +148,9 @@ def test_every_page_fits_a_phone_and_breaks_no_short_word(browser, hub):
                 overflow = page.evaluate("document.documentElement.scrollWidth")
                 assert overflow <= width, (path, width, overflow)
                 assert page.evaluate(BROKEN_WORDS) == [], (path, width)
+                heights = page.evaluate("""() => [...document.querySelectorAll('svg text.axis')]
+                    .map(t => t.getBoundingClientRect().height)""")
+                assert all(h >= 9 for h in heights), (path, width, heights)  # legible
     finally:
         context.close()
 
