@@ -112,7 +112,8 @@ def test_sorted_by_rssi_the_csv_matches_the_admin_api(hub, fleet, page):
     page.wait_for_timeout(2500)  # past the dashboard's shared fleet figures (2 s)
     page.goto(hub.url + "/dashboard/devices")
     page.click("a[data-sort='rssi']")
-    expect(page.locator("a[data-sort='rssi']")).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator("th:has(a[data-sort='rssi'])")).to_have_attribute("aria-sort",
+                                                                       "ascending")
     shown = page.locator("#device-rows tbody tr").evaluate_all(
         "rows => rows.map(r => r.getAttribute('data-device'))")
     with page.expect_download() as download:
@@ -126,7 +127,8 @@ def test_sorted_by_rssi_the_csv_matches_the_admin_api(hub, fleet, page):
     assert shown == [d["id"] for d in by_api][:len(shown)]  # the page's first 50
     # descending, on a second click
     page.click("a[data-sort='rssi']")
-    expect(page.locator("a[data-sort='rssi']")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("th:has(a[data-sort='rssi'])")).to_have_attribute("aria-sort",
+                                                                       "descending")
     first = page.locator("#device-rows tbody tr").first.get_attribute("data-device")
     assert first == sorted(listed, key=lambda d: (d["inventory"]["rssi"], d["id"]),
                            reverse=True)[0]["id"]

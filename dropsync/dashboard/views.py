@@ -261,6 +261,10 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
             package, reports.get(package["id"], {}).get(device_id))})
     now = time.time()
     series = health_points(hub.stores, device_id, now)
+    # The charts end at the current bucket's end, not at this second: they move when a
+    # bucket closes or a point comes, never with the clock alone (a refresh can 304).
+    bucket_s = hub.stores.health.bucket_s
+    chart_end = -(-now // bucket_s) * bucket_s
     return {
         "device": view,
         "commands": hub.commands.device_commands(device_id, limit=20)["commands"],
@@ -270,10 +274,10 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
         "files": files,
         "sync_history": hub.packages.sync_history(device_id, 20),
         "charts": [
-            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm", now=now,
-                              min_range=10),
-            charts.line_chart(series, "free_heap", title="Free heap", unit="KiB", now=now,
-                              scale=1024, min_range=4),
+            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm",
+                              now=chart_end, min_range=10),
+            charts.line_chart(series, "free_heap", title="Free heap", unit="KiB",
+                              now=chart_end, scale=1024, min_range=4),
         ],
         "series_points": len(series),
         "refused": hub.refused_tokens.of(device_id),
