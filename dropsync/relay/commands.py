@@ -476,7 +476,7 @@ class CommandQueue:
 
     def _release_ids(self) -> None:
         """At a clean stop the reserved block's unused ids are free again, so the next
-        start carries on the numbers (#12 after #11, not #1001). A crash still starts
+        start carries on the numbers (command 12 after 11, not 1001). A crash still starts
         past the whole block: an id is never used twice."""
         with self._create_lock:
             if self._next_id < self._ids_reserved_until:
