@@ -189,6 +189,15 @@ def parse_release(text: str) -> str:
     return text
 
 
+def parse_lan_url(text: str) -> str:
+    from .ops.alerts import lan_url_problem
+
+    problem = lan_url_problem(text.strip())
+    if problem:
+        raise ValueError(problem)
+    return text.strip()
+
+
 def parse_address_list(text: str) -> str:
     """Comma-separated IP addresses or networks (``127.0.0.1,10.0.0.0/8``)."""
     import ipaddress
@@ -362,8 +371,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a dashboard login lasts; logging out or a password change ends it "
             "sooner."),
     Setting("RATE_LIMIT_LOGIN", "5/minute", parse_rate_limit,
-            "Failed dashboard logins per client address and per username; then 429 "
-            "with `Retry-After`."),
+            "Failed dashboard logins per username (from any address); then 429 with "
+            "`Retry-After`. A client address may fail ten times as often across "
+            "usernames, so one operator's typos never lock out the others behind it."),
+    Setting("ALERT_WEBHOOK_URL", None, parse_lan_url,
+            "An http(s) URL on the LAN or loopback that gets a JSON POST for each device "
+            "going offline and each failed delivery, from a thread of its own (retried, "
+            "never holding a request up; the oldest dropped past 1,000 waiting). Unset: "
+            "no webhook."),
+    Setting("ALERT_OFFLINE_CHECK_S", 30.0, parse_positive_float,
+            "Seconds between looks for devices that went offline (with ALERT_WEBHOOK_URL)."),
+    Setting("BULK_MAX_DEVICES", 1000, parse_positive_int,
+            "Devices one bulk action on the dashboard's devices list may name (a command, "
+            "a group, disable or enable); more is refused with a clear error."),
     Setting("RATE_LIMIT_ENROLL", "600/minute", parse_rate_limit,
             "Enrollment requests (`/api/v1/enroll`, its claims) per client address; then "
             "429 with `Retry-After`. A site's boards booting together behind one router "

@@ -21,6 +21,7 @@ from .fleet.bootstrap import (
     load_or_create_secret_key,
 )
 from .fleet.credentials import AdminAuthority, new_token
+from .fleet.devices import RefusedTokens
 from .fleet.enrollment import Enrollment
 from .fleet.pacing import Pacing
 from .relay.commands import CommandQueue
@@ -109,11 +110,14 @@ class Hub:
             self.admin = AdminAuthority(self.stores, extra)
             self.commands = CommandQueue(self.stores, CommandSettings.from_config(settings))
             self.pacing = Pacing(self.stores, settings)
+            #: Wrong tokens naming a registered device (in memory: the device page's).
+            self.refused_tokens = RefusedTokens()
             self.enrollment = Enrollment(self.stores,
                                          pending_max=settings["ENROLL_PENDING_MAX"],
                                          pending_ttl_s=settings["ENROLL_PENDING_TTL_S"],
                                          retry_s=settings["ENROLL_RETRY_S"])
             self._open_file_sync(settings)
+            self._open_alerts(settings)
             from .sites.link import SitesLink  # its export reads the dashboard's views
             self.sites = SitesLink(self, settings)
             self.stores.lock.publish({"url": local_url(settings) if serving else None,
@@ -130,8 +134,27 @@ class Hub:
             self.commands.start()
             self.sites.start()
             self.rollout_ticks.start()
+            if self.alerts is not None:
+                self.alerts.start()
+                self.offline_watch.start()
         log.info("DropSync %s: data in %s, staging folder %s", __version__,
                  self.stores.data_dir, Path(settings["STAGING_DIR"]).resolve())
+
+    def _open_alerts(self, settings: dict[str, Any]) -> None:
+        """``ALERT_WEBHOOK_URL``: devices going offline and failed deliveries, posted to
+        a local webhook from threads of their own (``ops/alerts.py``)."""
+        from .ops.alerts import OfflineWatch, Webhook, fleet_states
+
+        self.alerts: Webhook | None = None
+        if not settings["ALERT_WEBHOOK_URL"]:
+            return
+        alerts = self.alerts = Webhook(settings["ALERT_WEBHOOK_URL"])
+        watch = OfflineWatch(lambda: fleet_states(self), alerts.send)
+        self.offline_watch = Periodic("offline-watch", settings["ALERT_OFFLINE_CHECK_S"],
+                                      watch.look)
+        self.commands.on_failed = lambda record: alerts.send(
+            "command.failed", device_id=record["device_id"], command_id=record["command_id"],
+            name=record["name"], reason=record.get("reason"), result=record.get("result"))
 
     @staticmethod
     def _tls_cert(settings: dict[str, Any]) -> str | None:
@@ -152,6 +175,9 @@ class Hub:
         self.sites.stop()
         self.commands.stop()
         self.rollout_ticks.stop()
+        if self.alerts is not None:
+            self.offline_watch.stop()
+            self.alerts.stop()
         try:
             self.commands.tidy()
         except Exception:  # the history already holds every ending; tidying can wait

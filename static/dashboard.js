@@ -10,12 +10,111 @@
 
   function setText(el, text) { if (el) { el.textContent = text; } }
 
+  // -- times: the hub sends absolute moments, the page says how long ago ------------------
+  // <time datetime="ISO" class="ago">local time</time>: the text becomes "12 s ago (local
+  // time)". The HTML then changes only with the data, so a live refresh can answer 304.
+  function agoText(seconds) {
+    if (seconds < 60) { return Math.max(0, Math.floor(seconds)) + " s ago"; }
+    var units = [["d", 86400], ["h", 3600], ["min", 60]];
+    for (var i = 0; i < units.length; i++) {
+      if (seconds >= units[i][1]) { return Math.floor(seconds / units[i][1]) + " " + units[i][0] + " ago"; }
+    }
+    return "";
+  }
+
+  function drawTimes(root) {
+    var now = Date.now();
+    var times = (root || document).querySelectorAll("time.ago");
+    for (var i = 0; i < times.length; i++) {
+      var el = times[i];
+      var at = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(at)) { continue; }
+      if (!el.hasAttribute("data-local")) { el.setAttribute("data-local", el.textContent); }
+      var local = el.getAttribute("data-local");
+      var today = local.slice(0, 10) === new Date(now).toISOString().slice(0, 10);
+      setText(el, agoText((now - at) / 1000) + " (" + (today ? local.slice(11) : local) + ")");
+    }
+  }
+
   // -- live regions ------------------------------------------------------------------
   var main = document.getElementById("main");
   var liveUrl = main && main.getAttribute("data-live");
   var liveStatus = document.getElementById("live-status");
+  var banner = document.getElementById("live-banner");
   var timer = null;
   var stopped = false;
+  var lastHtml = {};      // what the hub last sent for each region
+  var failingSince = null;
+
+  function showBanner(html) {
+    if (!banner) { return; }
+    banner.innerHTML = html;
+    banner.hidden = false;
+    if (main) { main.classList.add("stale"); }
+  }
+
+  function hideBanner() {
+    if (banner) { banner.hidden = true; banner.textContent = ""; }
+    if (main) { main.classList.remove("stale"); }
+  }
+
+  function sessionEnded() {
+    stopped = true;
+    var back = encodeURIComponent(window.location.pathname + window.location.search);
+    showBanner("Your session has ended. <a href=\"/dashboard/login?next=" + back +
+               "\">Log in again</a>; this page is not updated until then.");
+    setText(liveStatus, "Live: stopped (session ended)");
+  }
+
+  // A text selection inside a region (an id being copied) holds its swap until it is gone.
+  function selectionInside(region) {
+    var selection = window.getSelection && window.getSelection();
+    return selection && !selection.isCollapsed && selection.anchorNode &&
+      region.contains(selection.anchorNode);
+  }
+
+  // A focused field keeps its region as it is (never pull a half-typed form away); a
+  // focused button does not: the region is swapped and the same button focused again.
+  function focusKey(region) {
+    var active = document.activeElement;
+    if (!active || !region.contains(active) || active === region) { return null; }
+    if (/^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName) && active.type !== "checkbox") {
+      return false;
+    }
+    var form = active.form;
+    return {action: form ? form.getAttribute("action") : null, text: active.textContent,
+            id: active.id};
+  }
+
+  function restoreFocus(region, key) {
+    if (!key) { return; }
+    var found = key.id ? document.getElementById(key.id) : null;
+    if (!found) {
+      var buttons = region.querySelectorAll("button");
+      for (var i = 0; i < buttons.length && !found; i++) {
+        var form = buttons[i].form;
+        if (buttons[i].textContent === key.text &&
+            (form ? form.getAttribute("action") : null) === key.action) { found = buttons[i]; }
+      }
+    }
+    if (found) { found.focus(); }
+  }
+
+  function swapRegions(regions) {
+    Object.keys(regions).forEach(function (id) {
+      var region = document.getElementById(id);
+      if (!region || regions[id] === lastHtml[id]) { return; }
+      var key = focusKey(region);
+      // a half-typed field, a selection, or ticked boxes (a bulk action being chosen)
+      // keep the region as it is until they are done with
+      if (key === false || selectionInside(region) ||
+          region.querySelector("input[type=checkbox]:checked")) { return; }
+      region.innerHTML = regions[id];
+      lastHtml[id] = regions[id];
+      drawTimes(region);
+      restoreFocus(region, key);
+    });
+  }
 
   function refresh() {
     timer = null;
@@ -23,28 +122,25 @@
     // The default cache mode revalidates with the ETag: an unchanged page costs a 304.
     fetch(liveUrl, {headers: {"Accept": "application/json"}, credentials: "same-origin"})
       .then(function (response) {
-        if (response.status === 401) {
-          stopped = true;
-          setText(liveStatus, "Your session has ended: reload the page to log in again.");
-          return null;
-        }
-        return response.ok ? response.json() : null;
+        if (response.status === 401) { sessionEnded(); return null; }
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
       })
       .then(function (data) {
         if (data && data.regions) {
-          Object.keys(data.regions).forEach(function (id) {
-            var region = document.getElementById(id);
-            // Never pull a control out from under the keyboard or a half-typed form.
-            if (region && !region.contains(document.activeElement) &&
-                region.innerHTML !== data.regions[id]) {
-              region.innerHTML = data.regions[id];
-            }
-          });
+          swapRegions(data.regions);
+          failingSince = null;
+          hideBanner();
           setText(liveStatus, "Live: updated " + new Date().toLocaleTimeString());
         }
       })
-      .catch(function () { setText(liveStatus, "Live: the hub did not answer; retrying"); })
-      .then(schedule);
+      .catch(function () {
+        if (failingSince === null) { failingSince = new Date(); }
+        showBanner("The hub is not answering (since " + failingSince.toLocaleTimeString() +
+                   "): what this page shows may be out of date. Retrying…");
+        setText(liveStatus, "Live: the hub did not answer; retrying");
+      })
+      .then(function () { drawTimes(document); schedule(); });
   }
 
   function schedule(delay) {
@@ -62,6 +158,8 @@
     if (document.hidden && timer !== null) { window.clearTimeout(timer); timer = null; }
     else { schedule(200); }  // a hidden tab costs the hub nothing
   });
+  drawTimes(document);
+  if (!liveUrl) { window.setInterval(function () { drawTimes(document); }, 10000); }
   schedule();
 
   // -- confirmations -----------------------------------------------------------------
@@ -125,12 +223,18 @@
                         headers: {"Accept": "application/json", "X-CSRFToken": csrfToken}})
       .then(function (response) {
         return response.json().catch(function () { return null; }).then(function (data) {
+          if (response.status === 401) { sessionEnded(); }
           if (!response.ok) { throw new Error(errorMessage(data, response.status)); }
           setText(result, "Command " + data.id + " (" + data.name + ") queued.");
           refreshSoon();
         });
       })
-      .catch(function (error) { setText(result, error.message); });
+      .catch(function (error) {
+        // fetch itself fails ("Failed to fetch") only when the hub does not answer
+        setText(result, error instanceof TypeError
+          ? "The hub is not answering: nothing was sent. Try again when it is back."
+          : error.message);
+      });
   });
 
   // -- upload with progress ----------------------------------------------------------
@@ -165,9 +269,10 @@
         try { data = JSON.parse(request.responseText); } catch (e) { data = null; }
         if (request.status >= 200 && request.status < 300) {
           bar.value = 100;
+          var reach = data.progress ? ", for " + data.progress.targets + " device(s)" : "";
           setText(result, "Staged " + data.target + "/" + data.path + " as version " +
-                  data.version + (hold && hold.checked ? ", held for a rollout: start it on " +
-                  "the package's page." : "."));
+                  data.version + reach + (hold && hold.checked ? ", held for a rollout: " +
+                  "start it on the package's page." : "."));
           refreshSoon();
         } else {
           setText(result, errorMessage(data, request.status));

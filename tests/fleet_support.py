@@ -30,6 +30,8 @@ class RunningFleet:
         return set(self.fleet.stats.offered.get(sha256, ()))
 
     def stop(self):
+        if self.loop.is_closed():
+            return  # stopped already
         self.loop.call_soon_threadsafe(self.fleet.stop.set)
         self.thread.join(60)
         self.loop.close()

@@ -187,7 +187,7 @@ def test_a_post_from_another_origin_is_refused_even_with_a_token(browser, dash_h
     # Same origin goes through.
     response = browser.post("/dashboard/devices", data={"id": "esp003", "csrf_token": token},
                             headers={"Origin": "http://localhost"})
-    assert response.status_code == 201
+    assert response.status_code == 302
     assert "esp003" in dash_hub.stores.devices
 
 
@@ -202,8 +202,9 @@ def test_the_login_post_needs_its_csrf_token_too(dash_app):
 def test_register_shows_the_token_once_with_a_config_snippet(browser, dash_hub):
     token = page_token(browser)
     response = browser.post("/dashboard/devices", data={
-        "id": "esp001", "name": "Greenhouse", "groups": "field, north", "csrf_token": token})
-    assert response.status_code == 201
+        "id": "esp001", "name": "Greenhouse", "groups": "field, north", "csrf_token": token},
+        follow_redirects=True)
+    assert response.status_code == 200
     html = response.get_data(as_text=True)
     device_token = re.search(r'id="device-token"[^>]*value="([^"]+)"', html)[1]
     assert devices.authenticate_device(dash_hub.stores, "esp001", device_token)
@@ -238,7 +239,7 @@ def test_rotate_disable_and_enable_from_the_device_page(browser, dash_hub, dash_
     old_token = devices.register_device(dash_hub.stores, "esp001")[1]
     token = page_token(browser)
     response = browser.post("/dashboard/devices/esp001/rotate-token",
-                            data={"csrf_token": token, "confirm": "yes"})
+                            data={"csrf_token": token, "confirm": "yes"}, follow_redirects=True)
     new_token = re.search(r'id="device-token"[^>]*value="([^"]+)"',
                           response.get_data(as_text=True))[1]
     node = dash_app.test_client()
@@ -269,8 +270,13 @@ def test_operators_and_admin_tokens_are_managed_from_the_page(browser, dash_hub,
     assert "last operator" in response.get_data(as_text=True)
 
     response = browser.post("/dashboard/tokens", data={"label": "backup", "csrf_token": token})
+    assert response.status_code == 302  # post/redirect/get: a reload makes no second token
+    shown = response.headers["Location"]
     secret = re.search(r'id="admin-token"[^>]*value="([^"]+)"',
-                       response.get_data(as_text=True))[1]
+                       browser.get(shown).get_data(as_text=True))[1]
+    again = browser.get(shown)
+    assert again.status_code == 410 and secret not in again.get_data(as_text=True)
+    assert len(credentials.list_admin_tokens(dash_hub.stores)) == 1
     api = dash_app.test_client()
     headers = {"Authorization": f"Bearer {secret}"}
     assert api.get("/api/v1/admin/devices", headers=headers).status_code == 200

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Forbidden
+from ..errors import Forbidden, Unauthorized
 from ..fleet.devices import authenticate_device
 from ..fleet.pacing import record_heartbeat
 from ..sync.blobs import BlobInfo
@@ -109,7 +109,12 @@ class DeviceGate:
 
     def admit(self, blueprint: str, device_id: str, caller: Caller, *,
               basic: bool = False) -> dict[str, Any]:
-        device = self.identify(blueprint, device_id, caller, basic=basic)
+        try:
+            device = self.identify(blueprint, device_id, caller, basic=basic)
+        except Unauthorized as refused:
+            if refused.code == "invalid_token" and device_id in self.hub.stores.devices:
+                self.hub.refused_tokens.note(device_id, caller.address)
+            raise
         limits = self.limits
         per_device = limits.per_device.get(blueprint) \
             if limits is not None and blueprint in limits.guarded_blueprints else None

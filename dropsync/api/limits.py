@@ -227,19 +227,25 @@ def init_app(app: Flask, device_limits: dict[Blueprint, str],
 
 # -- dashboard logins --------------------------------------------------------------------
 class LoginLimits:
-    """Failed dashboard logins, counted per client address and per username.
+    """Failed dashboard logins, counted per username and per client address.
 
-    Only failures count, so operators behind one address who type their passwords right
-    are never held up; a guesser is stopped whichever of the two it varies. Two
-    ``KeyedLimit`` counters of ``RATE_LIMIT_LOGIN``, in storage of their own.
+    Only failures count. A username gets ``RATE_LIMIT_LOGIN`` failures from anywhere (a
+    guesser of one name is stopped, from however many addresses); an address gets
+    ``ADDRESS_FACTOR`` times as many across usernames (a guesser spraying names is stopped
+    too), so one operator's typos behind a NAT or a proxy never lock out the others at
+    that address. Two ``KeyedLimit`` counters, in storage of their own.
     """
+
+    #: Failures an address may make across usernames, in ``RATE_LIMIT_LOGIN``s.
+    ADDRESS_FACTOR = 10
 
     def __init__(self, config: dict):
         self.enabled = config["RATE_LIMITS_ENABLED"]
         strategy = FixedWindowRateLimiter(LazyMemoryStorage())
-        rate = config["RATE_LIMIT_LOGIN"]
-        self.limits = (("address", KeyedLimit(strategy, rate, "login-address")),
-                       ("username", KeyedLimit(strategy, rate, "login-username")))
+        rate = parse(config["RATE_LIMIT_LOGIN"])
+        per_address = type(rate)(rate.amount * self.ADDRESS_FACTOR, rate.multiples)
+        self.limits = (("username", KeyedLimit(strategy, rate, "login-username")),
+                       ("address", KeyedLimit(strategy, per_address, "login-address")))
 
     def _keyed(self, address: str, username: str):
         keys = {"address": address, "username": username.strip().lower()}

@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
 
 
 def init_app(app: Flask) -> None:
-    from . import auth, pages, pending, rollouts, sites  # noqa: F401 (their routes join bp)
+    from . import auth, bulk, pages, pending, rollouts, sites  # noqa: F401 (their routes join bp)
 
     app.config.update(
         SESSION_COOKIE_NAME="dropsync_session",
@@ -49,5 +49,26 @@ def init_app(app: Flask) -> None:
         WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
+    app.jinja_env.globals["csrf_token"] = stable_csrf_token
     app.extensions["dropsync.login_limits"] = LoginLimits(app.config)
     app.register_blueprint(bp)
+
+
+def stable_csrf_token() -> str:
+    """The page's CSRF token, signed once per session: Flask-WTF signs it anew (with the
+    second) at every render, so a live region holding a form changed every second and
+    could never answer 304. The token has no time limit (``WTF_CSRF_TIME_LIMIT``); a new
+    login starts a new session, and with it a new token."""
+    from flask import session
+    from flask_wtf.csrf import generate_csrf, validate_csrf
+    from wtforms import ValidationError
+
+    signed = session.get("csrf_signed")
+    if signed:
+        try:
+            validate_csrf(signed)
+            return signed
+        except ValidationError:
+            pass
+    signed = session["csrf_signed"] = generate_csrf()
+    return signed

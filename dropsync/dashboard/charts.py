@@ -49,17 +49,24 @@ def duration(seconds: float) -> str:
 
 
 def line_chart(series: list[dict[str, Any]], field: str, *, title: str, unit: str,
-               now: float, span_s: float = 86_400, min_span_s: float = 60) -> Chart:
+               now: float, span_s: float = 86_400, min_span_s: float = 60,
+               scale: float = 1.0, min_range: float = 2.0) -> Chart:
     """Place the points of ``field`` between the lowest and highest value shown, now at
     the right edge, the oldest point kept (at most ``span_s`` ago) at the left: a device
-    heard from for ten minutes gets ten minutes across the chart, not a sliver."""
-    values = [(p["t"], p[field]) for p in series if p.get(field) is not None]
+    heard from for ten minutes gets ten minutes across the chart, not a sliver.
+
+    Values are divided by ``scale`` (bytes shown in KiB, as the inventory shows them), and
+    the axis spans at least ``min_range`` around them: a signal moving by 1 dBm is a
+    flat line, not one stretched from top to bottom."""
+    values = [(p["t"], round(p[field] / scale, 1)) for p in series
+              if p.get(field) is not None]
     if not values:
         return Chart(title, unit, [], None, None, None)
     low = min(v for _, v in values)
     high = max(v for _, v in values)
-    if high == low:
-        low, high = low - 1, high + 1
+    if high - low < min_range:
+        middle = (high + low) / 2
+        low, high = round(middle - min_range / 2, 1), round(middle + min_range / 2, 1)
     span_s = min(span_s, max(min_span_s, now - values[0][0]))
     start = now - span_s
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT

@@ -7,7 +7,10 @@ fetch the same URL with ``?live=1`` and get those regions re-rendered as JSON.
 
 from __future__ import annotations
 
+import secrets
 import socket
+import threading
+import time
 from typing import Any
 
 from flask import (
@@ -32,14 +35,17 @@ from ..errors import BadRequest, DropSyncError, ValidationFailed
 from ..fleet import credentials, devices
 from ..fleet.messages import LEVELS
 from ..hub import local_url
+from ..relay.commands import Target
 from ..schemas import (
     AdminTokenCreateSchema,
     CommandCreateSchema,
     DeviceCommandCreateSchema,
     DeviceRegisterSchema,
+    DeviceUpdateSchema,
     OperatorCreateSchema,
     PasswordSchema,
 )
+from ..sync.packages import GROUP_PREFIX
 from ..sync.rollouts import DEFAULTS as ROLLOUT_DEFAULTS
 from . import bp, views
 from .auth import actor, safe_next, wants_json
@@ -79,6 +85,37 @@ def render_page(template: str, regions: dict[str, str] | None = None, **context:
     answer.add_etag()
     answer.headers["Cache-Control"] = "no-cache"  # revalidate every time: 304 if unchanged
     return answer.make_conditional(request)
+
+
+class OneTimeNotes:
+    """What one operator's next page shows once (a token just made), kept in the hub's
+    memory, never in the cookie: a key in the redirect's URL takes it, once, for the
+    operator who made it, within ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 600.0, max_entries: int = 256):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._notes: dict[str, tuple[float, str, dict]] = {}
+        self._lock = threading.Lock()
+
+    def keep(self, owner: str, note: dict) -> str:
+        key = secrets.token_urlsafe(16)
+        with self._lock:
+            now = time.monotonic()
+            for old in [k for k, (at, _, _) in self._notes.items() if now - at > self.ttl_s]:
+                del self._notes[old]
+            while len(self._notes) >= self.max_entries:
+                del self._notes[next(iter(self._notes))]
+            self._notes[key] = (now, owner, note)
+        return key
+
+    def take(self, key: str, owner: str) -> dict | None:
+        with self._lock:
+            found = self._notes.get(key)
+            if found is None or found[1] != owner \
+                    or time.monotonic() - found[0] > self.ttl_s:
+                return None
+            del self._notes[key]
+            return found[2]
 
 
 def form_data(schema: Schema) -> dict[str, Any]:
@@ -122,11 +159,28 @@ def done(message: str, to: str):
     return redirect(to)
 
 
+#: Form fields never kept for the page after a refused post.
+SECRET_FIELDS = {"password", "token"}
+
+
 def failed(exc: DropSyncError, to: str):
+    """A refused form post: back to the page with the error, and what was typed kept for
+    that one page (never a password), so the operator corrects it instead of retyping."""
     if wants_json():
         raise exc
     flash(error_text(exc), "error")
+    if request.form:
+        session["typed"] = {k: v[:4000] for k, v in request.form.items()
+                            if k not in FORM_ONLY and k not in SECRET_FIELDS}
     return redirect(to)
+
+
+@bp.app_template_global()
+def typed(name: str, default: str = "") -> str:
+    """What the operator typed into ``name`` before a refused post, else ``default``."""
+    if "typed" not in g:
+        g.typed = session.pop("typed", {})
+    return g.typed.get(name, default)
 
 
 # -- overview --------------------------------------------------------------------------
@@ -137,26 +191,41 @@ def overview():
 
 
 # -- devices ---------------------------------------------------------------------------
+def device_filter(args) -> dict[str, str]:
+    """The devices list's search, filters and order, as its URL (or a form) carries them."""
+    state = args.get("state", "")
+    sort = args.get("sort", "id")
+    return {"q": args.get("q", "")[:200],
+            "state": state if state in views.DEVICE_STATES else "",
+            "fw": args.get("fw", "").strip()[:64],
+            "sort": sort if sort in views.SORT_KEYS else "id",
+            "order": "desc" if args.get("order") == "desc" else "asc"}
+
+
+def matching_devices(chosen: dict[str, str], page: int = 1,
+                     per_page: int = views.PAGE_SIZE) -> dict[str, Any]:
+    return views.find_devices(views.fleet(hub()), chosen["q"], chosen["state"], page,
+                              per_page, firmware=chosen["fw"], sort=chosen["sort"],
+                              order=chosen["order"])
+
+
 @bp.get("/devices")
 def device_list():
-    query = request.args.get("q", "")
-    state = request.args.get("state", "")
-    if state not in views.DEVICE_STATES:
-        state = ""
+    chosen = device_filter(request.args)
     try:
         page = int(request.args.get("page", "1"))
     except ValueError:
         page = 1
-    firmware = request.args.get("fw", "").strip()[:64]
-    fleet = views.fleet(hub())
-    found = views.find_devices(fleet, query, state, page, firmware=firmware)
+    found = matching_devices(chosen, page)
     return render_page("dashboard/devices.html", {"device-rows": "dashboard/_device_rows.html"},
-                       q=query, state=state, states=views.DEVICE_STATES, fw=firmware,
-                       versions=[v["version"] for v in views.firmware_breakdown(fleet)],
-                       **found)
+                       states=views.DEVICE_STATES, filters=chosen,
+                       versions=[v["version"] for v in
+                                 views.firmware_breakdown(views.fleet(hub()))],
+                       bulk_max=current_app.config["BULK_MAX_DEVICES"],
+                       **chosen, **found)
 
 
-@bp.get("/devices/new")
+@bp.get("/register")
 def register_form():
     return render_page("dashboard/register.html")
 
@@ -170,14 +239,32 @@ def register():
     except DropSyncError as exc:
         return failed(exc, url_for(".register_form"))
     views.recent(hub()).clear()
-    return token_page(device, token, "registered")
+    return show_token_once(device["id"], token, "registered")
 
 
-def token_page(device: dict, token: str, what: str):
-    """The device's token, shown this once, with the firmware's config lines."""
-    hub_url = hub_url_for_devices()
-    return render_template("dashboard/token.html", device=device, token=token, what=what,
-                           hub_url=hub_url), 201 if what == "registered" else 200
+def show_token_once(device_id: str, token: str, what: str):
+    """After the post that made a token: a redirect to the page that shows it, once
+    (post/redirect/get), so a reload shows the page again and never posts again."""
+    key = shown_once().keep(g.operator, {"device_id": device_id, "token": token,
+                                         "what": what})
+    return redirect(url_for(".device_token", device_id=device_id, once=key))
+
+
+def shown_once() -> OneTimeNotes:
+    return current_app.extensions.setdefault("dropsync.shown_once", OneTimeNotes())
+
+
+@bp.get("/devices/<device_id>/token")
+def device_token(device_id: str):
+    """The device's token with the firmware's config lines, the one time; after that (a
+    reload, the back button) a page that says it was shown and how to get a new one."""
+    note = shown_once().take(request.args.get("once", ""), g.operator)
+    device = devices.get_device(hub().stores, device_id)  # 404 for an unknown device
+    if note is None or note["device_id"] != device_id:
+        return render_template("dashboard/token.html", device=device, token=None,
+                               what="token"), 410
+    return render_template("dashboard/token.html", device=device, token=note["token"],
+                           what=note["what"], hub_url=hub_url_for_devices())
 
 
 def hub_url_for_devices() -> str:
@@ -221,6 +308,26 @@ def send_device_command(device_id: str):
     return done(f"Command {command['id']} ({command['name']}) queued.", back)
 
 
+@bp.post("/devices/<device_id>/edit")
+def edit_device(device_id: str):
+    """Name, groups and poll interval, through the admin API's own schema and rule; an
+    emptied groups field leaves every group, an emptied interval goes back to the
+    group's or the hub's."""
+    back = url_for(".device_detail", device_id=device_id)
+    form = {k: v.strip() for k, v in request.form.items() if k not in FORM_ONLY}
+    changes = {"name": form.get("name") or device_id,
+               "groups": [g.strip() for g in form.get("groups", "").split(",") if g.strip()],
+               "poll_interval_s": form.get("poll_interval_s") or None}
+    try:
+        body = DeviceUpdateSchema().load(changes)
+        devices.update_device(hub().stores, device_id, body, actor=actor())
+    except ValidationError as exc:
+        return failed(ValidationFailed("the form has errors", exc.messages), back)
+    except DropSyncError as exc:
+        return failed(exc, back)
+    return done(f"{device_id} saved.", back)
+
+
 @bp.post("/devices/<device_id>/enable", defaults={"change": "enable"})
 @bp.post("/devices/<device_id>/disable", defaults={"change": "disable"})
 def set_enabled(device_id: str, change: str):
@@ -245,7 +352,7 @@ def rotate_token(device_id: str):
         device, token = devices.rotate_token(hub().stores, device_id, actor=actor())
     except DropSyncError as exc:
         return failed(exc, url_for(".device_detail", device_id=device_id))
-    return token_page(device, token, "given a new token")
+    return show_token_once(device["id"], token, "given a new token")
 
 
 @bp.post("/devices/<device_id>/delete")
@@ -277,6 +384,14 @@ def command_list():
                                       for g in d.get("groups", ())}))
 
 
+@bp.get("/failed")
+def failed_list():
+    """Failures first: every failed delivery among the latest ended, with its reason and
+    the device's result."""
+    return render_page("dashboard/failed.html", {"failed-rows": "dashboard/_failed_rows.html"},
+                       failures=views.failures(hub()), scanned=views.RECENT_COMMANDS)
+
+
 @bp.post("/commands")
 def send_command():
     back = url_for(".command_list")
@@ -305,11 +420,14 @@ def cancel_command(command_id: int):
 # -- packages --------------------------------------------------------------------------
 @bp.get("/packages")
 def package_list():
-    known = [d["id"] for d in devices.list_devices(hub().stores)]
+    fleet = devices.list_devices(hub().stores)
+    known = [d["id"] for d in fleet]
+    groups = sorted({g for d in fleet for g in d.get("groups", ())})
     return render_page("dashboard/packages.html",
                        {"package-rows": "dashboard/_package_rows.html",
                         "staging-state": "dashboard/_staging.html"},
                        packages=views.package_progress(hub()), devices=known,
+                       groups=groups,
                        staging=hub().staging_report(),
                        max_bytes=current_app.config["STAGING_UPLOAD_MAX_BYTES"])
 
@@ -341,11 +459,30 @@ def withdraw_package(package_id: str):
     return done(f"{package['target']}/{package['path']} withdrawn.", url_for(".package_list"))
 
 
+def staging_folder_for(text: str) -> str:
+    """The staging folder an operator's target names (``group:x`` as the Commands page
+    writes it, or ``group-x``), refused when it reaches no device today: a mistyped target
+    would otherwise be staged for nobody, quietly. (A file dropped into the folder by hand
+    may still name a device to come.)"""
+    target = Target.parse(text.strip())
+    if target.kind == "all":
+        return "all"
+    try:
+        hub().commands.resolve_target(target)
+    except DropSyncError as exc:
+        raise ValidationFailed(
+            f"{text!r} reaches no device ({exc.message}): use all, group-<name> of a group "
+            "with devices, or a registered device id", {"target": [text]},
+            code="unknown_target") from None
+    return f"{GROUP_PREFIX}{target.name}" if target.kind == "group" else target.name
+
+
 @bp.put("/staging/<target>/<path:path>")
 def stage_file(target: str, path: str):
     """The browser's upload: the same path as the admin API's, and as a dropped file."""
     limit = current_app.config["STAGING_UPLOAD_MAX_BYTES"]
     request.max_content_length = limit  # replaces MAX_REQUEST_BYTES for this route
+    target = staging_folder_for(target)
     release = request.args.get("release") or None
     if release not in (None, *RELEASE_ACTIONS):
         raise ValidationFailed(f"release must be one of {', '.join(RELEASE_ACTIONS)}",
@@ -393,8 +530,12 @@ def set_password(username: str):
 
 @bp.post("/operators/<username>/revoke")
 def revoke_operator(username: str):
-    if page := confirmed(f"Revoke operator {username}? They are logged out everywhere.",
-                         "Revoke"):
+    question = f"Revoke operator {username}? They are logged out everywhere."
+    if username == g.operator:
+        question = (f"{username} is your own account. Revoke it? You are logged out at "
+                    "once, and only another operator (or dropsync operator add) can let "
+                    "you back in.")
+    if page := confirmed(question, "Revoke"):
         return page
     back = url_for(".operator_list")
     try:
@@ -411,7 +552,20 @@ def create_token():
         record, token = credentials.create_admin_token(hub().stores, body["label"])
     except DropSyncError as exc:
         return failed(exc, url_for(".operator_list"))
-    return render_template("dashboard/admin_token.html", record=record, token=token), 201
+    key = shown_once().keep(g.operator, {"token_id": record["id"], "token": token,
+                                         "label": record["label"]})
+    return redirect(url_for(".admin_token", token_id=record["id"], once=key))
+
+
+@bp.get("/tokens/<token_id>")
+def admin_token(token_id: str):
+    """A new admin token, the one time (post/redirect/get, as a device's token)."""
+    note = shown_once().take(request.args.get("once", ""), g.operator)
+    if note is None or note["token_id"] != token_id:
+        return render_template("dashboard/admin_token.html", record={"id": token_id},
+                               token=None), 410
+    return render_template("dashboard/admin_token.html", token=note["token"],
+                           record={"id": token_id, "label": note["label"]})
 
 
 @bp.post("/tokens/<token_id>/revoke")
@@ -436,7 +590,8 @@ def activity():
     except ValueError:
         before = None
     page = views.activity(hub(), kind=kind, device=device, before=before)
-    return render_page("dashboard/activity.html", kind=kind, device=device, **page)
+    return render_page("dashboard/activity.html", kind=kind, device=device, before=before,
+                       **page)
 
 
 @bp.route("/<path:anything>")
@@ -449,6 +604,9 @@ def dropsync_version() -> str:
     return __version__
 
 
-bp.add_app_template_filter(views.ago, "ago")
+bp.add_app_template_filter(views.iso_time, "iso_time")
+bp.add_app_template_filter(views.local_time, "local_time")
+bp.add_app_template_global(views.hub_zone, "hub_zone")
 bp.add_app_template_filter(views.size, "size")
+bp.add_app_template_filter(views.result_text, "result_text")
 bp.add_app_template_filter(views.duration, "duration")

@@ -8,6 +8,7 @@ dashboards cost what one does.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -108,6 +109,17 @@ def sync_summary(packages, reports: dict, device_id: str) -> dict[str, int]:
     return {"files": files, "have": have, "percent": round(percent / files) if files else 100}
 
 
+#: The overview lists devices that went offline within this long.
+OFFLINE_ALERT_S = 3600
+
+
+def went_offline(views: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Devices that were seen in the last hour but are offline now, most recent first."""
+    found = [v for v in views if v["state"] == "offline" and v["last_seen"]
+             and now - epoch_of(v["last_seen"]) <= OFFLINE_ALERT_S]
+    return sorted(found, key=lambda v: v["last_seen"], reverse=True)
+
+
 def fleet_counts(views: list[dict[str, Any]]) -> dict[str, int]:
     counts = {state: 0 for state in DEVICE_STATES}
     for view in views:
@@ -131,21 +143,43 @@ def firmware_breakdown(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for version, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+#: What the devices list sorts by: a column's name -> the value it compares.
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "id": lambda v: v["id"],
+    "state": lambda v: v["state"],
+    "last_seen": lambda v: v["last_seen"],
+    "rssi": lambda v: v["inventory"].get("rssi"),
+    "free_heap": lambda v: v["inventory"].get("free_heap"),
+    "firmware": lambda v: v["inventory"].get("firmware_version"),
+}
+
+
+def sorted_devices(found: list[dict[str, Any]], sort: str, order: str) -> list[dict[str, Any]]:
+    """By a column, ascending or descending; devices with no value come last either way,
+    then by id."""
+    key = SORT_KEYS.get(sort, SORT_KEYS["id"])
+    known = [v for v in found if key(v) is not None]
+    unknown = [v for v in found if key(v) is None]
+    known.sort(key=lambda v: (key(v), v["id"]), reverse=order == "desc")
+    return known + sorted(unknown, key=lambda v: v["id"])
+
+
 def find_devices(views: list[dict[str, Any]], query: str = "", state: str = "",
                  page: int = 1, per_page: int = PAGE_SIZE,
-                 firmware: str = "") -> dict[str, Any]:
+                 firmware: str = "", sort: str = "id", order: str = "asc") -> dict[str, Any]:
     """One page of devices matching a search (id, name or group), a state and a firmware
-    version."""
+    version, sorted by a column."""
     needle = query.strip().lower()
     found = [v for v in views
              if (not state or v["state"] == state)
              and (not firmware or firmware_of(v) == firmware)
              and (not needle or needle in v["id"].lower() or needle in v["name"].lower()
                   or any(needle in g.lower() for g in v.get("groups", ())))]
+    found = sorted_devices(found, sort, order)
     pages = max(1, -(-len(found) // per_page))
     page = min(max(1, page), pages)
     return {"devices": found[(page - 1) * per_page:page * per_page], "total": len(found),
-            "page": page, "pages": pages}
+            "page": page, "pages": pages, "matching": [v["id"] for v in found]}
 
 
 # -- overview --------------------------------------------------------------------------
@@ -154,7 +188,7 @@ def overview(hub: Hub) -> dict[str, Any]:
         views = fleet(hub)
         packages = package_progress(hub)
         ended = hub.commands.recently_ended(RECENT_COMMANDS)
-        failed = [r for r in ended if r.get("state") == "failed"]
+        failed = [r for r in ended if r.get("state") == "failed"]  # as failures() does
         disk = shutil.disk_usage(hub.stores.data_dir)
         blobs = {p["sha256"]: p["size"] for p in packages}
         uploads = hub.uploads.list()
@@ -169,10 +203,25 @@ def overview(hub: Hub) -> dict[str, Any]:
             "staging": hub.staging_report(),
             "activity": find_events(hub.stores, limit=8)["events"],
             "pending_boards": hub.enrollment.pending_count(),
+            "went_offline": went_offline(views, time.time()),
             "rollouts": [r for r in hub.rollouts.list() if r["state"] in ROLLOUTS_UNDER_WAY],
             "firmware": firmware_breakdown(views),
         }
     return recent(hub).get("overview", compute)
+
+
+def failures(hub: Hub, limit: int = RECENT_COMMANDS) -> list[dict[str, Any]]:
+    """Failed deliveries among the latest ended, newest first: by the device (with its
+    error and result) or by the hub (the lease ran out too often: "timeout")."""
+    return [r for r in hub.commands.recently_ended(limit) if r.get("state") == "failed"]
+
+
+def result_text(result: Any, limit: int = 200) -> str:
+    """A delivery's result as one line of JSON, cut to ``limit`` characters."""
+    if result in (None, {}, []):
+        return ""
+    text = json.dumps(result, separators=(", ", ": "), ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def package_progress(hub: Hub, package_ids: list[str] | None = None) -> list[dict[str, Any]]:
@@ -212,6 +261,10 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
             package, reports.get(package["id"], {}).get(device_id))})
     now = time.time()
     series = health_points(hub.stores, device_id, now)
+    # The charts end at the current bucket's end, not at this second: they move when a
+    # bucket closes or a point comes, never with the clock alone (a refresh can 304).
+    bucket_s = hub.stores.health.bucket_s
+    chart_end = -(-now // bucket_s) * bucket_s
     return {
         "device": view,
         "commands": hub.commands.device_commands(device_id, limit=20)["commands"],
@@ -221,10 +274,13 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
         "files": files,
         "sync_history": hub.packages.sync_history(device_id, 20),
         "charts": [
-            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm", now=now),
-            charts.line_chart(series, "free_heap", title="Free heap", unit="bytes", now=now),
+            charts.line_chart(series, "rssi", title="Signal (RSSI)", unit="dBm",
+                              now=chart_end, min_range=10),
+            charts.line_chart(series, "free_heap", title="Free heap", unit="KiB",
+                              now=chart_end, scale=1024, min_range=4),
         ],
         "series_points": len(series),
+        "refused": hub.refused_tokens.of(device_id),
     }
 
 
@@ -239,23 +295,26 @@ def activity(hub: Hub, *, kind: str = "", device: str = "", before: int | None =
 
 
 # -- formatting (Jinja filters) ----------------------------------------------------------
-def seconds_since(moment: str | float | None, now: float | None = None) -> float | None:
-    if moment is None:
-        return None
+def epoch_of(moment: str | float) -> float:
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
-    return max(0.0, (time.time() if now is None else now) - moment)
+        return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+    return float(moment)
 
 
-def ago(moment: str | float | None) -> str:
-    """"12 s ago", "5 min ago", "3 h ago", "2 d ago", or "never"."""
-    age = seconds_since(moment)
-    if age is None:
-        return "never"
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if age >= size:
-            return f"{int(age // size)} {unit} ago"
-    return f"{int(age)} s ago"
+def iso_time(moment: str | float) -> str:
+    """The moment as ISO 8601 in UTC, for ``<time datetime>``: the browser draws "12 s ago"
+    from it, so a page's HTML changes only when its data does (and a refresh can 304)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_of(moment)))
+
+
+def local_time(moment: str | float) -> str:
+    """The moment as the hub's local date and time (its zone: ``hub_zone``)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_of(moment)))
+
+
+def hub_zone() -> str:
+    """The hub's time zone, as the pages name it beside local times."""
+    return time.strftime("%Z") or "UTC"
 
 
 def duration(seconds: float | None) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,16 +83,18 @@ def record_events(stores: Stores, kind: str, device_ids: list[str | None], actor
 def find_events(stores: Stores, *, kind: str = "", device: str = "",
                 before: int | None = None, limit: int = 50,
                 scan: int = 20_000) -> dict[str, Any]:
-    """A page of the audit trail, newest first, by kind prefix and device. A filtered
-    page looks through at most ``scan`` events, so a rare match cannot make one request
-    read the whole history; ``next_before`` continues where it stopped (None: no more)."""
+    """A page of the audit trail, newest first, by kind prefix and device (any part of its
+    id, in any case). A filtered page looks through at most ``scan`` events, so a rare
+    match cannot make one request read the whole history; ``next_before`` continues where
+    it stopped (None: no more)."""
+    device = device.lower()
     log = stores.history["events"]
     high = log.last_seq + 1 if before is None else before
     low = max(0, high - scan - 1)
 
     def matches(record: dict[str, Any]) -> bool:
         return (not kind or str(record.get("kind", "")).startswith(kind)) and \
-            (not device or record.get("device_id") == device)
+            (not device or device in str(record.get("device_id") or "").lower())
 
     where = matches if kind or device else None
     events = log.find(before_seq=high, after_seq=low, limit=limit + 1, where=where)
@@ -246,6 +250,30 @@ def import_device_tokens(stores: Stores, tokens: Mapping[str, str], *,
             record_event(stores, "device.token_imported", device_id, actor)
             result.updated.append(device_id)
     return result
+
+
+class RefusedTokens:
+    """Requests that named a registered device with a token that is not its own (a node
+    left on a token rotated out, a copy of an old config): counted in memory for the
+    device's page, where "offline" alone would hide that the node is trying."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, device_id: str, address: str) -> None:
+        with self._lock:
+            seen = self._by_device.setdefault(device_id, {"count": 0, "first_at": time.time()})
+            seen.update(count=seen["count"] + 1, last_at=time.time(), address=address)
+
+    def of(self, device_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._by_device.get(device_id)
+            return dict(found) if found else None
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            self._by_device.pop(device_id, None)
 
 
 def authenticate_device(stores: Stores, device_id: str, token: str | None) -> Document:

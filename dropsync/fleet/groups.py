@@ -62,6 +62,20 @@ def add_members(stores: Stores, name: str, device_ids: Iterable[str], *,
     return get_group(stores, name)
 
 
+def remove_members(stores: Stores, name: str, device_ids: Iterable[str], *,
+                   actor: str | None = None) -> int:
+    """Take devices out of a group (those not in it are left as they are): how many were."""
+    validate_groups([name])
+    devices = [stores.devices.get(d) for d in device_ids]  # all exist, or 404 before change
+    removed = 0
+    for device in devices:
+        if name in device["groups"]:
+            update_device(stores, device["id"],
+                          {"groups": [g for g in device["groups"] if g != name]}, actor=actor)
+            removed += 1
+    return removed
+
+
 def remove_member(stores: Stores, name: str, device_id: str, *,
                   actor: str | None = None) -> Document:
     device = stores.devices.get(device_id)

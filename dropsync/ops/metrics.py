@@ -71,6 +71,14 @@ class HubStateCollector:
             enrollments.add_metric([state], count)
         yield enrollments
 
+        if hub.alerts is not None:
+            webhook = GaugeMetricFamily("dropsync_alert_webhook", "Alerts posted to "
+                                        "ALERT_WEBHOOK_URL, by outcome (dropped: the queue "
+                                        "was full)", labels=["outcome"])
+            for outcome, count in hub.alerts.counts.items():
+                webhook.add_metric([outcome], count)
+            yield webhook
+
         yield GaugeMetricFamily("dropsync_disk_free_bytes", "Free bytes on the data "
                                 "directory's filesystem",
                                 value=shutil.disk_usage(hub.stores.data_dir).free)

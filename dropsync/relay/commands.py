@@ -138,6 +138,8 @@ class CommandQueue:
         self._next_id = 0
         self._ids_reserved_until = 0
         self._sweeper = Periodic("command-sweeper", self.settings.sweep_s, self.sweep)
+        #: Called with each delivery that ended failed (the alert webhook), or None.
+        self.on_failed: Callable[[Document], None] | None = None
         self._load()
 
     # -- start-up ------------------------------------------------------------------------
@@ -214,15 +216,29 @@ class CommandQueue:
                            priority=body["priority"], expires_in_s=body.get("expires_in_s"),
                            expires_at=body.get("expires_at"), actor=actor)
 
+    def send_to(self, device_ids: list[str], body: dict[str, Any],
+                actor: str | None) -> Document:
+        """``send`` to the devices an operator selected (one command, a delivery each)."""
+        return self.create(Target("selection", f"{len(device_ids)} selected devices"),
+                           body["name"], args=body["args"], priority=body["priority"],
+                           expires_in_s=body.get("expires_in_s"),
+                           expires_at=body.get("expires_at"), actor=actor,
+                           devices=device_ids)
+
     def recently_ended(self, limit: int) -> list[Document]:
         """The latest ended deliveries, newest first (from the history)."""
         return self.history.find(limit=limit)
 
     def create(self, target: Target, name: str, *, args: dict | None = None,
                priority: int = 50, expires_in_s: float | None = None,
-               expires_at: float | None = None, actor: str | None = None) -> Document:
-        """Queue a command; it is on disk before this returns."""
-        devices = self.resolve_target(target)
+               expires_at: float | None = None, actor: str | None = None,
+               devices: list[str] | None = None) -> Document:
+        """Queue a command; it is on disk before this returns. ``devices`` (each must
+        exist) instead of the target's: the devices an operator selected."""
+        if devices is not None:
+            devices = sorted({self.stores.devices.get(d)["id"] for d in devices})
+        else:
+            devices = self.resolve_target(target)
         args = args or {}
         check_json_size(args, self.settings.json_max_bytes, "args")
         now = self.clock()
@@ -456,6 +472,16 @@ class CommandQueue:
 
     def stop(self) -> None:
         self._sweeper.stop()
+        self._release_ids()
+
+    def _release_ids(self) -> None:
+        """At a clean stop the reserved block's unused ids are free again, so the next
+        start carries on the numbers (command 12 after 11, not 1001). A crash still starts
+        past the whole block: an id is never used twice."""
+        with self._create_lock:
+            if self._next_id < self._ids_reserved_until:
+                self.stores.meta.upsert({"name": ID_FACT, "value": self._next_id})
+                self._ids_reserved_until = self._next_id
 
     # -- internals -----------------------------------------------------------------------
     def _due_ending(self, delivery: Delivery, now: float) -> tuple[str, str] | None:
@@ -508,8 +534,11 @@ class CommandQueue:
                 self._by_command.get(delivery.command["id"], {}).pop(delivery.device_id, None)
         if delivery.attempts:
             self._note_leases(delivery.device_id)
+        if state == FAILED and self.on_failed is not None:
+            self.on_failed(record)  # never blocks: the alert webhook queues it
         if ended_by not in ("device", "hub"):
-            record_event(self.stores, f"command.{state}", delivery.device_id, ended_by)
+            record_event(self.stores, f"command.{state}", delivery.device_id, ended_by,
+                         command_id=delivery.command["id"], name=delivery.command["name"])
         return record
 
     @staticmethod
