@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..fleet.devices import find_events, get_device, list_devices
 from ..fleet.messages import query_messages
-from ..fleet.pacing import health_points
+from ..fleet.pacing import health_bucket_end, health_points
 from ..sync.packages import HOLDING_STATES, device_status
 from . import charts
 
@@ -261,10 +261,7 @@ def device_detail(hub: Hub, device_id: str, level: str | None = None) -> dict[st
             package, reports.get(package["id"], {}).get(device_id))})
     now = time.time()
     series = health_points(hub.stores, device_id, now)
-    # The charts end at the current bucket's end, not at this second: they move when a
-    # bucket closes or a point comes, never with the clock alone (a refresh can 304).
-    bucket_s = hub.stores.health.bucket_s
-    chart_end = -(-now // bucket_s) * bucket_s
+    chart_end = health_bucket_end(hub.stores, now)  # not this second: a refresh can 304
     return {
         "device": view,
         "commands": hub.commands.device_commands(device_id, limit=20)["commands"],

@@ -89,6 +89,13 @@ class Pacing:
         }
 
 
+def health_bucket_end(stores: Stores, now: float) -> float:
+    """When the health series' current bucket closes: a chart that ends there moves when a
+    bucket closes or a point comes, never with the clock alone."""
+    bucket_s = stores.health.bucket_s
+    return -(-now // bucket_s) * bucket_s
+
+
 def health_points(stores: Stores, device_id: str, now: float) -> list[dict[str, Any]]:
     """A device's RSSI and free-heap series (the last 24 hours), oldest first."""
     return stores.health.points(device_id, now=now)
