@@ -7,16 +7,15 @@ page. The tests run in file order: the last one stops the hub."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN_TOKEN, ROOT, HubProcess
+from dashboard_support import CHROMIUM, CHROMIUM_ARGS, dashboard_hub, log_in_page
+from support import ADMIN_TOKEN, ROOT
 from sync_support import bearer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "day-password-1"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 LIVE_MS = 15_000
@@ -28,11 +27,7 @@ expect = playwright_sync.expect
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is missing: run tests/system-deps.sh")
-    hub = HubProcess(tmp_path_factory.mktemp("day-hub"), {
-        "DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_ADMIN_PASSWORD": PASSWORD,
-        "DROPSYNC_LOG_LEVEL": "WARNING"}).start()
+    hub = dashboard_hub(tmp_path_factory.mktemp("day-hub"), PASSWORD)
     for i in range(12):
         token = requests.post(f"{hub.url}/api/v1/admin/devices/register", headers=ADMIN,
                               json={"id": f"greenhouse-pump-{i:02d}", "groups": ["field"]},
@@ -50,7 +45,7 @@ def hub(tmp_path_factory):
 def browser():
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+                                    args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
@@ -59,11 +54,7 @@ def logged_in(browser, hub, width=1366, height=900):
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(hub.url + "/dashboard/login")
-    page.fill("#username", "admin")
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(hub.url + "/dashboard/")
+    log_in_page(page, hub.url, PASSWORD)
     return context, page
 
 
@@ -161,10 +152,7 @@ def test_a_dark_theme_follows_the_systems_setting(browser, hub):
                                       color_scheme=scheme)
         page = context.new_page()
         try:
-            page.goto(hub.url + "/dashboard/login")
-            page.fill("#username", "admin")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
+            log_in_page(page, hub.url, PASSWORD)
             page.goto(hub.url + "/dashboard/devices")
             background, ink = page.evaluate("""() => [getComputedStyle(document.documentElement)
                 .backgroundColor, getComputedStyle(document.querySelector('main')).color]""")

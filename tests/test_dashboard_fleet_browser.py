@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from dashboard_support import CHROMIUM, CHROMIUM_ARGS, dashboard_hub, log_in_page
 from fleet_support import RunningFleet
-from support import ADMIN_TOKEN, HubProcess
+from support import ADMIN_TOKEN
 from sync_support import bearer, wait_until
 
 from dropsync.simulator.fleet import AdminAPI, register
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "fleet-password-1"
 ADMIN = bearer(ADMIN_TOKEN)
 PUMPS = [f"pump-{i:02d}" for i in range(40)]
@@ -33,11 +33,7 @@ expect = playwright_sync.expect
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is missing: run tests/system-deps.sh")
-    hub = HubProcess(tmp_path_factory.mktemp("fleet-hub"), {
-        "DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_ADMIN_PASSWORD": PASSWORD,
-        "DROPSYNC_POLL_INTERVAL_S": "2", "DROPSYNC_LOG_LEVEL": "WARNING"}).start()
+    hub = dashboard_hub(tmp_path_factory.mktemp("fleet-hub"), PASSWORD, POLL_INTERVAL_S="2")
     yield hub
     hub.stop()
 
@@ -59,15 +55,11 @@ def fleet(hub):
 def page(hub):
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+                                    args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1366, "height": 900},
                                       accept_downloads=True)
         page = context.new_page()
-        page.goto(hub.url + "/dashboard/login")
-        page.fill("#username", "admin")
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        expect(page).to_have_url(hub.url + "/dashboard/")
+        log_in_page(page, hub.url, PASSWORD)
         yield page
         browser.close()
 

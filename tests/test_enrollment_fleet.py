@@ -11,18 +11,17 @@ import hashlib
 import os
 import re
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 import requests
+from dashboard_support import CHROMIUM, CHROMIUM_ARGS, dashboard_hub, log_in_page
 from fleet_support import RunningFleet
-from support import ADMIN_TOKEN, HubProcess
+from support import ADMIN_TOKEN
 from sync_support import bearer, wait_until
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "enroll-password-1"
 BOARDS, PREAUTHORISED = 50, 40
 PENDING_MAX = 25
@@ -35,13 +34,8 @@ expect = playwright_sync.expect
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is missing: run tests/system-deps.sh")
-    hub = HubProcess(tmp_path_factory.mktemp("enroll-hub"), {
-        "DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_ADMIN_PASSWORD": PASSWORD,
-        "DROPSYNC_ENROLL_RETRY_S": "1", "DROPSYNC_POLL_INTERVAL_S": "2",
-        "DROPSYNC_ENROLL_PENDING_MAX": str(PENDING_MAX),
-        "DROPSYNC_LOG_LEVEL": "WARNING"}).start()
+    hub = dashboard_hub(tmp_path_factory.mktemp("enroll-hub"), PASSWORD, ENROLL_RETRY_S="1",
+                        POLL_INTERVAL_S="2", ENROLL_PENDING_MAX=str(PENDING_MAX))
     yield hub
     hub.stop()
 
@@ -116,15 +110,12 @@ def test_fifty_boards_one_key_forty_preauthorised_ten_accepted_in_one_action(hub
 def accept_all_on_the_pending_page(hub) -> None:
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+                                    args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(hub.url + "/dashboard/login")
-            page.fill("#username", "admin")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
+            log_in_page(page, hub.url, PASSWORD)
             expect(page.locator("#pending-count")).to_have_text(str(BOARDS - PREAUTHORISED))
             page.click("nav >> text=Pending")
             expect(page.locator("tr[data-board]")).to_have_count(BOARDS - PREAUTHORISED)

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN_TOKEN, ROOT, HubProcess
+from dashboard_support import CHROMIUM, CHROMIUM_ARGS, dashboard_hub, log_in_page
+from support import ADMIN_TOKEN, ROOT
 from sync_support import bearer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "rollout-password-1"
 LIVE_MS = 15_000  # a bound on a hang; the page refreshes every 2.5 s
 DEVICES = [f"pump-{i:02d}" for i in range(10)]
@@ -28,12 +27,8 @@ expect = playwright_sync.expect
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is missing: run tests/system-deps.sh")
-    hub = HubProcess(tmp_path_factory.mktemp("rollout-hub"), {
-        "DROPSYNC_ADMIN_TOKEN": ADMIN_TOKEN, "DROPSYNC_ADMIN_PASSWORD": PASSWORD,
-        "DROPSYNC_STAGING_RELEASE": "file=publish,firmware=draft",
-        "DROPSYNC_ROLLOUT_TICK_S": "0.5", "DROPSYNC_LOG_LEVEL": "WARNING"}).start()
+    hub = dashboard_hub(tmp_path_factory.mktemp("rollout-hub"), PASSWORD,
+                        STAGING_RELEASE="file=publish,firmware=draft", ROLLOUT_TICK_S="0.5")
     yield hub
     hub.stop()
 
@@ -70,18 +65,14 @@ def offered(hub, device_id: str, token: str) -> set[str]:
 def page(hub):
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+                                    args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.errors = []
         page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: page.errors.append(str(e)))
         page.on("dialog", lambda dialog: dialog.accept())
-        page.goto(hub.url + "/dashboard/login")
-        page.fill("#username", "admin")
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        expect(page).to_have_url(hub.url + "/dashboard/")
+        log_in_page(page, hub.url, PASSWORD)
         yield page
         browser.close()
 
